@@ -1,0 +1,73 @@
+"""`interlcm-weights`: fill, create and check a weights folder."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def main() -> None:
+    """Get InterLCM weights: download the released ones, or make seeded random ones."""
+
+
+@main.command()
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Weights folder to fill.")
+@click.option(
+    "--variant",
+    "variants",
+    multiple=True,
+    default=("3step",),
+    show_default=True,
+    help="Checkpoint pairs to fetch: 3step, 1step, colorization, inpainting (repeatable).",
+)
+def download(out: Path, variants: tuple[str, ...]) -> None:
+    """Download the released LCM, CLIP and InterLCM encoders into OUT (needs internet)."""
+    from interlcm.download import DownloadError, download_weights
+    from interlcm.weights import verify_weights
+
+    try:
+        download_weights(out, variants)
+    except DownloadError as exc:
+        raise click.ClickException(str(exc)) from None
+    _report(verify_weights(out, variants), out)
+
+
+@main.command()
+@click.option("--preset", type=click.Choice(["tiny", "sd15"]), default="tiny", show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Weights folder to create.")
+@click.option("--force", is_flag=True, help="Replace OUT if it exists.")
+def init(preset: str, seed: int, out: Path, force: bool) -> None:
+    """Write a weights folder with seeded random weights (same layout as the download)."""
+    from interlcm.weights import WeightsError, init_weights
+
+    try:
+        init_weights(out, preset, seed, force=force)
+    except WeightsError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"wrote random {preset} weights (seed {seed}) to {out}")
+
+
+@main.command()
+@click.argument("folder", type=click.Path(path_type=Path))
+@click.option("--variant", "variants", multiple=True, default=("3step",), show_default=True)
+def verify(folder: Path, variants: tuple[str, ...]) -> None:
+    """Check FOLDER: every file present, loadable and matching the model."""
+    from interlcm.weights import verify_weights
+
+    _report(verify_weights(folder, variants), folder)
+
+
+def _report(problems: list[str], folder: Path) -> None:
+    if problems:
+        for p in problems:
+            click.echo(f"error: {p}", err=True)
+        sys.exit(1)
+    click.echo(f"{folder}: complete and loadable")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,309 @@
+"""Image I/O for aligned face crops.
+
+Every image the toolkit reads goes through :func:`read_image`, which turns whatever Pillow can open
+into a float32 ``(3, R, R)`` tensor in ``[-1, 1]``; every result goes out through :func:`write_image`,
+which writes atomically so an interrupted batch never leaves half-written files behind.
+
+Conventions, chosen once here so the rest of the code never has to think about them:
+
+* Transparency (RGBA, LA, PA, palette or colour-key transparency) is composited over **white**,
+  not dropped. The colour stored under fully transparent pixels is arbitrary (often black or
+  leftovers from an editor), so dropping alpha can put a black or noisy background around a
+  cut-out face; white is what the image looks like in a browser or viewer.
+* 16-bit grayscale (``I;16*``, and ``I`` holding 0..65535, which is how Pillow opens 16-bit PNG
+  and TIFF) is scaled by ``255 / 65535`` and rounded, instead of Pillow's ``convert`` which clips
+  every value above 255 to white. 16-bit-per-channel colour PNG/TIFF are decoded to 8 bits by
+  Pillow itself (it keeps the high byte, within one 8-bit level of exact).
+* Non-square images are centre-cropped to a square before resizing: the model expects aligned
+  face crops, which are square, and a crop keeps the face proportions that a stretch would not.
+* Multi-frame files (animated WebP, multi-page TIFF, GIF) use their first frame.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import uuid
+from collections.abc import Iterable, Sequence
+from importlib.resources import files
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "ImageReadError",
+    "demo_image_path",
+    "list_images",
+    "read_image",
+    "to_uint8",
+    "write_image",
+]
+
+#: Extensions (lower case) that :func:`list_images` treats as images.
+IMAGE_EXTENSIONS: frozenset[str] = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"})
+
+_WRITE_FORMATS: dict[str, tuple[str, dict[str, object]]] = {
+    ".png": ("PNG", {"compress_level": 6}),
+    ".jpg": ("JPEG", {"quality": 95, "subsampling": 0}),
+    ".jpeg": ("JPEG", {"quality": 95, "subsampling": 0}),
+    ".webp": ("WEBP", {"quality": 95, "method": 4}),
+}
+_SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I"})
+_ALPHA_MODES = frozenset({"RGBA", "LA", "PA", "La", "RGBa"})
+_GLOB_CHARS = frozenset("*?[")
+
+
+class ImageReadError(ValueError):
+    """An input image cannot be read; the message names the file, the problem and the fix."""
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def read_image(path: str | os.PathLike[str], resolution: int) -> torch.Tensor:
+    """Read an image file as a float32 ``(3, resolution, resolution)`` tensor in ``[-1, 1]``.
+
+    Accepts any file Pillow opens (PNG, JPEG, WebP, BMP, TIFF, ...) in any common mode (see the
+    module docstring for how alpha, palettes, CMYK and 16-bit data are converted). EXIF orientation
+    is applied, a non-square image is centre-cropped to a square, then it is resized with bicubic
+    filtering. Raises :class:`ImageReadError` for a missing file, a folder, a file that is not an
+    image or is truncated, and a zero-size image.
+    """
+    if isinstance(resolution, bool) or not isinstance(resolution, int) or resolution <= 0:
+        raise ValueError(f"resolution must be a positive int, got {resolution!r}")
+    path = Path(path)
+    _check_is_file(path)
+    rgb = _load_rgb(path)
+    rgb = _centre_crop_square(rgb)
+    if rgb.size != (resolution, resolution):
+        rgb = rgb.resize((resolution, resolution), Image.Resampling.BICUBIC)
+    array = np.asarray(rgb, dtype=np.float32)
+    return torch.from_numpy(array).permute(2, 0, 1).contiguous() / 127.5 - 1.0
+
+
+def _check_is_file(path: Path) -> None:
+    if path.is_dir():
+        raise ImageReadError(f"{path}: is a folder, not an image file (use list_images to expand folders)")
+    if not path.exists():
+        raise ImageReadError(f"{path}: no such file")
+
+
+def _load_rgb(path: Path) -> Image.Image:
+    """Open, fully decode and convert to an 8-bit RGB image, mapping every failure to ImageReadError."""
+    try:
+        with Image.open(path) as img:
+            img.load()  # decode now, so a truncated file fails here and not in a later resize
+            if img.width == 0 or img.height == 0:
+                raise ImageReadError(f"{path}: image has zero size ({img.width}x{img.height})")
+            return _to_rgb8(ImageOps.exif_transpose(img), path)
+    except ImageReadError:
+        raise
+    except Image.DecompressionBombError as exc:
+        raise ImageReadError(f"{path}: image too large to decode safely ({exc})") from exc
+    except Image.UnidentifiedImageError as exc:
+        raise ImageReadError(
+            f"{path}: not an image Pillow can read (wrong or unsupported format, or not an image at all)"
+        ) from exc
+    except (OSError, ValueError, SyntaxError, EOFError) as exc:  # Pillow raises all of these for bad data
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc) or type(exc).__name__
+        raise ImageReadError(
+            f"{path}: cannot decode image ({reason}); the file may be truncated or corrupt"
+        ) from exc
+
+
+def _to_rgb8(img: Image.Image, path: Path) -> Image.Image:
+    """Convert any Pillow mode to 8-bit RGB (alpha composited over white, 16-bit data scaled)."""
+    if img.mode in _SIXTEEN_BIT_MODES:
+        return _sixteen_bit_to_rgb8(img, path)
+    if img.mode == "F":
+        raise ImageReadError(f"{path}: 32-bit float images are not supported; save it as 8- or 16-bit RGB")
+    if img.mode in _ALPHA_MODES or "transparency" in img.info:  # alpha, or palette / colour-key tRNS
+        rgba = img.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
+    try:
+        return img.convert("RGB")
+    except ValueError as exc:
+        raise ImageReadError(f"{path}: unsupported pixel mode {img.mode!r}; save it as 8-bit RGB") from exc
+
+
+def _sixteen_bit_to_rgb8(img: Image.Image, path: Path) -> Image.Image:
+    """Scale 16-bit grayscale (or ``I`` holding 0..65535) to 8 bits, rounding, then to RGB."""
+    data = np.asarray(img).astype(np.float64)
+    if data.size and (data.min() < 0 or data.max() > 65535):
+        raise ImageReadError(
+            f"{path}: integer image with values outside 0..65535 ({data.min():g}..{data.max():g}) "
+            "is not supported; save it as 8- or 16-bit"
+        )
+    gray = np.rint(data * (255.0 / 65535.0)).astype(np.uint8)
+    return Image.fromarray(gray).convert("RGB")
+
+
+def _centre_crop_square(img: Image.Image) -> Image.Image:
+    """Centre-crop to the largest square (aligned face crops are square; cropping keeps proportions)."""
+    width, height = img.size
+    side = min(width, height)
+    if width == height:
+        return img
+    left, top = (width - side) // 2, (height - side) // 2
+    return img.crop((left, top, left + side, top + side))
+
+
+# --------------------------------------------------------------------------- writing
+
+
+def to_uint8(image: torch.Tensor) -> np.ndarray:
+    """Convert a ``(3, H, W)`` tensor in ``[-1, 1]`` to an ``(H, W, 3)`` uint8 array.
+
+    Values are clamped to ``[-1, 1]`` and **rounded** to the nearest level, not truncated:
+    truncation darkens every pixel by half a level on average, and rounding makes
+    ``read_image`` followed by ``to_uint8`` reproduce 8-bit inputs exactly.
+    Raises ValueError for a wrong shape or NaN/inf values (a sign the model diverged).
+    """
+    if not isinstance(image, torch.Tensor):
+        raise TypeError(f"image must be a torch.Tensor, got {type(image).__name__}")
+    if image.ndim != 3 or image.shape[0] != 3:
+        raise ValueError(f"image must have shape (3, H, W), got {tuple(image.shape)}")
+    image = image.detach().to("cpu", torch.float32)
+    if not torch.isfinite(image).all():
+        raise ValueError("image contains NaN or inf values; refusing to write a corrupt result")
+    levels = ((image.clamp(-1.0, 1.0) + 1.0) * 127.5).round().to(torch.uint8)
+    return levels.permute(1, 2, 0).contiguous().numpy()
+
+
+def write_image(path: str | os.PathLike[str], image: torch.Tensor, *, overwrite: bool = True) -> Path:
+    """Write a ``(3, H, W)`` tensor in ``[-1, 1]`` (clamped) as an 8-bit PNG, JPEG or WebP.
+
+    The format follows the suffix (``.png``, ``.jpg``/``.jpeg``, ``.webp``). Parent folders are
+    created. The write is atomic: data goes to a temporary file in the same folder which is then
+    renamed over ``path`` with ``os.replace``, so ``path`` is either the old file or the complete
+    new one, and the temporary file is removed if anything fails. With ``overwrite=False`` an
+    existing ``path`` raises FileExistsError (checked before writing, not atomically).
+    Returns ``path`` as a Path.
+    """
+    path = Path(path)
+    fmt, options = _write_format(path)
+    pixels = Image.fromarray(to_uint8(image), "RGB")
+    if not overwrite and path.exists():
+        raise FileExistsError(f"{path}: already exists (pass overwrite=True to replace it)")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.tmp")
+    try:
+        # os.open with 0o666 honours the umask, unlike tempfile's 0o600, so outputs stay readable.
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+        with os.fdopen(fd, "wb") as handle:
+            pixels.save(handle, format=fmt, **options)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _write_format(path: Path) -> tuple[str, dict[str, object]]:
+    try:
+        return _WRITE_FORMATS[path.suffix.lower()]
+    except KeyError:
+        supported = ", ".join(sorted(_WRITE_FORMATS))
+        raise ValueError(
+            f"{path}: cannot write {path.suffix or 'a file without suffix'!r}; use one of {supported}"
+        ) from None
+
+
+# --------------------------------------------------------------------------- listing
+
+
+def list_images(
+    inputs: str | os.PathLike[str] | Sequence[str | os.PathLike[str]], *, recursive: bool = False
+) -> list[Path]:
+    """Expand image files, folders and glob patterns into a sorted, de-duplicated list of image files.
+
+    * A file is kept if its extension is one of :data:`IMAGE_EXTENSIONS` (case-insensitive), else
+      ValueError: naming a non-image file explicitly is a mistake worth reporting.
+    * A folder contributes its image files, non-recursively unless ``recursive=True``.
+    * Anything else containing ``*``, ``?`` or ``[`` is a glob pattern (``**`` matches across
+      folders); matched folders are expanded like folders, other non-image files are skipped.
+    * Folder and glob expansion skip hidden names (starting with ``.``), such as macOS ``._x.jpg``
+      resource files and this module's own temporary files.
+
+    Duplicates (the same file reached twice, including via symlinks) are kept once. An input that
+    yields no images raises ValueError: "no images found at 'x': give image files, folders or glob
+    patterns".
+    """
+    if isinstance(inputs, (str, os.PathLike)):
+        inputs = [inputs]
+    if not inputs:
+        raise ValueError("no inputs given: give image files, folders or glob patterns")
+    found: dict[str, Path] = {}
+    for item in inputs:
+        matches = _expand_input(os.fspath(item), recursive)
+        if not matches:
+            raise ValueError(
+                f"no images found at {os.fspath(item)!r}: give image files, folders or glob patterns"
+            )
+        for match in matches:
+            found.setdefault(os.path.realpath(match), match)
+    return sorted(found.values())
+
+
+def _expand_input(item: str, recursive: bool) -> list[Path]:
+    path = Path(item)
+    if path.is_file():
+        if not _is_image_name(path):
+            supported = " ".join(sorted(IMAGE_EXTENSIONS))
+            raise ValueError(f"{item!r} is not an image file (supported extensions: {supported})")
+        return [path]
+    if path.is_dir():
+        return _images_in_folder(path, recursive)
+    if _GLOB_CHARS.intersection(item):
+        return _images_from_glob(item, recursive)
+    return []
+
+
+def _images_in_folder(folder: Path, recursive: bool) -> list[Path]:
+    candidates = folder.rglob("*") if recursive else folder.iterdir()
+    return [p for p in candidates if _visible_image(p, folder)]
+
+
+def _images_from_glob(pattern: str, recursive: bool) -> list[Path]:
+    images: list[Path] = []
+    for match in sorted(glob.glob(pattern, recursive=True)):  # glob already skips hidden names
+        path = Path(match)
+        if path.is_dir():
+            images.extend(_images_in_folder(path, recursive))
+        elif path.is_file() and _is_image_name(path):
+            images.append(path)
+    return images
+
+
+def _visible_image(path: Path, root: Path) -> bool:
+    hidden = _any_hidden(path.relative_to(root).parts)
+    return not hidden and path.is_file() and _is_image_name(path)
+
+
+def _any_hidden(parts: Iterable[str]) -> bool:
+    return any(part.startswith(".") for part in parts)
+
+
+def _is_image_name(path: Path) -> bool:
+    return path.suffix.lower() in IMAGE_EXTENSIONS
+
+
+# --------------------------------------------------------------------------- demo asset
+
+
+def demo_image_path() -> Path:
+    """Path of the bundled demo face crop (256x256 PNG from scikit-image's public-domain astronaut photo).
+
+    Regenerate it with ``scripts/make_demo_asset.py``. Needs the package installed as files on disk
+    (the normal case), not imported from a zip archive.
+    """
+    path = Path(str(files("interlcm") / "assets" / "face.png"))
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: demo asset missing; regenerate it with scripts/make_demo_asset.py")
+    return path
