@@ -108,7 +108,11 @@ def _load_rgb(path: Path) -> Image.Image:
             f"{path}: not an image Pillow can read (wrong or unsupported format, or not an image at all)"
         ) from exc
     except (OSError, ValueError, SyntaxError, EOFError) as exc:  # Pillow raises all of these for bad data
-        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc) or type(exc).__name__
+        if isinstance(exc, OSError) and exc.errno is not None:  # the OS refused, e.g. permission denied
+            raise ImageReadError(
+                f"{path}: cannot open ({exc.strerror}); check the path and its permissions"
+            ) from exc
+        reason = str(exc) or type(exc).__name__
         raise ImageReadError(
             f"{path}: cannot decode image ({reason}); the file may be truncated or corrupt"
         ) from exc

@@ -42,8 +42,9 @@ class InterLCMModels:
         return self
 
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> InterLCMModels:
+        kwargs = {k: v for k, v in (("device", device), ("dtype", dtype)) if v is not None}
         for m in self.modules().values():
-            m.to(device=device, dtype=dtype)
+            m.to(**kwargs)
         return self
 
 

@@ -1,0 +1,97 @@
+"""`interlcm-trt`: restore faces with TensorRT, ONNX Runtime or torch; build engines."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+_PATH = click.Path(path_type=Path)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def main() -> None:
+    """Fast InterLCM face restoration."""
+
+
+@main.command()
+@click.argument("inputs", nargs=-1)
+@click.option("--engines", type=_PATH, help="TensorRT engine folder (interlcm-trt build).")
+@click.option("--onnx", type=_PATH, help="ONNX folder (interlcm-export).")
+@click.option("--weights", type=_PATH, help="Weights folder (interlcm-weights) for the torch backend.")
+@click.option("--preset", type=click.Choice(["tiny", "sd15"]), help="Random weights of this size (no download).")
+@click.option("--backend", type=click.Choice(["auto", "tensorrt", "onnxruntime", "torch"]), default="auto", show_default=True)
+@click.option("--precision", type=click.Choice(["fp32", "fp16"]), default="fp32", show_default=True, help="ONNX files to run.")
+@click.option("--steps", type=click.Choice(["3", "1"]), default="3", show_default=True, help="3-step (paper) or 1-step model.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--colorfix", type=click.Choice(["wavelet", "adain", "none"]), default="wavelet", show_default=True)
+@click.option("--batch", type=click.IntRange(1, 63), default=1, show_default=True, help="Faces per batch.")
+@click.option("--threads", type=int, help="CPU threads (default: all cores).")
+@click.option("--out", type=_PATH, default=Path("outputs/restored"), show_default=True)
+def restore(inputs, engines, onnx, weights, preset, backend, precision, steps, seed, colorfix, batch, threads, out) -> None:  # noqa: ANN001
+    """Restore aligned face crops: files, folders or glob patterns (default: a demo face)."""
+    from interlcm.engines.runtime import RestoreOptions, Restorer, open_backend, restore_files
+    from interlcm.imageio import demo_image_path, list_images
+
+    if not inputs:
+        inputs = (str(demo_image_path()),)
+        click.echo(f"no input given: restoring the embedded demo face {inputs[0]}")
+    try:
+        paths = list_images(inputs)
+        opened = open_backend(
+            backend, weights=weights, onnx=onnx, engines=engines, preset=preset,
+            steps=int(steps), precision=precision, threads=threads,
+        )
+    except (ValueError, RuntimeError, FileNotFoundError) as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"backend: {opened.description}")
+    if "random" in opened.description:
+        click.echo("note: random weights: the output shows the pipeline runs, not a restoration "
+                   "(get real weights with `interlcm-weights download`)")
+    options = RestoreOptions(steps=int(steps), seed=seed, colorfix=colorfix, batch=batch)
+    restorer = Restorer(opened.backend, opened.config, options)
+    report = restore_files(restorer, paths, out)
+    _print_summary(restorer, report, len(paths))
+    if report.failed:
+        sys.exit(1)
+
+
+def _print_summary(restorer, report, total: int) -> None:  # noqa: ANN001
+    timed = restorer.backend
+    click.echo(f"restored {len(report.written)}/{total} image(s) in {report.seconds:.2f} s -> "
+               f"{report.written[0].parent if report.written else '-'}")
+    if timed.seconds:
+        click.echo("time per stage (s, total over all images):")
+        for name, secs in sorted(timed.seconds.items(), key=lambda kv: -kv[1]):
+            click.echo(f"  {name:<18} {secs:8.3f}  ({timed.calls[name]} calls)")
+    for path, reason in report.failed:
+        click.echo(f"failed: {path}: {reason}", err=True)
+
+
+@main.command()
+@click.option("--onnx", type=_PATH, required=True, help="ONNX folder with fp16 files (interlcm-export --fp16).")
+@click.option("--out", type=_PATH, required=True, help="Engine folder.")
+@click.option("--components", multiple=True, help="Only these components (repeatable).")
+@click.option("--opt-level", type=click.IntRange(0, 5), default=3, show_default=True, help="Builder optimisation level.")
+@click.option("--timing-cache", type=_PATH, help="Timing cache file (default: OUT/timing.cache).")
+@click.option("--rebuild", type=click.Choice(["auto", "never", "always"]), default="auto", show_default=True,
+              help="auto: rebuild stale engines; never: refuse them; always: rebuild everything.")
+def build(onnx, out, components, opt_level, timing_cache, rebuild) -> None:  # noqa: ANN001
+    """Build fp16 TensorRT engines from an export folder (needs an NVIDIA GPU)."""
+    from interlcm.engines.trt import EngineError, build_engines, check_cuda
+
+    ok, why = check_cuda()
+    if not ok:
+        raise click.ClickException(f"cannot build TensorRT engines here: {why}")
+    try:
+        built = build_engines(onnx, out, components=list(components) or None, opt_level=opt_level,
+                              timing_cache=timing_cache, rebuild=rebuild)
+    except EngineError as exc:
+        raise click.ClickException(str(exc)) from None
+    for name, path in built.items():
+        click.echo(f"{name}: {path}")
+
+
+if __name__ == "__main__":
+    main()
