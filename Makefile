@@ -30,7 +30,7 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 
 typecheck: $(STAMP)
-	$(VENV)/bin/mypy engines/trt.py
+	$(PY) -m interlcm.engines.trt_typecheck
 
 clean:
 	rm -rf $(VENV) .cache outputs

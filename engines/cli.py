@@ -93,5 +93,37 @@ def build(onnx, out, components, opt_level, timing_cache, rebuild) -> None:  # n
         click.echo(f"{name}: {path}")
 
 
+@main.command()
+@click.option("--engines", type=_PATH, help="TensorRT engine folder to check.")
+@click.option("--onnx", type=_PATH, help="ONNX folder to check (ONNX Runtime).")
+@click.option("--weights", type=_PATH, help="Weights the export was made from (default: the manifest's random preset).")
+@click.option("--precision", type=click.Choice(["fp32", "fp16"]), default="fp32", show_default=True)
+@click.option("--steps", type=click.Choice(["3", "1"]), default="3", show_default=True)
+@click.option("--batch", type=click.IntRange(1, 63), default=1, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+def check(engines, onnx, weights, precision, steps, batch, seed) -> None:  # noqa: ANN001
+    """Compare a backend with the torch reference stage by stage, on the demo face."""
+    from interlcm.engines.parity import compare_traces, format_table
+    from interlcm.engines.runtime import RestoreOptions, Restorer, open_backend, reference_models
+    from interlcm.imageio import demo_image_path, read_image
+    from interlcm.pipeline import TorchBackend
+    from interlcm.sampler import Trace
+
+    if (engines is None) == (onnx is None):
+        raise click.UsageError("give exactly one of --engines or --onnx")
+    try:
+        opened = open_backend("tensorrt" if engines else "onnxruntime", onnx=onnx, engines=engines, precision=precision)
+        models = reference_models(opened, weights)
+    except (ValueError, RuntimeError) as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"checking {opened.description}\nagainst torch fp32, weights: {models.origin}")
+    lq = read_image(demo_image_path(), opened.config.resolution)[None].repeat(batch, 1, 1, 1)
+    options = RestoreOptions(steps=int(steps), seed=seed)
+    ours, ref = Trace(), Trace()
+    Restorer(opened.backend, opened.config, options).restore(lq, ours)
+    Restorer(TorchBackend(models), models.config, options).restore(lq, ref)
+    click.echo(format_table(compare_traces(ours, ref)))
+
+
 if __name__ == "__main__":
     main()

@@ -202,3 +202,19 @@ def _open_torch(*, weights, preset, steps, why, threads) -> OpenedBackend:  # no
     models.to(device)
     desc = f"torch fp32 on {device}, {models.config.name} preset, weights: {models.origin} ({why})"
     return OpenedBackend(TorchBackend(models, device), models.config, desc)
+
+
+def reference_models(opened: OpenedBackend, weights: Path | None = None):  # -> InterLCMModels
+    """The torch models an export/engine folder was made from: its weights, or its random preset."""
+    import re
+
+    from interlcm.pipeline import build_random
+    from interlcm.weights import load_models
+
+    if weights is not None:
+        return load_models(weights).eval()
+    recorded = getattr(getattr(opened.backend, "manifest", None), "weights", "")
+    match = re.fullmatch(r"random, seed (\d+)", recorded or "")
+    if not match:
+        raise ValueError(f"the export was made from weights {recorded!r}: pass them with --weights DIR")
+    return build_random(opened.config, int(match.group(1)))

@@ -42,6 +42,13 @@ class Tolerance:
     abs: float = 1e-6
 
 
+# Kept in fp32 inside fp16 graphs: op types, or fragments of node names (module scopes).
+# Normalisation statistics and softmax as everyone does; `time_proj` because the sinusoidal
+# timestep embedding multiplies t (up to 999, an fp16 ulp of 0.5) by its frequencies.
+FP16_KEEP_FP32: tuple[str, ...] = ("InstanceNormalization", "LayerNormalization", "GroupNormalization", "Softmax")
+FP16_KEEP_TIME: tuple[str, ...] = (*FP16_KEEP_FP32, "time_proj/")
+
+
 @dataclass(frozen=True)
 class Component:
     name: str
@@ -53,6 +60,7 @@ class Component:
     # fp16 export vs torch fp32: set from measurement per component (see export/README).
     tol_fp16: Tolerance = Tolerance(2e-2)
     optional: bool = False  # exported only when asked (benchmark variants)
+    fp16_keep_fp32: tuple[str, ...] = FP16_KEEP_FP32  # op types / node-name fragments left in fp32
     notes: str = ""
     extra: dict = field(default_factory=dict)
 
@@ -74,6 +82,11 @@ class Component:
         """Only the batch axis is dynamic; resolution is fixed per export (recorded in the manifest)."""
         return {n: {0: "batch"} for n in (*self.input_names, *self.output_names)}
 
+    def profile(self, cfg: PresetConfig, batch: tuple[int, int, int]) -> dict[str, tuple[Shape, Shape, Shape]]:
+        """(min, opt, max) shape per input for a batch range: an engine's optimisation profile."""
+        lo, opt, hi = batch
+        return {t.name: (t.shape(cfg, lo), t.shape(cfg, opt), t.shape(cfg, hi)) for t in self.inputs}
+
     def sample_inputs(self, cfg: PresetConfig, batch: int, seed: int = 0) -> dict[str, torch.Tensor]:
         """Random inputs in each tensor's realistic range, for export tracing and parity checks."""
         gen = torch.Generator().manual_seed(seed)
@@ -83,7 +96,7 @@ class Component:
             if spec.name == "timestep":
                 # any of the distillation timesteps the sampler can use
                 out[spec.name] = torch.randint(0, cfg.scheduler["num_train_timesteps"], shape, generator=gen).float()
-            elif spec.name in ("image", "reference"):
+            elif spec.name in ("image", "decoded", "reference"):
                 out[spec.name] = torch.rand(shape, generator=gen) * 2 - 1  # images live in [-1, 1]
             else:
                 out[spec.name] = torch.randn(shape, generator=gen)
@@ -125,6 +138,8 @@ SAMPLE = TensorSpec("sample", _latent)
 TIMESTEP = TensorSpec("timestep", lambda c, b: (b,))
 CONTEXT = TensorSpec("context", _context)
 GUIDANCE = TensorSpec("guidance", lambda c, b: (b, c.guidance_dim))
+# colour fix input: ONNX cannot name a graph input and output alike, and the output is the image
+DECODED = TensorSpec("decoded", _image)
 COND = TensorSpec("cond", lambda c, b: (b, c.unet["block_out_channels"][0], c.latent_size, c.latent_size))
 
 
@@ -172,25 +187,27 @@ COMPONENTS: tuple[Component, ...] = (
         lambda m: SpatialEncoderStep(m.spatial_encoder),
         inputs=(SAMPLE, TIMESTEP, CONTEXT, COND),
         outputs=RESIDUALS,
+        fp16_keep_fp32=FP16_KEEP_TIME,
     ),
     Component(
         "unet",
         lambda m: UNetStep(m.unet),
         inputs=(SAMPLE, TIMESTEP, CONTEXT, GUIDANCE, *RESIDUALS),
         outputs=(TensorSpec("eps", _latent),),
+        fp16_keep_fp32=FP16_KEEP_TIME,
     ),
     Component("vae_encoder", lambda m: VaeEncode(m.vae), inputs=(IMAGE,), outputs=(TensorSpec("latent", _latent),)),
     Component("vae_decoder", lambda m: VaeDecode(m.vae), inputs=(TensorSpec("latent", _latent),), outputs=(IMAGE,)),
     Component(
         "colorfix_wavelet",
         lambda m: WaveletColorFix(),
-        inputs=(IMAGE, TensorSpec("reference", _image)),
+        inputs=(DECODED, TensorSpec("reference", _image)),
         outputs=(IMAGE,),
     ),
     Component(
         "colorfix_adain",
         lambda m: AdaInColorFix(),
-        inputs=(IMAGE, TensorSpec("reference", _image)),
+        inputs=(DECODED, TensorSpec("reference", _image)),
         outputs=(IMAGE,),
     ),
     Component(
@@ -199,6 +216,7 @@ COMPONENTS: tuple[Component, ...] = (
         inputs=(SAMPLE, TIMESTEP, CONTEXT, GUIDANCE, COND),
         outputs=(TensorSpec("eps", _latent),),
         optional=True,
+        fp16_keep_fp32=FP16_KEEP_TIME,
         notes="SE + UNet fused in one graph",
     ),
     Component(
@@ -207,6 +225,7 @@ COMPONENTS: tuple[Component, ...] = (
         inputs=(SAMPLE, TIMESTEP, CONTEXT, IMAGE),
         outputs=RESIDUALS,
         optional=True,
+        fp16_keep_fp32=FP16_KEEP_TIME,
         notes="as released: image embedding recomputed every step",
     ),
 )

@@ -80,6 +80,6 @@ def restore(
     image = backend.run("vae_decoder", latent=z0)["image"]
     record("decoded", image)
     if settings.colorfix != "none":
-        image = backend.run(f"colorfix_{settings.colorfix}", image=image, reference=lq)["image"]
+        image = backend.run(f"colorfix_{settings.colorfix}", decoded=image, reference=lq)["image"]
     record("image", image)
     return image

@@ -13,7 +13,7 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 def center_crop(x: torch.Tensor, size: int) -> torch.Tensor:
     """Crop the centre `size` x `size`, rounding the offset as torchvision does."""
-    h, w = x.shape[-2:]
+    h, w = (int(d) for d in x.shape[-2:])  # python ints even while tracing for ONNX (resolution is fixed)
     top = int(round((h - size) / 2.0))
     left = int(round((w - size) / 2.0))
     return x[..., top : top + size, left : left + size]

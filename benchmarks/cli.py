@@ -1,0 +1,75 @@
+"""`interlcm-bench`: latency per component and end to end, every backend, against this machine's peak."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+_PATH = click.Path(path_type=Path)
+
+
+def _csv(kind: type):  # noqa: ANN202 - click callback; the harness checks the values
+    def parse(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple | None:
+        if value is None:
+            return None
+        items = [v.strip() for v in value.split(",") if v.strip()]
+        try:
+            return tuple(kind(v) for v in items)
+        except ValueError:
+            raise click.BadParameter(f"{value!r}: expected a comma-separated list of {kind.__name__}") from None
+
+    return parse
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.option("--preset", type=click.Choice(["tiny", "sd15"]), default="tiny", show_default=True,
+              help="Model sizes (random weights unless --weights).")
+@click.option("--weights", type=_PATH, help="Weights folder (interlcm-weights); default: seeded random weights.")
+@click.option("--onnx", type=_PATH, help="ONNX export folder; default: export once into --cache-dir.")
+@click.option("--engines", type=_PATH, help="TensorRT engine folder (interlcm-trt build).")
+@click.option("--backend", "backends", callback=_csv(str), default="torch,torch-release,onnxruntime",
+              show_default=True, help="Comma-separated from torch, torch-release (torch as released: SE embedding every step), "
+              "onnxruntime, tensorrt.")
+@click.option("--precision", "precisions", callback=_csv(str), default="fp32", show_default=True,
+              help="fp32,fp16 (torch rows are fp32 only)")
+@click.option("--batch", "batches", callback=_csv(int), default="1", show_default=True, help="e.g. 1,4,8")
+@click.option("--resolution", type=int, help="Face size in pixels (default: the preset's, 512 for sd15).")
+@click.option("--steps", type=click.Choice(["3", "1"]), default="3", show_default=True, help="Network steps.")
+@click.option("--colorfix", type=click.Choice(["wavelet", "adain", "none"]), default="wavelet", show_default=True)
+@click.option("--warmup", type=click.IntRange(1), default=2, show_default=True, help="Untimed runs per row.")
+@click.option("--runs", type=click.IntRange(1), default=3, show_default=True, help="Timed runs per row.")
+@click.option("--threads", type=click.IntRange(1), help="torch and onnxruntime intra-op threads (default: torch's).")
+@click.option("--components", callback=_csv(str), help="Time only these components, alone, on sample inputs.")
+@click.option("--probe-n", type=click.IntRange(64), default=4096, show_default=True, help="Largest matmul of the peak probe.")
+@click.option("--cache-dir", type=_PATH, default=Path(".cache/bench-onnx"), show_default=True)
+@click.option("--json", "json_path", type=_PATH, help="Write every number and the environment here.")
+@click.option("--plot", "plot_path", type=_PATH, help="Write the stacked-bar PNG here.")
+def main(preset, weights, onnx, engines, backends, precisions, batches, resolution, steps, colorfix, warmup, runs,  # noqa: ANN001
+         threads, components, probe_n, cache_dir, json_path, plot_path) -> None:
+    """Measure InterLCM's latency per component and end to end, for every backend, precision and batch,
+    in one process, against a matmul peak measured in the same process."""
+    from interlcm.benchmarks.harness import BenchSettings, run_benchmark
+    from interlcm.benchmarks.report import plot, render, write_json
+
+    try:
+        settings = BenchSettings(
+            preset=preset, resolution=resolution, weights=weights, onnx=onnx, engines=engines,
+            backends=backends, precisions=precisions, batches=batches, steps=int(steps), colorfix=colorfix,
+            warmup=warmup, runs=runs, threads=threads, components=components or (), probe_max_n=probe_n,
+            cache_dir=cache_dir,
+        )
+        report = run_benchmark(settings)
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(render(report))
+    if json_path:
+        write_json(report, json_path)
+        click.echo(f"\nJSON: {json_path}")
+    if plot_path:
+        plot(report, plot_path)
+        click.echo(f"plot: {plot_path}")
+
+
+if __name__ == "__main__":
+    main()

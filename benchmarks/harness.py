@@ -1,0 +1,554 @@
+"""Run every backend, precision and batch in one process and measure them the same way.
+
+One *row* is a backend at one precision and batch. For each row:
+
+1. open the backend (load models, ONNX sessions or engines): `load_s`;
+2. restore the same random batch `warmup + runs` times; the first run gives
+   the time to first result (load + first run), the last `runs` the steady
+   state: end-to-end and per-component latency (median, p90, min), images/s,
+   CPU-seconds per wall-second of this process and of everything else on the
+   machine (competition for cores shows here, not in the median);
+3. peak host RSS over the row (and peak GPU memory on CUDA).
+
+FLOPs per component come from torch's counter and the peak from a matmul
+probe in this process with the same threads (see `flops`), so every "fraction
+of peak" is measured, not looked up.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from interlcm.benchmarks.backends import ComponentClock, ReleaseStyle
+from interlcm.benchmarks.flops import ComponentFlops, PeakProbe, count_flops, matmul_peak
+from interlcm.benchmarks.measure import CpuMeter, PeakRss, Stats, environment
+
+from interlcm.components import BY_NAME, DEFAULT_COMPONENTS
+from interlcm.config import PresetConfig, get_preset
+
+# torch: this project's torch path; torch-release: the same at fp32 with the SE's image
+# embedding recomputed every step, as the released code runs it.
+BACKEND_KINDS = ("torch", "torch-release", "onnxruntime", "tensorrt")
+PRECISIONS = ("fp32", "fp16")
+
+PAPER = {
+    "seconds_per_image": 0.421,
+    "resolution": 512,
+    "hardware": "NVIDIA RTX 3090",
+    "backend": "torch (the authors' release)",
+    "source": "InterLCM, Li et al., ICLR 2025 (arXiv:2502.02215)",
+    "note": "other hardware: shown beside our numbers, never in a ratio",
+}
+
+Log = Callable[[str], None]
+
+
+def _stderr(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+@dataclass(frozen=True)
+class BenchSettings:
+    preset: str = "tiny"
+    resolution: int | None = None  # None: the preset's (512 for sd15)
+    weights: Path | None = None  # None: seeded random weights (real cost, noise for output)
+    onnx: Path | None = None  # export folder for onnxruntime; None: export into cache_dir once
+    engines: Path | None = None  # TensorRT engine folder (interlcm-trt build)
+    backends: tuple[str, ...] = ("torch", "torch-release", "onnxruntime")
+    precisions: tuple[str, ...] = ("fp32",)
+    batches: tuple[int, ...] = (1,)
+    steps: int = 3  # network steps: 3 (paper) or 1
+    colorfix: str = "wavelet"
+    warmup: int = 2  # untimed restorations per row; the first is the time to first result
+    runs: int = 3  # timed restorations per row
+    threads: int | None = None  # torch and onnxruntime intra-op threads; None: every logical core
+    # non-empty: time these components alone on sample inputs instead of whole restorations
+    components: tuple[str, ...] = ()
+    seed: int = 0
+    probe_max_n: int = 4096  # matmul peak probe: up to (n x n) @ (n x n)
+    cache_dir: Path = Path(".cache/bench-onnx")
+
+    def __post_init__(self) -> None:
+        problems = []
+        for kind in self.backends:
+            if kind not in BACKEND_KINDS:
+                problems.append(f"backend {kind!r} (choose from {', '.join(BACKEND_KINDS)})")
+        for p in self.precisions:
+            if p not in PRECISIONS:
+                problems.append(f"precision {p!r} (choose from {', '.join(PRECISIONS)})")
+        for name in self.components:
+            if name not in BY_NAME:
+                problems.append(f"component {name!r} (choose from {', '.join(BY_NAME)})")
+        if not self.batches or min(self.batches) < 1:
+            problems.append(f"batches {self.batches} (each at least 1)")
+        if self.warmup < 1:
+            problems.append(f"warmup {self.warmup} (at least 1: the first run pays one-off costs and is never timed)")
+        if self.runs < 1:
+            problems.append(f"runs {self.runs} (at least 1)")
+        if problems:
+            raise ValueError("invalid benchmark settings: " + "; ".join(problems))
+
+    @property
+    def isolated(self) -> bool:
+        return bool(self.components)
+
+    def config(self) -> PresetConfig:
+        cfg = get_preset(self.preset)
+        return cfg if self.resolution in (None, cfg.resolution) else cfg.with_resolution(self.resolution)
+
+
+# --- results ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class ComponentTiming:
+    name: str
+    calls: int  # per restoration (1 when timed alone)
+    per_call: Stats  # seconds
+    per_restoration: Stats  # seconds: its calls within one restoration, summed
+    gflop_per_call: float | None = None  # at this row's batch
+    gflops: float | None = None  # achieved: gflop_per_call / per_call.median
+    fraction_of_peak: float | None = None  # gflops / the probe's peak at this precision and device
+
+
+@dataclass
+class RowResult:
+    backend: str
+    precision: str
+    batch: int
+    device: str = ""
+    description: str = ""
+    skipped: str | None = None  # why this row did not run
+    load_s: float | None = None  # opening the backend; rows of one backend and precision share it
+    load_shared_with: str | None = None  # the row whose load this one reuses
+    first_run_s: float | None = None
+    time_to_first_result_s: float | None = None  # load_s + first_run_s: what a fresh process waits
+    end_to_end: Stats | None = None  # seconds per restoration of `batch` faces
+    seconds_per_image: float | None = None
+    images_per_s: float | None = None
+    host_other_s: float | None = None  # median over runs of end to end minus its component calls: sampler glue
+    components: list[ComponentTiming] = field(default_factory=list)
+    gflop_per_restoration: float | None = None
+    gflops: float | None = None  # achieved end to end
+    fraction_of_peak: float | None = None
+    peak_rss_mb: float | None = None
+    rss_before_mb: float | None = None
+    rss_method: str = ""
+    gpu_peak_mb: float | None = None  # torch's allocator (torch rows); others: see gpu_used_mb
+    gpu_used_mb: float | None = None  # whole device after the row (every process)
+    process_cores: Stats | None = None  # this process's CPU-seconds per wall-second, per run
+    other_cores: Stats | None = None  # cores the rest of the machine kept busy meanwhile, per run
+    threads: int | None = None
+
+    @property
+    def label(self) -> str:
+        return f"{self.backend} {self.precision} b{self.batch}"
+
+
+@dataclass(frozen=True)
+class Ratio:
+    kind: str  # "backend" (X / torch), "release" (ours / release-style), "batch" (s/image vs batch 1)
+    what: str  # "end to end", "s/image" or a component name
+    numerator: str  # row label
+    denominator: str  # row label
+    value: float  # numerator time / denominator time: below 1, the numerator is faster
+
+
+@dataclass
+class BenchReport:
+    settings: dict
+    preset: str
+    resolution: int
+    steps: int
+    random_weights: bool
+    weights: str  # "random, seed 0" or the weights folder with its content hash
+    environment: dict
+    threads: dict
+    peaks: list[PeakProbe]
+    flops: dict[str, ComponentFlops]  # per call at batch 1
+    onnx: dict | None
+    rows: list[RowResult]
+    ratios: list[Ratio]
+    paper: dict = field(default_factory=lambda: dict(PAPER))
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        out = asdict(self)
+        for row, d in zip(self.rows, out["rows"]):
+            d["label"] = row.label
+        return out
+
+
+# --- opening backends ------------------------------------------------------------------------------
+
+
+@dataclass
+class _Opened:
+    backend: object
+    device: str
+    description: str
+    load_s: float
+    close: Callable[[], None] = lambda: None
+
+
+def _load_models(settings: BenchSettings, cfg: PresetConfig, device: str):  # noqa: ANN202 - InterLCMModels
+    from interlcm.pipeline import build_random
+
+    if settings.weights is None:
+        models = build_random(cfg, seed=settings.seed)
+    else:
+        from interlcm.weights import load_models, variant_for_steps
+
+        models = load_models(settings.weights, variant_for_steps(settings.steps), resolution=cfg.resolution)
+    return models.to(device)
+
+
+def _weights_identity(settings: BenchSettings, models) -> tuple[bool, str]:  # noqa: ANN001
+    if settings.weights is None:
+        return True, models.origin
+    from interlcm.weights import variant_for_steps, weights_identity
+
+    ident = weights_identity(settings.weights, variant_for_steps(settings.steps))
+    return models.origin.startswith("random"), f"{models.origin}, content sha256 {ident}"
+
+
+def _open_onnxruntime(folder: Path, precision: str, threads: int, names: list[str]) -> _Opened:
+    from interlcm.engines.ort import OrtBackend
+
+    start = time.perf_counter()
+    backend = OrtBackend(folder, precision=precision, provider="auto", threads=threads)
+    for name in names:  # sessions now, so the first run measures running, not loading
+        backend.session(name)
+    load_s = time.perf_counter() - start
+    desc = f"onnxruntime {precision} on {backend.running_on} ({backend.reason}), {threads} intra-op threads"
+    return _Opened(backend, backend.device.type, desc, load_s)
+
+
+def _open_tensorrt(engines: Path | None, precision: str) -> _Opened:
+    from interlcm.engines.ort import cuda_device_count
+
+    devices, why = cuda_device_count()
+    if not devices:
+        raise _Skip(f"TensorRT needs an NVIDIA GPU: {why}")
+    if engines is None:
+        raise _Skip("the tensorrt rows need --engines DIR (build them with `interlcm-trt build`)")
+    from interlcm.engines.trt import TrtBackend
+
+    start = time.perf_counter()
+    backend = TrtBackend(engines)
+    backend.__enter__()
+    load_s = time.perf_counter() - start
+    built = getattr(backend, "precision", None)
+    if built is not None and built != precision:
+        backend.__exit__(None, None, None)
+        raise _Skip(f"the engines in {engines} are {built}, not {precision}")
+    return _Opened(backend, "cuda", f"tensorrt engines from {engines}", load_s,
+                   close=lambda: backend.__exit__(None, None, None))
+
+
+class _Skip(Exception):
+    """A row that cannot run here; its message is the reason printed in its place."""
+
+
+# --- measuring one row -----------------------------------------------------------------------------
+
+
+def _timed_runs(settings: BenchSettings, work: Callable[[], object], sync: Callable[[], None], clock: ComponentClock,
+                row: RowResult, log: Log) -> tuple[list[float], list[list[tuple[str, float]]]]:
+    """warmup + runs repetitions of `work`; fills the row's first-run and CPU fields."""
+    e2e, per_run, cores, others = [], [], [], []
+    for i in range(settings.warmup + settings.runs):
+        clock.take()
+        sync()
+        with CpuMeter() as meter:
+            work()
+            sync()
+        use = meter.result
+        if i == 0:
+            row.first_run_s = use.wall_s
+        if i < settings.warmup:
+            log(f"  warm-up {i + 1}/{settings.warmup}: {use.wall_s:.3f} s")
+            continue
+        log(f"  run {i - settings.warmup + 1}/{settings.runs}: {use.wall_s:.3f} s "
+            f"(this process {use.process_cores:.2f} cores, others {use.other_cores:.2f})")
+        e2e.append(use.wall_s)
+        per_run.append(clock.take())
+        cores.append(use.process_cores)
+        others.append(use.other_cores)
+    row.process_cores, row.other_cores = Stats.of(cores), Stats.of(others)
+    return e2e, per_run
+
+
+def _component_timings(per_run: list[list[tuple[str, float]]]) -> list[ComponentTiming]:
+    order: list[str] = []
+    for name, _ in per_run[0]:
+        if name not in order:
+            order.append(name)
+    out = []
+    for name in order:
+        calls = [[s for n, s in run if n == name] for run in per_run]
+        out.append(ComponentTiming(
+            name=name,
+            calls=len(calls[0]),
+            per_call=Stats.of([s for run in calls for s in run]),
+            per_restoration=Stats.of([sum(run) for run in calls]),
+        ))
+    return out
+
+
+def _add_costs(row: RowResult, flops: dict[str, ComponentFlops], peaks: dict[tuple[str, str], PeakProbe]) -> None:
+    peak = peaks.get((row.device, row.precision))
+    total = 0.0
+    for c in row.components:
+        if c.name not in flops:
+            continue
+        c.gflop_per_call = flops[c.name].flops * row.batch / 1e9
+        c.gflops = c.gflop_per_call / c.per_call.median
+        c.fraction_of_peak = c.gflops / peak.gflops if peak else None
+        total += c.gflop_per_call * c.calls
+    if row.end_to_end is not None:
+        row.gflop_per_restoration = total
+        row.gflops = total / row.end_to_end.median
+        row.fraction_of_peak = row.gflops / peak.gflops if peak else None
+
+
+def _measure_row(settings: BenchSettings, cfg: PresetConfig, opened: _Opened, row: RowResult,
+                 release: bool, log: Log) -> None:
+    from interlcm.engines.runtime import RestoreOptions, Restorer
+
+    clock = ComponentClock(opened.backend)
+    row.device, row.description, row.load_s = opened.device, opened.description, opened.load_s
+    row.threads = settings.threads
+    if opened.device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    if settings.isolated:
+        feeds = {n: BY_NAME[n].sample_inputs(cfg, row.batch, settings.seed) for n in settings.components}
+
+        def work() -> None:
+            for name, inputs in feeds.items():
+                clock.run(name, **inputs)
+    else:
+        options = RestoreOptions(steps=settings.steps, seed=settings.seed, colorfix=settings.colorfix, batch=row.batch)
+        restorer = Restorer(ReleaseStyle(clock) if release else clock, cfg, options)
+        (image_name,) = BY_NAME["se_condition"].input_names
+        lq = BY_NAME["se_condition"].sample_inputs(cfg, row.batch, settings.seed)[image_name]  # (B, 3, R, R)
+
+        def work() -> None:
+            restorer.restore(lq)
+
+    with PeakRss() as rss:
+        e2e, per_run = _timed_runs(settings, work, clock.synchronize, clock, row, log)
+    row.peak_rss_mb, row.rss_before_mb, row.rss_method = rss.peak / 2**20, rss.before / 2**20, rss.method
+    if opened.device == "cuda":
+        if opened.backend.__class__.__name__ == "TorchBackend":
+            row.gpu_peak_mb = torch.cuda.max_memory_allocated() / 2**20
+        free, total = torch.cuda.mem_get_info()
+        row.gpu_used_mb = (total - free) / 2**20
+    row.time_to_first_result_s = row.load_s + row.first_run_s
+    row.components = _component_timings(per_run)
+    if not settings.isolated:
+        row.end_to_end = Stats.of(e2e)
+        row.seconds_per_image = row.end_to_end.median / row.batch
+        row.images_per_s = row.batch / row.end_to_end.median
+        glue = [wall - sum(s for _, s in calls) for wall, calls in zip(e2e, per_run)]
+        row.host_other_s = Stats.of(glue).median
+
+
+# --- the whole benchmark ---------------------------------------------------------------------------
+
+
+def _ratios(rows: list[RowResult]) -> list[Ratio]:
+    ran = [r for r in rows if r.skipped is None]
+    out: list[Ratio] = []
+
+    def e2e(r: RowResult) -> float | None:
+        return r.end_to_end.median if r.end_to_end else None
+
+    for row in ran:
+        base = next((b for b in ran if b.backend == "torch" and b.precision == "fp32" and b.batch == row.batch), None)
+        if base is None or row is base:
+            continue
+        if row.backend == "torch-release":  # ours over the release's way: below 1, ours is faster
+            if e2e(row) and e2e(base):
+                out.append(Ratio("release", "end to end", base.label, row.label, e2e(base) / e2e(row)))
+            ours = sum(c.per_restoration.median for c in base.components if c.name in ("se_condition", "spatial_encoder"))
+            theirs = sum(c.per_restoration.median for c in row.components if c.name == "spatial_encoder_full")
+            if ours and theirs:
+                out.append(Ratio("release", "spatial encoder", base.label, row.label, ours / theirs))
+            continue
+        if e2e(row) and e2e(base):
+            out.append(Ratio("backend", "end to end", row.label, base.label, e2e(row) / e2e(base)))
+        theirs = {c.name: c.per_call.median for c in base.components}
+        for c in row.components:
+            if c.name in theirs:
+                out.append(Ratio("backend", c.name, row.label, base.label, c.per_call.median / theirs[c.name]))
+    for row in ran:
+        first = min((r for r in ran if (r.backend, r.precision) == (row.backend, row.precision)), key=lambda r: r.batch)
+        if row is not first and row.seconds_per_image and first.seconds_per_image:
+            out.append(Ratio("batch", "s/image", row.label, first.label, row.seconds_per_image / first.seconds_per_image))
+    return out
+
+
+def run_benchmark(settings: BenchSettings, log: Log = _stderr) -> BenchReport:
+    """Every requested row, measured in this process; rows that cannot run here say why."""
+    from interlcm.benchmarks import onnx_cache
+
+    cfg = settings.config()
+    threads = settings.threads or torch.get_num_threads()
+    settings = BenchSettings(**{**asdict(settings), "threads": threads})
+    torch.set_num_threads(threads)
+    with contextlib.suppress(RuntimeError):  # only settable before any inter-op work has run
+        torch.set_num_interop_threads(1)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    rows = [RowResult(kind, p, b) for kind in settings.backends for p in settings.precisions for b in settings.batches]
+    notes: list[str] = []
+
+    # 1. ONNX files first, in a child process, before this one holds the models
+    onnx_info, onnx_skip = None, None
+    if "onnxruntime" in settings.backends:
+        onnx_info, onnx_skip = _prepare_onnx(settings, cfg, log, onnx_cache)
+
+    # 2. this machine's peak, per device and precision the rows will run at
+    peaks: dict[tuple[str, str], PeakProbe] = {}
+    for p in settings.precisions:
+        for dev in sorted({device, "cpu"} if "onnxruntime" in settings.backends else {device}):
+            log(f"matmul peak probe: {p} on {dev}, {torch.get_num_threads()} threads")
+            peaks[(dev, p)] = matmul_peak(p, dev, max_n=settings.probe_max_n)
+
+    # 3. models: FLOPs, then the torch rows; the models are freed before the exported runtimes run
+    flops, random_weights, weights = _torch_phase(settings, cfg, rows, device, log)
+    gc.collect()
+
+    # 4. the exported runtimes, each opened once per precision
+    for kind in ("onnxruntime", "tensorrt"):
+        for precision in settings.precisions:
+            group = [r for r in rows if r.backend == kind and r.precision == precision]
+            if group:
+                _run_group(settings, cfg, kind, precision, group, onnx_info, onnx_skip, log)
+
+    for row in rows:
+        if row.skipped is None:
+            _add_costs(row, flops, peaks)
+        else:
+            log(f"{row.label}: skipped: {row.skipped}")
+    if random_weights:
+        notes.append("random weights: timings are real (the arithmetic does not depend on the values), outputs are noise")
+    return BenchReport(
+        settings={k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(settings).items()},
+        preset=cfg.name,
+        resolution=cfg.resolution,
+        steps=settings.steps,
+        random_weights=random_weights,
+        weights=weights,
+        environment=environment(),
+        threads={"torch": torch.get_num_threads(), "onnxruntime_intra_op": threads},
+        peaks=list(peaks.values()),
+        flops=flops,
+        onnx=onnx_info,
+        rows=rows,
+        ratios=_ratios(rows),
+        notes=notes,
+    )
+
+
+def _torch_phase(settings: BenchSettings, cfg: PresetConfig, rows: list[RowResult], device: str,
+                 log: Log) -> tuple[dict[str, ComponentFlops], bool, str]:
+    """Build or load the models, count FLOPs, run the torch rows; the models die with this frame."""
+    from interlcm.pipeline import TorchBackend
+
+    log(f"building {cfg.name} models ({'random weights' if settings.weights is None else settings.weights}) on {device}")
+    start = time.perf_counter()
+    models = _load_models(settings, cfg, device)
+    models_load_s = time.perf_counter() - start
+    random_weights, weights = _weights_identity(settings, models)
+    names = sorted(set(DEFAULT_COMPONENTS) | set(settings.components)
+                   | ({"spatial_encoder_full"} if "torch-release" in settings.backends else set()))
+    log(f"counting FLOPs of {len(names)} components")
+    flops = count_flops(models, names, seed=settings.seed)
+
+    owner: str | None = None
+    for row in rows:
+        if row.backend not in ("torch", "torch-release"):
+            continue
+        if row.precision != "fp32":
+            row.skipped = "torch rows run fp32, as the release does; fp16 is measured through onnxruntime/tensorrt"
+            continue
+        if row.backend == "torch-release" and settings.isolated:
+            row.skipped = "release-style differs only inside a restoration: time spatial_encoder_full with --backend torch"
+            continue
+        opened = _Opened(TorchBackend(models, device), device,
+                         f"torch fp32 on {device}, {torch.get_num_threads()} threads", models_load_s)
+        row.load_shared_with, owner = owner, owner or row.label
+        log(f"{row.label}: {opened.description}")
+        _measure_row(settings, cfg, opened, row, release=row.backend == "torch-release", log=log)
+    return flops, random_weights, weights
+
+
+def _prepare_onnx(settings: BenchSettings, cfg: PresetConfig, log: Log, onnx_cache) -> tuple[dict | None, str | None]:  # noqa: ANN001
+    if settings.onnx is not None:
+        return {"folder": str(settings.onnx), "exported_now": False, "export_s": 0.0}, None
+    if settings.weights is None:
+        tag = f"random-seed{settings.seed}"
+    else:
+        from interlcm.weights import variant_for_steps, weights_identity
+
+        variant = variant_for_steps(settings.steps)
+        tag = f"{variant}-{weights_identity(settings.weights, variant)}"
+    request = onnx_cache.ExportRequest(
+        preset=settings.preset,
+        resolution=cfg.resolution,
+        weights=None if settings.weights is None else str(settings.weights),
+        weights_tag=tag,
+        seed=settings.seed,
+        steps=settings.steps,
+        components=tuple(sorted(set(DEFAULT_COMPONENTS) | set(settings.components))),
+        precisions=tuple(settings.precisions),
+        batch=(min(settings.batches), min(settings.batches), max(settings.batches)),
+    )
+    try:
+        result = onnx_cache.ensure_onnx(settings.cache_dir, request, log=log)
+    except onnx_cache.ExportUnavailable as exc:
+        return None, str(exc)
+    log(f"onnx: {'cached' if result.cached else 'exported'} {result.folder}")
+    return {"folder": str(result.folder), "exported_now": not result.cached, "export_s": result.seconds}, None
+
+
+def _run_group(settings: BenchSettings, cfg: PresetConfig, kind: str, precision: str, group: list[RowResult],
+               onnx_info: dict | None, onnx_skip: str | None, log: Log) -> None:
+    """Rows of one exported runtime and precision: open once, run every batch, close."""
+    names = list(settings.components) or [
+        n for n in DEFAULT_COMPONENTS if not n.startswith("colorfix_") or n == f"colorfix_{settings.colorfix}"
+    ]
+    try:
+        if kind == "onnxruntime":
+            if onnx_info is None:
+                raise _Skip(onnx_skip or "no ONNX folder")
+            opened = _open_onnxruntime(Path(onnx_info["folder"]), precision, settings.threads, names)
+            got = opened.backend.config.resolution
+            if got != cfg.resolution:
+                raise _Skip(f"the ONNX files in {onnx_info['folder']} are for {got} px, not {cfg.resolution}")
+        else:
+            opened = _open_tensorrt(settings.engines, precision)
+    except _Skip as exc:
+        for row in group:
+            row.skipped = str(exc)
+        return
+    except (ImportError, FileNotFoundError, ValueError, RuntimeError) as exc:
+        for row in group:
+            row.skipped = f"{kind} could not start: {exc}"
+        return
+    try:
+        owner = None
+        for row in group:
+            row.load_shared_with, owner = owner, owner or row.label
+            log(f"{row.label}: {opened.description}")
+            _measure_row(settings, cfg, opened, row, release=False, log=log)
+    finally:
+        opened.close()

@@ -1,0 +1,158 @@
+"""`manifest.json`: what an export folder holds, and proof that its files are the ones exported.
+
+The engine builder and the ONNX Runtime backend read the manifest instead of
+guessing: which component and precision each file is, its tensors (names,
+shapes with the batch axis named "batch", dtypes), the preset it was built
+for and the weights it came from. `load_manifest(root)` re-hashes every file
+and refuses a folder whose files do not match.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from interlcm.config import PresetConfig
+
+MANIFEST = "manifest.json"
+FORMAT = 1
+PRECISIONS = ("fp32", "fp16")
+
+
+class ManifestError(RuntimeError):
+    """An export folder that cannot be used as it is (one line: the file and the fix)."""
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    name: str
+    shape: list[int | str]  # axis 0 is "batch" (dynamic); the others are fixed per export
+    dtype: str  # "float32" or "float16"
+
+
+@dataclass(frozen=True)
+class FileEntry:
+    component: str
+    precision: str  # "fp32" | "fp16"
+    file: str  # relative to the folder, e.g. "unet.fp16.onnx"
+    sha256: str
+    inputs: list[TensorInfo]
+    outputs: list[TensorInfo]
+    external_data: str | None = None  # e.g. "unet.fp32.onnx.data" for models over 2 GB
+    external_sha256: str | None = None
+    key: str = ""  # hash of everything the file was made from; equal key = up to date
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> FileEntry:
+        d = dict(d)
+        d["inputs"] = [TensorInfo(**t) for t in d["inputs"]]
+        d["outputs"] = [TensorInfo(**t) for t in d["outputs"]]
+        return cls(**d)
+
+
+@dataclass
+class Manifest:
+    format: int
+    preset: dict[str, Any]  # PresetConfig.to_dict()
+    resolution: int
+    opset: int
+    batch: tuple[int, int, int]  # (min, opt, max) of the dynamic batch axis
+    weights: str  # "random, seed N" or the weights folder's identity hash
+    versions: dict[str, str]
+    entries: list[FileEntry] = field(default_factory=list)
+
+    @property
+    def config(self) -> PresetConfig:
+        return PresetConfig.from_dict(self.preset)
+
+    def entry(self, component: str, precision: str) -> FileEntry:
+        for e in self.entries:
+            if e.component == component and e.precision == precision:
+                return e
+        have = ", ".join(f"{e.component}/{e.precision}" for e in self.entries) or "nothing"
+        raise ManifestError(
+            f"{MANIFEST} has no {component} in {precision} (it has {have}): "
+            f"export it with `interlcm-export --components {component}{' --fp16' if precision == 'fp16' else ''}`"
+        )
+
+    def path(self, root: Path | str, component: str, precision: str) -> Path:
+        return Path(root) / self.entry(component, precision).file
+
+    def upsert(self, new: FileEntry) -> None:
+        self.entries = [e for e in self.entries if (e.component, e.precision) != (new.component, new.precision)]
+        self.entries.append(new)
+        self.entries.sort(key=lambda e: (e.component, PRECISIONS.index(e.precision)))
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=1)
+
+    @classmethod
+    def from_json(cls, text: str) -> Manifest:
+        d = json.loads(text)
+        d["batch"] = tuple(d["batch"])
+        d["entries"] = [FileEntry.from_dict(e) for e in d["entries"]]
+        return cls(**d)
+
+    def save(self, root: Path) -> None:
+        atomic_write_text(Path(root) / MANIFEST, self.to_json())
+
+
+def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write via a temporary file in the same folder and rename: readers never see half a file."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def verify_entry(root: Path, e: FileEntry) -> None:
+    """Raise ManifestError if the entry's file (or its external data) is missing or differs."""
+    fix = f"re-export it with `interlcm-export --components {e.component} --force`"
+    for name, digest in ((e.file, e.sha256), (e.external_data, e.external_sha256)):
+        if name is None:
+            continue
+        p = root / name
+        if not p.is_file():
+            raise ManifestError(f"{p} is listed in {MANIFEST} but missing: {fix}")
+        if digest is not None and sha256_file(p) != digest:
+            raise ManifestError(f"{p} does not match its sha256 in {MANIFEST} (changed or truncated): {fix}")
+
+
+def read_manifest(root: Path) -> Manifest:
+    path = Path(root) / MANIFEST
+    if not path.is_file():
+        raise ManifestError(f"no {MANIFEST} in {root}: create the folder with `interlcm-export --out {root}`")
+    try:
+        m = Manifest.from_json(path.read_text())
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ManifestError(f"{path} is not a valid manifest ({exc}): re-export with --force") from None
+    if m.format != FORMAT:
+        raise ManifestError(f"{path} has format {m.format}, this version reads {FORMAT}: re-export with --force")
+    return m
+
+
+def load_manifest(root: Path | str, verify: bool = True) -> Manifest:
+    """Read `root/manifest.json`; with `verify`, re-hash every listed file and refuse any mismatch."""
+    root = Path(root)
+    m = read_manifest(root)
+    if verify:
+        for e in m.entries:
+            verify_entry(root, e)
+    return m

@@ -1,0 +1,167 @@
+"""The benchmark harness on the tiny preset: it runs, reports every field, writes its files.
+
+No timing is asserted: these run on shared machines.
+"""
+
+import json
+import math
+
+import pytest
+import torch
+
+from interlcm.benchmarks.backends import ComponentClock, ReleaseStyle
+from interlcm.benchmarks.harness import BenchSettings, run_benchmark
+from interlcm.benchmarks.measure import CpuMeter, PeakRss, Stats
+from interlcm.benchmarks.report import plot, render, write_json
+from interlcm.pipeline import TorchBackend
+from interlcm.sampler import SamplerSettings, restore
+from interlcm.schedule import make_noise, make_schedule
+
+ROW_FIELDS = {
+    "backend", "precision", "batch", "label", "device", "description", "skipped", "load_s", "first_run_s",
+    "time_to_first_result_s", "end_to_end", "seconds_per_image", "images_per_s", "host_other_s", "components",
+    "gflop_per_restoration", "gflops", "fraction_of_peak", "peak_rss_mb", "rss_before_mb", "gpu_peak_mb",
+    "process_cores", "other_cores", "threads",
+}
+COMPONENT_FIELDS = {"name", "calls", "per_call", "per_restoration", "gflop_per_call", "gflops", "fraction_of_peak"}
+STATS_FIELDS = {"median", "p90", "min", "n"}
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory):
+    settings = BenchSettings(
+        preset="tiny",
+        backends=("torch", "torch-release", "onnxruntime", "tensorrt"),
+        batches=(1, 2),
+        warmup=1,
+        runs=2,
+        threads=1,
+        probe_max_n=256,
+        cache_dir=tmp_path_factory.mktemp("bench-onnx"),
+    )
+    return run_benchmark(settings, log=lambda msg: None)
+
+
+def test_torch_rows_ran_and_others_say_why(report):
+    rows = {r.label: r for r in report.rows}
+    for label in ("torch fp32 b1", "torch fp32 b2", "torch-release fp32 b1", "torch-release fp32 b2"):
+        assert rows[label].skipped is None, rows[label].skipped
+        assert rows[label].end_to_end.n == 2
+    for r in report.rows:
+        assert r.skipped is None or len(r.skipped) > 20  # a reason, not a flag
+    if not torch.cuda.is_available():
+        assert "GPU" in rows["tensorrt fp32 b1"].skipped
+
+
+def test_json_has_every_field(report, tmp_path):
+    path = tmp_path / "bench.json"
+    write_json(report, path)
+    data = json.loads(path.read_text())
+    assert data["random_weights"] is True and data["weights"].startswith("random")
+    for key in ("cpu_model", "logical_cores", "torch_threads", "gpus", "date", "command", "versions"):
+        assert key in data["environment"]
+    for lib in ("torch", "onnxruntime", "diffusers", "transformers"):
+        assert lib in data["environment"]["versions"]
+    assert data["paper"]["seconds_per_image"] == 0.421 and "3090" in data["paper"]["hardware"]
+    assert data["peaks"][0]["gflops"] > 0
+    for row in data["rows"]:
+        assert ROW_FIELDS <= set(row), ROW_FIELDS - set(row)
+        if row["skipped"] is not None:
+            continue
+        assert STATS_FIELDS <= set(row["end_to_end"]) and STATS_FIELDS <= set(row["process_cores"])
+        assert row["peak_rss_mb"] > 0 and row["time_to_first_result_s"] >= row["first_run_s"] > 0
+        for comp in row["components"]:
+            assert COMPONENT_FIELDS <= set(comp)
+            assert STATS_FIELDS <= set(comp["per_call"])
+    assert {r["kind"] for r in data["ratios"]} >= {"release", "batch"}
+
+
+def test_flops_positive_and_components_sum_to_total(report):
+    for name, f in report.flops.items():
+        assert f.flops >= 0 and sum(f.by_op.values()) == f.flops, name
+    for row in report.rows:
+        if row.skipped is not None:
+            continue
+        assert row.gflop_per_restoration > 0 and 0 < row.fraction_of_peak
+        total = sum(c.gflop_per_call * c.calls for c in row.components if c.gflop_per_call is not None)
+        assert math.isclose(total, row.gflop_per_restoration, rel_tol=1e-9)
+        # per image, FLOPs do not depend on the batch
+        b1 = next(r for r in report.rows if (r.backend, r.batch) == (row.backend, 1))
+        assert math.isclose(row.gflop_per_restoration / row.batch, b1.gflop_per_restoration, rel_tol=1e-9)
+
+
+def test_release_row_runs_the_full_spatial_encoder(report):
+    release = next(r for r in report.rows if r.backend == "torch-release")
+    names = {c.name: c.calls for c in release.components}
+    assert "se_condition" not in names and "spatial_encoder" not in names
+    assert names["spatial_encoder_full"] == report.steps == names["unet"]
+
+
+def test_terminal_report_names_random_weights_and_keeps_the_paper_out_of_ratios(report):
+    text = render(report)
+    assert "RANDOM WEIGHTS" in text
+    paper_lines = [line for line in text.splitlines() if "0.421" in line]
+    assert paper_lines and all(line.startswith("paper:") for line in paper_lines)
+    assert "RTX 3090" in paper_lines[0]
+
+
+def test_plot_is_written(report, tmp_path):
+    path = tmp_path / "bench.png"
+    plot(report, path)
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_release_style_restores_the_same_image(tiny_models, lq_photo):
+    """Recomputing the SE embedding every step changes the cost, not the result."""
+    cfg = tiny_models.config
+    settings = SamplerSettings(make_schedule(cfg.scheduler, 4), guidance_dim=cfg.guidance_dim)
+    noise = make_noise(0, 4, lq_photo.shape[0], cfg.latent_channels, (cfg.latent_size, cfg.latent_size))
+    ours = restore(TorchBackend(tiny_models), lq_photo, noise, settings)
+    clock = ComponentClock(TorchBackend(tiny_models))
+    theirs = restore(ReleaseStyle(clock), lq_photo, noise, settings)
+    torch.testing.assert_close(theirs, ours, atol=1e-5, rtol=1e-5)
+    assert [n for n, _ in clock.take()].count("spatial_encoder_full") == 3
+
+
+def test_isolated_components(tmp_path):
+    settings = BenchSettings(preset="tiny", backends=("torch",), components=("unet", "vae_decoder"), warmup=1, runs=2,
+                             threads=1, probe_max_n=128, cache_dir=tmp_path)
+    (row,) = run_benchmark(settings, log=lambda msg: None).rows
+    assert row.end_to_end is None and [c.name for c in row.components] == ["unet", "vae_decoder"]
+    assert all(c.calls == 1 and c.gflops > 0 for c in row.components)
+
+
+def test_settings_reject_typos():
+    with pytest.raises(ValueError, match="backend 'ort'"):
+        BenchSettings(backends=("ort",))
+    with pytest.raises(ValueError, match="component 'unett'"):
+        BenchSettings(components=("unett",))
+    with pytest.raises(ValueError, match="warmup"):
+        BenchSettings(warmup=0)
+
+
+def test_measuring_instruments():
+    s = Stats.of([3.0, 1.0, 2.0])
+    assert (s.median, s.min, s.n) == (2.0, 1.0, 3) and 2.0 <= s.p90 <= 3.0
+    with PeakRss() as rss, CpuMeter() as meter:
+        block = torch.ones(64, 2**20)  # 256 MB
+        block.add_(1)
+    del block
+    assert rss.peak - rss.before > 200 * 2**20
+    assert meter.result.wall_s > 0 and meter.result.process_cpu_s >= 0
+
+
+def test_cli_writes_json_and_plot(tmp_path):
+    from click.testing import CliRunner
+
+    from interlcm.benchmarks.cli import main
+
+    args = ["--preset", "tiny", "--backend", "torch", "--warmup", "1", "--runs", "1", "--threads", "1",
+            "--probe-n", "128", "--json", str(tmp_path / "b.json"), "--plot", str(tmp_path / "b.png")]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    assert "RANDOM WEIGHTS" in result.output
+    assert json.loads((tmp_path / "b.json").read_text())["rows"][0]["skipped"] is None
+    assert (tmp_path / "b.png").stat().st_size > 0
+    bad = CliRunner().invoke(main, ["--backend", "torch,ort"])
+    assert bad.exit_code != 0 and "ort" in bad.output
