@@ -1,0 +1,1 @@
+"""Latency and cost benchmarks (`interlcm-bench`); see README.md in this folder."""

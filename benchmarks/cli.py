@@ -69,6 +69,9 @@ def main(preset, weights, onnx, engines, backends, precisions, batches, resoluti
     if plot_path:
         plot(report, plot_path)
         click.echo(f"plot: {plot_path}")
+    failed = [r.label for r in report.rows if r.failed]
+    if failed:
+        raise click.ClickException(f"{len(failed)} row(s) failed: {', '.join(failed)} (see FAILED above)")
 
 
 if __name__ == "__main__":

@@ -45,7 +45,7 @@ class ComponentFlops:
     name: str
     flops: int  # per call at batch 1
     by_op: dict[str, int]  # aten op -> flops, for reading where the arithmetic is
-    counted_on: str  # "fake tensors" or "real tensors" (when a fake run was not possible)
+    counted_on: str  # "fake tensors" (big components) or "real tensors" (small ones, or fake was not possible)
 
 
 # components with more parameters than this are counted on fake tensors

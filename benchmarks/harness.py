@@ -18,6 +18,7 @@ of peak" is measured, not looked up.
 from __future__ import annotations
 
 import contextlib
+import functools
 import gc
 import sys
 import time
@@ -26,10 +27,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
+
 from interlcm.benchmarks.backends import ComponentClock, ReleaseStyle
 from interlcm.benchmarks.flops import ComponentFlops, PeakProbe, count_flops, matmul_peak
 from interlcm.benchmarks.measure import CpuMeter, PeakRss, Stats, environment
-
 from interlcm.components import BY_NAME, DEFAULT_COMPONENTS
 from interlcm.config import PresetConfig, get_preset
 
@@ -125,7 +126,8 @@ class RowResult:
     batch: int
     device: str = ""
     description: str = ""
-    skipped: str | None = None  # why this row did not run
+    skipped: str | None = None  # why this row could not run here
+    failed: str | None = None  # the error that stopped it mid-measurement (the other rows are kept)
     load_s: float | None = None  # opening the backend; rows of one backend and precision share it
     load_shared_with: str | None = None  # the row whose load this one reuses
     first_run_s: float | None = None
@@ -146,6 +148,10 @@ class RowResult:
     process_cores: Stats | None = None  # this process's CPU-seconds per wall-second, per run
     other_cores: Stats | None = None  # cores the rest of the machine kept busy meanwhile, per run
     threads: int | None = None
+
+    @property
+    def ran(self) -> bool:
+        return self.skipped is None and self.failed is None
 
     @property
     def label(self) -> str:
@@ -210,12 +216,18 @@ def _load_models(settings: BenchSettings, cfg: PresetConfig, device: str):  # no
     return models.to(device)
 
 
+@functools.lru_cache(maxsize=4)
+def _content_hash(root: Path, steps: int) -> str:
+    """The weights folder's content hash (reads every file: seconds for sd15, so once per run)."""
+    from interlcm.weights import variant_for_steps, weights_identity
+
+    return weights_identity(root, variant_for_steps(steps))
+
+
 def _weights_identity(settings: BenchSettings, models) -> tuple[bool, str]:  # noqa: ANN001
     if settings.weights is None:
         return True, models.origin
-    from interlcm.weights import variant_for_steps, weights_identity
-
-    ident = weights_identity(settings.weights, variant_for_steps(settings.steps))
+    ident = _content_hash(settings.weights, settings.steps)
     return models.origin.startswith("random"), f"{models.origin}, content sha256 {ident}"
 
 
@@ -227,11 +239,11 @@ def _open_onnxruntime(folder: Path, precision: str, threads: int, names: list[st
     for name in names:  # sessions now, so the first run measures running, not loading
         backend.session(name)
     load_s = time.perf_counter() - start
-    desc = f"onnxruntime {precision} on {backend.running_on} ({backend.reason}), {threads} intra-op threads"
+    desc = f"onnxruntime {precision} on {backend.running_on} ({backend.reason}), intra-op threads: {threads}"
     return _Opened(backend, backend.device.type, desc, load_s)
 
 
-def _open_tensorrt(engines: Path | None, precision: str) -> _Opened:
+def _open_tensorrt(engines: Path | None, precision: str, names: list[str]) -> _Opened:
     from interlcm.engines.ort import cuda_device_count
 
     devices, why = cuda_device_count()
@@ -239,17 +251,15 @@ def _open_tensorrt(engines: Path | None, precision: str) -> _Opened:
         raise _Skip(f"TensorRT needs an NVIDIA GPU: {why}")
     if engines is None:
         raise _Skip("the tensorrt rows need --engines DIR (build them with `interlcm-trt build`)")
-    from interlcm.engines.trt import TrtBackend
+    from interlcm.engines.trt import PRECISION, TrtBackend
 
+    if precision != PRECISION:
+        raise _Skip(f"TensorRT engines are built {PRECISION} only (strongly typed, from the {PRECISION} ONNX files)")
     start = time.perf_counter()
-    backend = TrtBackend(engines)
+    backend = TrtBackend(engines, components=names)
     backend.__enter__()
     load_s = time.perf_counter() - start
-    built = getattr(backend, "precision", None)
-    if built is not None and built != precision:
-        backend.__exit__(None, None, None)
-        raise _Skip(f"the engines in {engines} are {built}, not {precision}")
-    return _Opened(backend, "cuda", f"tensorrt engines from {engines}", load_s,
+    return _Opened(backend, "cuda", f"tensorrt {PRECISION} engines from {engines}", load_s,
                    close=lambda: backend.__exit__(None, None, None))
 
 
@@ -260,16 +270,16 @@ class _Skip(Exception):
 # --- measuring one row -----------------------------------------------------------------------------
 
 
-def _timed_runs(settings: BenchSettings, work: Callable[[], object], sync: Callable[[], None], clock: ComponentClock,
+def _timed_runs(settings: BenchSettings, work: Callable[[], object], clock: ComponentClock,
                 row: RowResult, log: Log) -> tuple[list[float], list[list[tuple[str, float]]]]:
     """warmup + runs repetitions of `work`; fills the row's first-run and CPU fields."""
     e2e, per_run, cores, others = [], [], [], []
     for i in range(settings.warmup + settings.runs):
         clock.take()
-        sync()
+        clock.synchronize()
         with CpuMeter() as meter:
             work()
-            sync()
+            clock.synchronize()
         use = meter.result
         if i == 0:
             row.first_run_s = use.wall_s
@@ -321,6 +331,16 @@ def _add_costs(row: RowResult, flops: dict[str, ComponentFlops], peaks: dict[tup
 
 def _measure_row(settings: BenchSettings, cfg: PresetConfig, opened: _Opened, row: RowResult,
                  release: bool, log: Log) -> None:
+    """Measure one row; an error is recorded in the row (and fails the run) rather than losing the others."""
+    try:
+        _measure(settings, cfg, opened, row, release, log)
+    except (RuntimeError, ValueError, OSError, MemoryError) as exc:
+        row.failed = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
+        log(f"{row.label}: FAILED: {row.failed}")
+
+
+def _measure(settings: BenchSettings, cfg: PresetConfig, opened: _Opened, row: RowResult,
+             release: bool, log: Log) -> None:
     from interlcm.engines.runtime import RestoreOptions, Restorer
 
     clock = ComponentClock(opened.backend)
@@ -344,7 +364,7 @@ def _measure_row(settings: BenchSettings, cfg: PresetConfig, opened: _Opened, ro
             restorer.restore(lq)
 
     with PeakRss() as rss:
-        e2e, per_run = _timed_runs(settings, work, clock.synchronize, clock, row, log)
+        e2e, per_run = _timed_runs(settings, work, clock, row, log)
     row.peak_rss_mb, row.rss_before_mb, row.rss_method = rss.peak / 2**20, rss.before / 2**20, rss.method
     if opened.device == "cuda":
         if opened.backend.__class__.__name__ == "TorchBackend":
@@ -365,7 +385,7 @@ def _measure_row(settings: BenchSettings, cfg: PresetConfig, opened: _Opened, ro
 
 
 def _ratios(rows: list[RowResult]) -> list[Ratio]:
-    ran = [r for r in rows if r.skipped is None]
+    ran = [r for r in rows if r.ran]
     out: list[Ratio] = []
 
     def e2e(r: RowResult) -> float | None:
@@ -398,6 +418,14 @@ def _ratios(rows: list[RowResult]) -> list[Ratio]:
 
 def run_benchmark(settings: BenchSettings, log: Log = _stderr) -> BenchReport:
     """Every requested row, measured in this process; rows that cannot run here say why."""
+    previous_threads = torch.get_num_threads()
+    try:
+        return _run(settings, log)
+    finally:
+        torch.set_num_threads(previous_threads)
+
+
+def _run(settings: BenchSettings, log: Log) -> BenchReport:
     from interlcm.benchmarks import onnx_cache
 
     cfg = settings.config()
@@ -419,7 +447,7 @@ def run_benchmark(settings: BenchSettings, log: Log = _stderr) -> BenchReport:
     peaks: dict[tuple[str, str], PeakProbe] = {}
     for p in settings.precisions:
         for dev in sorted({device, "cpu"} if "onnxruntime" in settings.backends else {device}):
-            log(f"matmul peak probe: {p} on {dev}, {torch.get_num_threads()} threads")
+            log(f"matmul peak probe: {p} on {dev}, threads: {torch.get_num_threads()}")
             peaks[(dev, p)] = matmul_peak(p, dev, max_n=settings.probe_max_n)
 
     # 3. models: FLOPs, then the torch rows; the models are freed before the exported runtimes run
@@ -434,9 +462,9 @@ def run_benchmark(settings: BenchSettings, log: Log = _stderr) -> BenchReport:
                 _run_group(settings, cfg, kind, precision, group, onnx_info, onnx_skip, log)
 
     for row in rows:
-        if row.skipped is None:
+        if row.ran:
             _add_costs(row, flops, peaks)
-        else:
+        elif row.skipped:
             log(f"{row.label}: skipped: {row.skipped}")
     if random_weights:
         notes.append("random weights: timings are real (the arithmetic does not depend on the values), outputs are noise")
@@ -484,7 +512,7 @@ def _torch_phase(settings: BenchSettings, cfg: PresetConfig, rows: list[RowResul
             row.skipped = "release-style differs only inside a restoration: time spatial_encoder_full with --backend torch"
             continue
         opened = _Opened(TorchBackend(models, device), device,
-                         f"torch fp32 on {device}, {torch.get_num_threads()} threads", models_load_s)
+                         f"torch fp32 on {device}, threads: {torch.get_num_threads()}", models_load_s)
         row.load_shared_with, owner = owner, owner or row.label
         log(f"{row.label}: {opened.description}")
         _measure_row(settings, cfg, opened, row, release=row.backend == "torch-release", log=log)
@@ -497,10 +525,9 @@ def _prepare_onnx(settings: BenchSettings, cfg: PresetConfig, log: Log, onnx_cac
     if settings.weights is None:
         tag = f"random-seed{settings.seed}"
     else:
-        from interlcm.weights import variant_for_steps, weights_identity
+        from interlcm.weights import variant_for_steps
 
-        variant = variant_for_steps(settings.steps)
-        tag = f"{variant}-{weights_identity(settings.weights, variant)}"
+        tag = f"{variant_for_steps(settings.steps)}-{_content_hash(settings.weights, settings.steps)}"
     request = onnx_cache.ExportRequest(
         preset=settings.preset,
         resolution=cfg.resolution,
@@ -535,7 +562,7 @@ def _run_group(settings: BenchSettings, cfg: PresetConfig, kind: str, precision:
             if got != cfg.resolution:
                 raise _Skip(f"the ONNX files in {onnx_info['folder']} are for {got} px, not {cfg.resolution}")
         else:
-            opened = _open_tensorrt(settings.engines, precision)
+            opened = _open_tensorrt(settings.engines, precision, names)
     except _Skip as exc:
         for row in group:
             row.skipped = str(exc)
@@ -546,7 +573,11 @@ def _run_group(settings: BenchSettings, cfg: PresetConfig, kind: str, precision:
         return
     try:
         owner = None
+        lo, _, hi = getattr(opened.backend, "batch", (1, 1, sys.maxsize))  # engines: their profile's range
         for row in group:
+            if not lo <= row.batch <= hi:
+                row.skipped = f"the engines take batch {lo} to {hi}: rebuild them with a wider profile"
+                continue
             row.load_shared_with, owner = owner, owner or row.label
             log(f"{row.label}: {opened.description}")
             _measure_row(settings, cfg, opened, row, release=False, log=log)

@@ -113,9 +113,8 @@ def ensure_onnx(cache_root: Path, request: ExportRequest, log=print) -> ExportRe
 
 def _export(request: ExportRequest, out: Path) -> None:
     """Child process: build or load the models, then export them with the project's exporter."""
-    from interlcm.export.onnx_export import export_all
-
     from interlcm.config import get_preset
+    from interlcm.export.onnx_export import export_all
     from interlcm.pipeline import build_random
     from interlcm.weights import load_models, variant_for_steps
 

@@ -6,7 +6,6 @@ import json
 from pathlib import Path
 
 from interlcm.benchmarks.harness import BenchReport, RowResult
-
 from interlcm.components import COMPONENTS
 
 COMPONENT_ORDER = [c.name for c in COMPONENTS]
@@ -71,13 +70,13 @@ def render(report: BenchReport) -> str:
         f"date: {env['date']}; commit {env['git_commit']}{' (with local changes)' if env['git_dirty'] else ''}",
     ]
     for p in report.peaks:
-        out.append(f"measured peak: {p.precision} matmul {p.n}^3 on {p.device}, {p.threads} threads: "
+        out.append(f"measured peak: {p.precision} matmul {p.n}^3 on {p.device}, threads: {p.threads}: "
                    f"{p.gflops:.1f} GFLOP/s (median {p.median_gflops:.1f})")
     if report.onnx:
         o = report.onnx
         out.append(f"onnx: {o['folder']}" + (f" (exported now in {o['export_s']:.0f} s)" if o["exported_now"] else ""))
 
-    ran = [r for r in report.rows if r.skipped is None]
+    ran = [r for r in report.rows if r.ran]
     e2e_rows = [r for r in ran if r.end_to_end is not None]
     if e2e_rows:
         out += ["", f"end to end: seconds per restoration of one batch, over {s['runs']} runs after {s['warmup']} warm-up"]
@@ -116,6 +115,10 @@ def render(report: BenchReport) -> str:
     if skipped:
         out += ["", "not run here:"]
         out += [f"  {r.label}: {r.skipped}" for r in skipped]
+    failed = [r for r in report.rows if r.failed]
+    if failed:
+        out += ["", "FAILED (the rows above are complete; the run exits with an error):"]
+        out += [f"  {r.label}: {r.failed}" for r in failed]
     out += ["", *_paper_lines(report)]
     return "\n".join(out)
 
@@ -166,7 +169,8 @@ def _ratio_lines(report: BenchReport) -> list[str]:
 
 def _paper_lines(report: BenchReport) -> list[str]:
     p = report.paper
-    ours = [r for r in report.rows if r.skipped is None and r.seconds_per_image is not None]
+    ours = [r for r in report.rows if r.ran and r.seconds_per_image is not None]
+    ours = [r for r in ours if r.batch == min(o.batch for o in ours)]
     lines = [f"paper: {p['seconds_per_image']} s per {p['resolution']}x{p['resolution']} face on an {p['hardware']}, "
              f"{p['backend']} [{p['source']}] ({p['note']})"]
     cpu = report.environment["cpu_model"]
@@ -205,7 +209,7 @@ def plot(report: BenchReport, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = [r for r in report.rows if r.skipped is None and r.components]
+    rows = [r for r in report.rows if r.ran and r.components]
     names = {c.name for r in rows for c in r.components}
     segments = [*sorted(names, key=_stack_position), "(sampler glue)"]
     colours = plt.get_cmap("tab20").colors
@@ -224,8 +228,10 @@ def plot(report: BenchReport, path: Path) -> None:
         if any(heights):
             ax.bar(labels, heights, bottom=bottoms, label=seg, color=colours[_colour_index(seg) % len(colours)])
             bottoms = [b + h for b, h in zip(bottoms, heights)]
-    for x, total in enumerate(bottoms):
-        ax.annotate(f"{total:.3g} s", (x, total), ha="center", va="bottom", fontsize=8)
+    for x, (r, top) in enumerate(zip(rows, bottoms)):
+        # the label is the measured end-to-end median; the stack sums medians of parts, so it can differ a little
+        label = r.seconds_per_image if r.seconds_per_image is not None else top
+        ax.annotate(f"{label:.3g} s", (x, top), ha="center", va="bottom", fontsize=8)
     ax.set_ylim(0, 1.1 * max(bottoms, default=1.0))
     weights = "random weights" if report.random_weights else "trained weights"
     ax.set_title(f"InterLCM {report.preset} {report.resolution}x{report.resolution}, {report.steps} steps, {weights}\n"

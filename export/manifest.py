@@ -84,7 +84,9 @@ class Manifest:
         return Path(root) / self.entry(component, precision).file
 
     def upsert(self, new: FileEntry) -> None:
-        self.entries = [e for e in self.entries if (e.component, e.precision) != (new.component, new.precision)]
+        self.entries = [
+            e for e in self.entries if (e.component, e.precision) != (new.component, new.precision)
+        ]
         self.entries.append(new)
         self.entries.sort(key=lambda e: (e.component, PRECISIONS.index(e.precision)))
 
@@ -144,7 +146,9 @@ def read_manifest(root: Path) -> Manifest:
     except (ValueError, KeyError, TypeError) as exc:
         raise ManifestError(f"{path} is not a valid manifest ({exc}): re-export with --force") from None
     if m.format != FORMAT:
-        raise ManifestError(f"{path} has format {m.format}, this version reads {FORMAT}: re-export with --force")
+        raise ManifestError(
+            f"{path} has format {m.format}, this version reads {FORMAT}: re-export with --force"
+        )
     return m
 
 

@@ -96,7 +96,9 @@ def versions(precisions: Iterable[str] = ("fp32",)) -> dict[str, str]:
     return v
 
 
-def export_key(comp: Component, cfg: PresetConfig, weights: str, opset: int, precision: str, batch: tuple) -> str:
+def export_key(
+    comp: Component, cfg: PresetConfig, weights: str, opset: int, precision: str, batch: tuple
+) -> str:
     """Hash of everything a file is made from: same key, same file (so it can be skipped)."""
     recipe = {
         "component": comp.name,
@@ -119,7 +121,9 @@ def _tensor_infos(comp: Component, cfg: PresetConfig, names: Sequence[str], whic
     ]
 
 
-def _trace(comp: Component, module: torch.nn.Module, cfg: PresetConfig, batch: int, opset: int, path: Path) -> None:
+def _trace(
+    comp: Component, module: torch.nn.Module, cfg: PresetConfig, batch: int, opset: int, path: Path
+) -> None:
     args = tuple(comp.sample_inputs(cfg, batch, seed=0).values())
     with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # TracerWarnings about python ints: shapes are fixed per export
@@ -183,7 +187,9 @@ def _fix_fp16_casts(model: onnx.ModelProto) -> int:
     The converter retypes a Cast's output to fp16 but keeps `to=FLOAT` (the bug the
     issue saw around the timestep); ONNX Runtime then rejects the graph.
     """
-    fp16 = {v.name for v in model.graph.value_info if v.type.tensor_type.elem_type == onnx.TensorProto.FLOAT16}
+    fp16 = {
+        v.name for v in model.graph.value_info if v.type.tensor_type.elem_type == onnx.TensorProto.FLOAT16
+    }
     fixed = 0
     for node in model.graph.node:
         if node.op_type == "Cast" and node.output[0] in fp16:
@@ -208,12 +214,15 @@ def _fp32_outputs(model: onnx.ModelProto) -> None:
         tt.elem_type = onnx.TensorProto.FLOAT
         node = producers[out.name]
         if node.op_type == "Cast":
-            node.attribute[:] = [onnx.helper.make_attribute("to", onnx.TensorProto.FLOAT)]
+            del node.attribute[:]
+            node.attribute.append(onnx.helper.make_attribute("to", onnx.TensorProto.FLOAT))
             continue
         half = f"{out.name}__fp16"
         for n in model.graph.node:
-            n.input[:] = [half if i == out.name else i for i in n.input]
-            n.output[:] = [half if o == out.name else o for o in n.output]
+            for field in (n.input, n.output):
+                for i, name in enumerate(field):
+                    if name == out.name:
+                        field[i] = half
         model.graph.node.append(onnx.helper.make_node("Cast", [half], [out.name], to=onnx.TensorProto.FLOAT))
 
 
@@ -288,8 +297,18 @@ def export_component(
 # --- all files ----------------------------------------------------------------------------------
 
 
-def _open_manifest(out_dir: Path, cfg: PresetConfig, opset: int, batch: tuple, weights: str, precisions) -> Manifest:
-    fresh = Manifest(FORMAT, _json_normal(cfg.to_dict()), cfg.resolution, opset, tuple(batch), weights, versions(precisions))
+def _open_manifest(
+    out_dir: Path, cfg: PresetConfig, opset: int, batch: tuple, weights: str, precisions
+) -> Manifest:
+    fresh = Manifest(
+        FORMAT,
+        _json_normal(cfg.to_dict()),
+        cfg.resolution,
+        opset,
+        tuple(batch),
+        weights,
+        versions(precisions),
+    )
     if not (out_dir / MANIFEST).is_file():
         return fresh
     try:
@@ -344,7 +363,9 @@ def export_all(
     if not 1 <= lo <= opt <= hi:
         raise ExportError(f"batch range {lo}:{opt}:{hi} must satisfy 1 <= min <= opt <= max")
     if hi >= 64:
-        raise ExportError(f"batch max {hi}: diffusers' Upsample2D changes code path at batch 64; use at most 63")
+        raise ExportError(
+            f"batch max {hi}: diffusers' Upsample2D changes code path at batch 64; use at most 63"
+        )
     bad = [p for p in precisions if p not in ("fp32", "fp16")]
     if bad:
         raise ExportError(f"unknown precision {bad}: choose fp32 and/or fp16")
@@ -389,7 +410,9 @@ def export_all(
                 path.replace(out_dir / path.name)
                 manifest.upsert(entry)
                 manifest.save(out_dir)
-        sizes = ", ".join(f"{p} {_file_bytes(out_dir, manifest.entry(comp.name, p)) / 1e6:.1f} MB" for p in todo)
+        sizes = ", ".join(
+            f"{p} {_file_bytes(out_dir, manifest.entry(comp.name, p)) / 1e6:.1f} MB" for p in todo
+        )
         bar.write(f"{comp.name:24s} {time.perf_counter() - start:7.1f} s  ({sizes})")
     manifest.save(out_dir)
     return manifest
@@ -437,7 +460,9 @@ def format_table(rows: Sequence[ParityRow]) -> str:
     return "\n".join([TABLE_HEADER, *(r.line() for r in rows)])
 
 
-def compare(comp: Component, precision: str, out: str, batch: int, got: np.ndarray, ref: np.ndarray) -> ParityRow:
+def compare(
+    comp: Component, precision: str, out: str, batch: int, got: np.ndarray, ref: np.ndarray
+) -> ParityRow:
     tol = comp.tol_fp16 if precision == "fp16" else comp.tol_fp32
     got64, ref64 = got.astype(np.float64), ref.astype(np.float64)
     scale = float(np.abs(ref64).max())
@@ -446,7 +471,9 @@ def compare(comp: Component, precision: str, out: str, batch: int, got: np.ndarr
     cosine = float(got64.ravel() @ ref64.ravel() / denom) if denom > 0 and got.shape == ref.shape else 0.0
     limit = tol.rel * scale + tol.abs
     ok = bool(np.isfinite(got).all()) and max_abs <= limit
-    return ParityRow(comp.name, precision, out, batch, max_abs, max_abs / max(scale, 1e-30), cosine, limit, ok)
+    return ParityRow(
+        comp.name, precision, out, batch, max_abs, max_abs / max(scale, 1e-30), cosine, limit, ok
+    )
 
 
 def ort_session(path: Path, threads: int | None = None):  # -> onnxruntime.InferenceSession
@@ -495,16 +522,21 @@ def validate(
     manifest = load_manifest(out_dir)  # refuses tampered files
     cfg = models.config
     if manifest.preset != _json_normal(cfg.to_dict()):
-        raise ValidationError(f"{out_dir} was exported for preset {manifest.preset['name']}, models are {cfg.name}")
+        raise ValidationError(
+            f"{out_dir} was exported for preset {manifest.preset['name']}, models are {cfg.name}"
+        )
     lo, opt, hi = manifest.batch
     batches = list(batches or sorted({lo, opt + 1 if opt < hi else max(lo, opt - 1)}))
     entries = [
         e
         for e in manifest.entries
-        if (components is None or e.component in components) and (precisions is None or e.precision in precisions)
+        if (components is None or e.component in components)
+        and (precisions is None or e.precision in precisions)
     ]
     if not entries:
-        raise ValidationError(f"nothing to validate in {out_dir} for {components or 'all'} / {precisions or 'all'}")
+        raise ValidationError(
+            f"nothing to validate in {out_dir} for {components or 'all'} / {precisions or 'all'}"
+        )
     rows: list[ParityRow] = []
     problems: list[str] = []
     if echo:
@@ -531,7 +563,9 @@ def validate(
         del sessions
     failed = [r for r in rows if not r.ok]
     if failed or problems:
-        lines = [f"{len(failed)} output(s) out of tolerance, {len(problems)} interface problem(s) in {out_dir}:"]
+        lines = [
+            f"{len(failed)} output(s) out of tolerance, {len(problems)} interface problem(s) in {out_dir}:"
+        ]
         lines += problems
         if failed:
             lines += [TABLE_HEADER, *(r.line() for r in failed)]

@@ -47,6 +47,7 @@ class Tolerance:
 # timestep embedding multiplies t (up to 999, an fp16 ulp of 0.5) by its frequencies.
 FP16_KEEP_FP32: tuple[str, ...] = ("InstanceNormalization", "LayerNormalization", "GroupNormalization", "Softmax")
 FP16_KEEP_TIME: tuple[str, ...] = (*FP16_KEEP_FP32, "time_proj/")
+TOL_FP16_SE = Tolerance(3e-2)  # ControlNet residuals: measured 8.5e-3 on tiny
 
 
 @dataclass(frozen=True)
@@ -57,8 +58,8 @@ class Component:
     outputs: tuple[TensorSpec, ...]
     # fp32 export vs torch: float reassociation only, so tight.
     tol_fp32: Tolerance = Tolerance(1e-4)
-    # fp16 export vs torch fp32: set from measurement per component (see export/README).
-    tol_fp16: Tolerance = Tolerance(2e-2)
+    # fp16 export vs torch fp32: measured on tiny up to 2.2e-3 (SE: 8.5e-3); ~5x margin (export/README.md).
+    tol_fp16: Tolerance = Tolerance(1e-2)
     optional: bool = False  # exported only when asked (benchmark variants)
     fp16_keep_fp32: tuple[str, ...] = FP16_KEEP_FP32  # op types / node-name fragments left in fp32
     notes: str = ""
@@ -188,6 +189,7 @@ COMPONENTS: tuple[Component, ...] = (
         inputs=(SAMPLE, TIMESTEP, CONTEXT, COND),
         outputs=RESIDUALS,
         fp16_keep_fp32=FP16_KEEP_TIME,
+        tol_fp16=TOL_FP16_SE,
     ),
     Component(
         "unet",
@@ -217,6 +219,7 @@ COMPONENTS: tuple[Component, ...] = (
         outputs=(TensorSpec("eps", _latent),),
         optional=True,
         fp16_keep_fp32=FP16_KEEP_TIME,
+        tol_fp16=TOL_FP16_SE,
         notes="SE + UNet fused in one graph",
     ),
     Component(
@@ -226,6 +229,7 @@ COMPONENTS: tuple[Component, ...] = (
         outputs=RESIDUALS,
         optional=True,
         fp16_keep_fp32=FP16_KEEP_TIME,
+        tol_fp16=TOL_FP16_SE,
         notes="as released: image embedding recomputed every step",
     ),
 )

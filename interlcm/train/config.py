@@ -26,7 +26,8 @@ MIXED_PRECISION = ("auto", "no", "bf16", "fp16")
 class TrainConfig:
     # --- model -------------------------------------------------------------------------------
     weights: str = ""  # weights folder (interlcm-weights init/download): frozen CLIP/UNet/VAE, starting VE/SE
-    variant: str = "3step"  # VE/SE pair to start from and export as; fixes the step count (3step = 3 network steps)
+    # VE/SE pair to start from and export as; fixes the step count (3step = 3 network steps)
+    variant: str = "3step"
     resolution: int = 0  # 0: the weights folder's (512 for sd15)
     guidance_scale: float = 8.0  # as at inference: the UNet sees w = 7
     gradient_checkpointing: bool = False  # recompute SE, UNet and VAE-decoder activations in backward
@@ -36,7 +37,8 @@ class TrainConfig:
     # "paper": Eq. 3 ranges (sigma 1-15, down 1-30, noise 0-20, JPEG 30-90);
     # "release": the narrower ranges the released checkpoints actually trained on.
     degradation_preset: str = "paper"
-    degradation: dict[str, Any] = field(default_factory=dict)  # DegradationConfig overrides, e.g. {task: inpainting}
+    # DegradationConfig overrides on top of the preset, e.g. {task: inpainting}
+    degradation: dict[str, Any] = field(default_factory=dict)
     hflip: bool = True
     num_workers: int = 0
 
@@ -86,14 +88,20 @@ class TrainConfig:
         if self.variant not in VARIANT_STEPS:
             raise ValueError(f"variant must be one of {', '.join(VARIANT_STEPS)}, got {self.variant!r}")
         if self.mixed_precision not in MIXED_PRECISION:
-            raise ValueError(f"mixed_precision must be one of {MIXED_PRECISION}, got {self.mixed_precision!r}")
+            raise ValueError(
+                f"mixed_precision must be one of {MIXED_PRECISION}, got {self.mixed_precision!r}"
+            )
         if self.degradation_preset not in ("paper", "release"):
-            raise ValueError(f"degradation_preset must be 'paper' or 'release', got {self.degradation_preset!r}")
+            raise ValueError(
+                f"degradation_preset must be 'paper' or 'release', got {self.degradation_preset!r}"
+            )
         for name in ("batch_size", "grad_accum", "max_steps", "log_every", "val_every", "ckpt_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         task = self.degradation_config().task
-        expected = {"colorization": "colorization", "inpainting": "inpainting"}.get(self.variant, "restoration")
+        expected = {"colorization": "colorization", "inpainting": "inpainting"}.get(
+            self.variant, "restoration"
+        )
         if task != expected:
             raise ValueError(
                 f"variant {self.variant!r} is trained on the {expected} task but degradation.task is {task!r}: "
@@ -116,7 +124,9 @@ class TrainConfig:
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - names)
         if unknown:
-            raise ValueError(f"unknown training config keys {unknown}; valid keys: {', '.join(sorted(names))}")
+            raise ValueError(
+                f"unknown training config keys {unknown}; valid keys: {', '.join(sorted(names))}"
+            )
         return cls(**data)
 
     @classmethod
@@ -139,7 +149,9 @@ def read_config_file(path: Path) -> dict[str, Any]:
     else:
         raise ValueError(f"training config {path} must be .yaml, .yml or .toml")
     if not isinstance(data, dict):
-        raise ValueError(f"training config {path} must be a mapping of keys to values, got {type(data).__name__}")
+        raise ValueError(
+            f"training config {path} must be a mapping of keys to values, got {type(data).__name__}"
+        )
     return data
 
 

@@ -99,7 +99,9 @@ class LPIPS(nn.Module):
                 for k, v in _read_state(lin_path).items()
                 if k.startswith("lin")
             }
-            _load_strict(self.lins, lins, lin_path, "the lpips package's vgg.pth (lin0.model.1.weight ... lin4)")
+            _load_strict(
+                self.lins, lins, lin_path, "the lpips package's vgg.pth (lin0.model.1.weight ... lin4)"
+            )
         self.pretrained = True
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

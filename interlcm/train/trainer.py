@@ -139,7 +139,9 @@ class Trainer:
 
         # 1. Models: only VE and SE learn.
         if not cfg.weights:
-            raise ValueError("no weights folder: set `weights:` (interlcm-weights init --preset tiny --out DIR)")
+            raise ValueError(
+                "no weights folder: set `weights:` (interlcm-weights init --preset tiny --out DIR)"
+            )
         models = load_models(Path(cfg.weights), cfg.variant, cfg.resolution or None)
         self.models = models.to(self.device)
         for name in FROZEN:
@@ -155,7 +157,10 @@ class Trainer:
         self.backend = GradBackend(models, self.device, CHECKPOINTED if cfg.gradient_checkpointing else ())
 
         # 2. Losses and the discriminator.
-        self.lpips = LPIPS(cfg.perceptual_channels).to(self.device)
+        with torch.random.fork_rng(devices=[]):  # seeded: a resumed run rebuilds the same random parts
+            torch.manual_seed(cfg.seed)
+            self.lpips = LPIPS(cfg.perceptual_channels).to(self.device)
+            self.disc = NLayerDiscriminator(cfg.disc_channels, cfg.disc_layers).to(self.device)
         if cfg.perceptual_weights:
             self.lpips.load_weights(
                 Path(cfg.perceptual_weights), Path(cfg.lpips_weights) if cfg.lpips_weights else None
@@ -166,15 +171,18 @@ class Trainer:
                 "vgg16-397923af.pth state dict; optionally lpips_weights=lpips/weights/v0.1/vgg.pth). "
                 "A random VGG is a meaningless loss; allow_random_perceptual=true is for tests only"
             )
-        self.disc = NLayerDiscriminator(cfg.disc_channels, cfg.disc_layers).to(self.device)
 
         # 3. Optimisers, schedules, EMA, precision.
         params = [p for m in self.trainable.values() for p in m.parameters()]
         self.opt_g = torch.optim.Adam(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
         self.opt_d = torch.optim.Adam(self.disc.parameters(), lr=cfg.disc_lr, betas=cfg.betas)
-        factor = cosine_lambda(cfg.max_steps, cfg.warmup_steps, cfg.lr_min_ratio)
-        self.sched_g = torch.optim.lr_scheduler.LambdaLR(self.opt_g, factor)
-        self.sched_d = torch.optim.lr_scheduler.LambdaLR(self.opt_d, factor)
+        self.sched_g = torch.optim.lr_scheduler.LambdaLR(
+            self.opt_g, cosine_lambda(cfg.max_steps, cfg.warmup_steps, cfg.lr_min_ratio)
+        )
+        d_steps = max(1, cfg.max_steps - cfg.disc_start + 1)  # the critic's cosine runs over its own steps
+        self.sched_d = torch.optim.lr_scheduler.LambdaLR(
+            self.opt_d, cosine_lambda(d_steps, 0, cfg.lr_min_ratio)
+        )
         self.ema = EMA(self.trainable, cfg.ema_decay)
         self.amp_dtype = _amp_dtype(cfg.mixed_precision, self.device)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
@@ -194,16 +202,32 @@ class Trainer:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self.amp_dtype)
 
-    def forward(self, lq: torch.Tensor, micro: int = 0) -> torch.Tensor:
-        """The N-step chain with gradients: (B, 3, R, R) LQ -> decoded restoration."""
+    def forward(self, lq: torch.Tensor, micro: int = 0, noise_seed: int | None = None) -> torch.Tensor:
+        """The N-step chain with gradients: (B, 3, R, R) LQ -> decoded restoration.
+
+        The chain's noise is drawn from (seed, step, micro-batch, rank) unless `noise_seed` fixes it.
+        """
         cfg, mc = self.cfg, self.models.config
-        seed = step_seed(cfg.seed, self.step, micro, self.rank)
-        noise = make_noise(seed, self.settings.schedule.num_inference_steps, lq.shape[0], mc.latent_channels,
-                           (mc.latent_size, mc.latent_size)).to(self.device)  # (N - 1, B, 4, h, w)
+        seed = step_seed(cfg.seed, self.step, micro, self.rank) if noise_seed is None else noise_seed
+        noise = make_noise(
+            seed,
+            self.settings.schedule.num_inference_steps,
+            lq.shape[0],
+            mc.latent_channels,
+            (mc.latent_size, mc.latent_size),
+        ).to(self.device)  # (N - 1, B, 4, h, w)
         return restore(self.backend, lq, noise, self.settings)
 
-    def train_step(self, micro_batches: list[dict[str, torch.Tensor]] | dict[str, torch.Tensor]) -> dict[str, float]:
-        """One optimiser step over `grad_accum` micro-batches of {"hq", "lq"} in [-1, 1]."""
+    def train_step(
+        self,
+        micro_batches: list[dict[str, torch.Tensor]] | dict[str, torch.Tensor],
+        noise_seed: int | None = None,
+    ) -> dict[str, float]:
+        """One optimiser step over micro-batches of {"hq", "lq"} (B, 3, R, R) in [-1, 1].
+
+        `noise_seed` fixes the chain's noise (overfitting a fixed batch); by default it is
+        fresh every step, as training needs.
+        """
         cfg = self.cfg
         batches = [micro_batches] if isinstance(micro_batches, dict) else list(micro_batches)
         gan = self.gan_active
@@ -216,7 +240,7 @@ class Trainer:
         for micro, batch in enumerate(batches):
             hq, lq = batch["hq"].to(self.device), batch["lq"].to(self.device)
             with self._autocast():
-                image = self.forward(lq, micro)  # (B, 3, R, R)
+                image = self.forward(lq, micro, noise_seed)  # (B, 3, R, R)
                 l1 = (image.float() - hq).abs().mean()
                 perceptual = self.lpips(image.float(), hq).mean()
                 loss = cfg.l1_weight * l1 + cfg.perceptual_weight * perceptual
@@ -235,7 +259,9 @@ class Trainer:
             if gan:
                 fakes.append(image.detach())
                 reals.append(hq)
-        logs["grad_norm"] = self._optimizer_step(self.opt_g, [p for m in self.trainable.values() for p in m.parameters()])
+        logs["grad_norm"] = self._optimizer_step(
+            self.opt_g, [p for m in self.trainable.values() for p in m.parameters()]
+        )
         self.ema.update(self.trainable)
 
         # 2. Discriminator, on the images the generator just made.
@@ -252,16 +278,23 @@ class Trainer:
 
         logs["lr"] = self.sched_g.get_last_lr()[0]
         self.sched_g.step()
-        self.sched_d.step()  # both follow one cosine in global steps
+        if gan:
+            self.sched_d.step()
         self.step += 1
         return logs
 
-    def _optimizer_step(self, opt: torch.optim.Optimizer, params: list[nn.Parameter], clip: bool = True) -> float:
+    def _optimizer_step(
+        self, opt: torch.optim.Optimizer, params: list[nn.Parameter], clip: bool = True
+    ) -> float:
         if self.world > 1:
             _all_reduce_mean(params, self.world)
         self.scaler.unscale_(opt)
         grads = [p.grad for p in params if p.grad is not None]
-        norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads])) if grads else 0.0
+        norm = (
+            torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
+            if grads
+            else 0.0
+        )
         if clip and self.cfg.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(params, self.cfg.grad_clip)
         self.scaler.step(opt)
@@ -287,6 +320,8 @@ class Trainer:
             if self.rank == 0 and (self.step % cfg.log_every == 0 or self.step == 1):
                 logs["step"] = self.step
                 logs["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+                if self.device.type == "cuda":
+                    logs["peak_cuda_mb"] = torch.cuda.max_memory_allocated(self.device) / 2**20
                 _append_json(log_path, logs)
             if self.step % cfg.val_every == 0 or self.step == cfg.max_steps:
                 self.validate()
@@ -301,7 +336,11 @@ class Trainer:
         if not self.cfg.data:
             raise ValueError("no training data: set `data:` to a folder of square HQ face images")
         self.dataset = FaceDataset(
-            self.cfg.data, self.models.config.resolution, self.cfg.degradation_config(), self.cfg.seed, self.cfg.hflip
+            self.cfg.data,
+            self.models.config.resolution,
+            self.cfg.degradation_config(),
+            self.cfg.seed,
+            self.cfg.hflip,
         )
         per_batch = self.cfg.batch_size * self.world
         if len(self.dataset) < per_batch:
@@ -325,10 +364,15 @@ class Trainer:
         epoch, pos = divmod(self.step * cfg.grad_accum, per_epoch)
         while True:
             order = np.random.default_rng([cfg.seed, epoch]).permutation(len(ds)).tolist()
-            chunks = [order[i * cfg.batch_size * self.world : (i + 1) * cfg.batch_size * self.world] for i in range(per_epoch)]
+            chunks = [
+                order[i * cfg.batch_size * self.world : (i + 1) * cfg.batch_size * self.world]
+                for i in range(per_epoch)
+            ]
             mine = [c[self.rank * cfg.batch_size : (self.rank + 1) * cfg.batch_size] for c in chunks[pos:]]
             ds.set_epoch(epoch)
-            loader = DataLoader(ds, batch_sampler=mine, num_workers=cfg.num_workers, pin_memory=self.device.type == "cuda")
+            loader = DataLoader(
+                ds, batch_sampler=mine, num_workers=cfg.num_workers, pin_memory=self.device.type == "cuda"
+            )
             yield from loader
             epoch, pos = epoch + 1, 0
 
@@ -350,8 +394,13 @@ class Trainer:
         items = [val[i] for i in range(min(cfg.val_images, len(val)))]
         lq = torch.stack([it["lq"] for it in items])
         hq = torch.stack([it["hq"] for it in items])
-        noise = make_noise(cfg.seed, self.settings.schedule.num_inference_steps, len(items), mc.latent_channels,
-                           (mc.latent_size, mc.latent_size))
+        noise = make_noise(
+            cfg.seed,
+            self.settings.schedule.num_inference_steps,
+            len(items),
+            mc.latent_channels,
+            (mc.latent_size, mc.latent_size),
+        )
         settings = replace(self.settings, colorfix="wavelet")  # what inference shows a user
         restored = restore(TorchBackend(self.ema_models(), self.device), lq, noise, settings).cpu()
         rows = [torch.cat([a, b, c], dim=2) for a, b, c in zip(lq, restored, hq)]  # each (3, R, 3R)
@@ -477,8 +526,13 @@ def _rng_state() -> dict[str, Any]:
     return {
         "torch": torch.get_rng_state(),
         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": pos,
-                  "has_gauss": has_gauss, "cached": cached},
+        "numpy": {
+            "kind": kind,
+            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "pos": pos,
+            "has_gauss": has_gauss,
+            "cached": cached,
+        },
         "python": random.getstate(),
     }
 
@@ -488,7 +542,9 @@ def _set_rng_state(state: dict[str, Any]) -> None:
     if state["cuda"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
     n = state["numpy"]
-    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached"]))
+    np.random.set_state(
+        (n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached"])
+    )
     version, internal, gauss = state["python"]
     random.setstate((version, tuple(internal), gauss))
 
@@ -496,4 +552,4 @@ def _set_rng_state(state: dict[str, Any]) -> None:
 def _append_json(path: Path, record: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a") as f:
-        f.write(json.dumps({k: round(v, 6) if isinstance(v, float) else v for k, v in record.items()}) + "\n")
+        f.write(json.dumps(record) + "\n")  # full precision: resume tests compare exactly

@@ -18,7 +18,7 @@ from interlcm.sampler import SamplerSettings, restore
 from interlcm.schedule import make_noise, make_schedule
 
 ROW_FIELDS = {
-    "backend", "precision", "batch", "label", "device", "description", "skipped", "load_s", "first_run_s",
+    "backend", "precision", "batch", "label", "device", "description", "skipped", "failed", "load_s", "first_run_s",
     "time_to_first_result_s", "end_to_end", "seconds_per_image", "images_per_s", "host_other_s", "components",
     "gflop_per_restoration", "gflops", "fraction_of_peak", "peak_rss_mb", "rss_before_mb", "gpu_peak_mb",
     "process_cores", "other_cores", "threads",
@@ -27,18 +27,17 @@ COMPONENT_FIELDS = {"name", "calls", "per_call", "per_restoration", "gflop_per_c
 STATS_FIELDS = {"median", "p90", "min", "n"}
 
 
+def _settings(tmp_path, **kw) -> BenchSettings:
+    defaults = dict(preset="tiny", batches=(1, 2), warmup=1, runs=2, threads=1, probe_max_n=256, cache_dir=tmp_path)
+    return BenchSettings(**{**defaults, **kw})
+
+
 @pytest.fixture(scope="module")
 def report(tmp_path_factory):
-    settings = BenchSettings(
-        preset="tiny",
-        backends=("torch", "torch-release", "onnxruntime", "tensorrt"),
-        batches=(1, 2),
-        warmup=1,
-        runs=2,
-        threads=1,
-        probe_max_n=256,
-        cache_dir=tmp_path_factory.mktemp("bench-onnx"),
-    )
+    # an empty --onnx folder: the onnxruntime rows must be skipped with a reason, not crash
+    # (exporting takes a minute even for tiny: see the slow test below)
+    tmp = tmp_path_factory.mktemp("bench")
+    settings = _settings(tmp, backends=("torch", "torch-release", "onnxruntime", "tensorrt"), onnx=tmp / "no-onnx")
     return run_benchmark(settings, log=lambda msg: None)
 
 
@@ -47,10 +46,26 @@ def test_torch_rows_ran_and_others_say_why(report):
     for label in ("torch fp32 b1", "torch fp32 b2", "torch-release fp32 b1", "torch-release fp32 b2"):
         assert rows[label].skipped is None, rows[label].skipped
         assert rows[label].end_to_end.n == 2
-    for r in report.rows:
-        assert r.skipped is None or len(r.skipped) > 20  # a reason, not a flag
+    assert "manifest.json" in rows["onnxruntime fp32 b1"].skipped
     if not torch.cuda.is_available():
         assert "GPU" in rows["tensorrt fp32 b1"].skipped
+
+
+@pytest.mark.slow
+def test_onnxruntime_rows_from_a_cached_export(tmp_path):
+    """Exports tiny into the cache (about a minute), runs it, then reuses the cache."""
+    from interlcm.benchmarks.onnx_cache import exporter_available
+
+    if exporter_available() is not None:
+        pytest.skip(exporter_available())
+    settings = _settings(tmp_path, backends=("torch", "onnxruntime"))
+    first = run_benchmark(settings, log=lambda msg: None)
+    assert first.onnx["exported_now"]
+    rows = {r.label: r for r in first.rows}
+    assert rows["onnxruntime fp32 b1"].skipped is None and rows["onnxruntime fp32 b2"].end_to_end.n == 2
+    assert {r.what for r in first.ratios if r.kind == "backend"} >= {"end to end", "unet"}
+    again = run_benchmark(_settings(tmp_path, backends=("onnxruntime",), batches=(1,)), log=lambda msg: None)
+    assert not again.onnx["exported_now"] and again.rows[0].skipped is None
 
 
 def test_json_has_every_field(report, tmp_path):
@@ -66,7 +81,7 @@ def test_json_has_every_field(report, tmp_path):
     assert data["peaks"][0]["gflops"] > 0
     for row in data["rows"]:
         assert ROW_FIELDS <= set(row), ROW_FIELDS - set(row)
-        if row["skipped"] is not None:
+        if row["skipped"] is not None or row["failed"] is not None:
             continue
         assert STATS_FIELDS <= set(row["end_to_end"]) and STATS_FIELDS <= set(row["process_cores"])
         assert row["peak_rss_mb"] > 0 and row["time_to_first_result_s"] >= row["first_run_s"] > 0
@@ -80,7 +95,7 @@ def test_flops_positive_and_components_sum_to_total(report):
     for name, f in report.flops.items():
         assert f.flops >= 0 and sum(f.by_op.values()) == f.flops, name
     for row in report.rows:
-        if row.skipped is not None:
+        if not row.ran:
             continue
         assert row.gflop_per_restoration > 0 and 0 < row.fraction_of_peak
         total = sum(c.gflop_per_call * c.calls for c in row.components if c.gflop_per_call is not None)
@@ -124,8 +139,7 @@ def test_release_style_restores_the_same_image(tiny_models, lq_photo):
 
 
 def test_isolated_components(tmp_path):
-    settings = BenchSettings(preset="tiny", backends=("torch",), components=("unet", "vae_decoder"), warmup=1, runs=2,
-                             threads=1, probe_max_n=128, cache_dir=tmp_path)
+    settings = _settings(tmp_path, backends=("torch",), batches=(1,), components=("unet", "vae_decoder"))
     (row,) = run_benchmark(settings, log=lambda msg: None).rows
     assert row.end_to_end is None and [c.name for c in row.components] == ["unet", "vae_decoder"]
     assert all(c.calls == 1 and c.gflops > 0 for c in row.components)
@@ -165,3 +179,23 @@ def test_cli_writes_json_and_plot(tmp_path):
     assert (tmp_path / "b.png").stat().st_size > 0
     bad = CliRunner().invoke(main, ["--backend", "torch,ort"])
     assert bad.exit_code != 0 and "ort" in bad.output
+
+
+def test_weights_folder_is_identified(tiny_weights, tmp_path):
+    settings = _settings(tmp_path, backends=("torch",), batches=(1,), runs=1, weights=tiny_weights)
+    report = run_benchmark(settings, log=lambda msg: None)
+    assert report.rows[0].skipped is None
+    assert report.random_weights  # init_weights writes random weights, and says so
+    assert "content sha256" in report.weights and str(tiny_weights) in report.weights
+
+
+def test_a_failing_row_is_recorded_and_the_others_kept(tmp_path, monkeypatch):
+    def broken(self, component, **inputs):
+        raise RuntimeError("out of memory\nsecond line")
+
+    monkeypatch.setattr(ReleaseStyle, "run", broken)
+    settings = _settings(tmp_path, backends=("torch-release", "torch"), batches=(1,), runs=1)
+    report = run_benchmark(settings, log=lambda msg: None)
+    rows = {r.backend: r for r in report.rows}
+    assert rows["torch"].ran and rows["torch-release"].failed == "RuntimeError: out of memory"
+    assert "FAILED" in render(report) and not [r for r in report.ratios if r.kind == "release"]
