@@ -118,6 +118,7 @@ def atomic_write_text(path: Path, text: str) -> None:
     try:
         with os.fdopen(fd, "w") as f:
             f.write(text)
+        os.chmod(tmp, 0o644)  # mkstemp makes it private; the manifest is as readable as the models
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
