@@ -50,6 +50,7 @@ from interlcm.config import PresetConfig
 
 if TYPE_CHECKING:
     import tensorrt as trt
+
     from interlcm.export.manifest import Manifest
 else:
     trt = None  # imported by _require_trt() on first use; tests put a recording stand-in here

@@ -55,7 +55,7 @@ def _fill_zero_weights(module: nn.Module, gen: torch.Generator) -> None:
     residuals would be exact zeros and every SE parity test would compare
     zeros with zeros. Random presets must exercise every layer.
     """
-    for name, p in module.named_parameters():
+    for p in module.parameters():
         if p.dim() >= 2 and not p.detach().any():
             fan_in = p[0].numel()
             with torch.no_grad():

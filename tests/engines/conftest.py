@@ -327,9 +327,8 @@ def fake_trt(monkeypatch):
 @pytest.fixture
 def fake_export(tmp_path, tiny_cfg, monkeypatch):
     """A fake export folder of the tiny preset's default components, wired into engines/trt.py."""
-    from interlcm.engines import trt as trt_mod
-
     from interlcm.components import DEFAULT_COMPONENTS
+    from interlcm.engines import trt as trt_mod
 
     root = tmp_path / "onnx"
     manifest = write_fake_export(root, tiny_cfg, list(DEFAULT_COMPONENTS))

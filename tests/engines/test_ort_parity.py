@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from interlcm.engines.parity import compare_traces, format_table
-from interlcm.engines.runtime import Restorer, RestoreOptions
+from interlcm.engines.runtime import RestoreOptions, Restorer
 from interlcm.pipeline import TorchBackend
 from interlcm.sampler import Trace
 
@@ -76,7 +76,7 @@ def test_parity_detects_a_wrong_backend(onnx_dir, tiny_models, lq_photo):
 
 def test_batch_other_than_export_batch(onnx_dir, tiny_models):
     from interlcm.engines.ort import OrtBackend
-    from tests.conftest import photo
+    from interlcm.testing import photo
 
     lq = photo(tiny_models.config.resolution, batch=3)
     out, expected, rows = _traces(OrtBackend(onnx_dir, "fp32", provider="cpu"), tiny_models, lq)

@@ -16,11 +16,11 @@ import sys
 
 import pytest
 import torch
-from interlcm.engines import trt as trt_mod
-from interlcm.engines.trt import EngineError, TrtBackend, build_engines, cache_key, cache_parts
 
 from interlcm.components import DEFAULT_COMPONENTS, get_component
 from interlcm.config import PresetConfig
+from interlcm.engines import trt as trt_mod
+from interlcm.engines.trt import EngineError, TrtBackend, build_engines, cache_key, cache_parts
 
 # --- building -----------------------------------------------------------------------------------
 
@@ -466,7 +466,6 @@ def test_engine_matches_torch_per_component(real_engines, tiny_models, name):
 @pytest.mark.gpu
 def test_engines_restore_like_torch(real_engines, tiny_models, lq_photo):
     from interlcm.engines.parity import compare_traces, format_table
-
     from interlcm.pipeline import TorchBackend
     from interlcm.sampler import SamplerSettings, Trace, restore
     from interlcm.schedule import make_noise, make_schedule

@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib.util
 
 import pytest
+
 from interlcm.engines import trt_typecheck
 
 

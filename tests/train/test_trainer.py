@@ -7,7 +7,6 @@ import json
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import photo
 from PIL import Image
 
 from interlcm.imageio import to_uint8
@@ -15,6 +14,7 @@ from interlcm.models.lcm import VaeDecode, VaeEncode
 from interlcm.pipeline import TorchBackend
 from interlcm.sampler import SamplerSettings, restore
 from interlcm.schedule import make_noise, make_schedule
+from interlcm.testing import photo
 from interlcm.train.config import TrainConfig
 from interlcm.train.losses import PerceptualWeightsError
 from interlcm.train.trainer import Trainer
