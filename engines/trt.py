@@ -36,8 +36,6 @@ import hashlib
 import importlib
 import json
 import logging
-import os
-import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,6 +45,7 @@ import torch
 
 from interlcm.components import Component, get_component
 from interlcm.config import PresetConfig
+from interlcm.files import atomic_write_bytes
 
 if TYPE_CHECKING:
     import tensorrt as trt
@@ -178,23 +177,8 @@ def _torch_dtype(dtype: trt.DataType) -> torch.dtype:
 # --- atomic files -------------------------------------------------------------------------------
 
 
-def _write_atomic(path: Path, data: bytes | memoryview) -> None:
-    """Write to a temp file in the same folder, then rename: readers see the old file or the new one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _write_json(path: Path, data: dict) -> None:
-    _write_atomic(path, (json.dumps(data, indent=2, sort_keys=True) + "\n").encode())
+    atomic_write_bytes(path, (json.dumps(data, indent=2, sort_keys=True) + "\n").encode())
 
 
 # --- the export's manifest ----------------------------------------------------------------------
@@ -418,7 +402,7 @@ def build_engines(
             # the old sidecar goes first: a crash between the two writes leaves "no record" (rebuild), never a
             # record that vouches for an engine it does not describe
             sidecar_path.unlink(missing_ok=True)
-            _write_atomic(engine_path, engine_bytes)
+            atomic_write_bytes(engine_path, engine_bytes)
             sidecar = {
                 "component": name,
                 "key": key,
@@ -427,7 +411,7 @@ def build_engines(
                 "engine_bytes": engine_bytes.nbytes,
             }
             _write_json(sidecar_path, sidecar)
-            _write_atomic(cache_path, cache_bytes)
+            atomic_write_bytes(cache_path, cache_bytes)
         built[name] = engine_path
         records[name] = {"file": engine_path.name, "key": key}
 

@@ -9,15 +9,13 @@ and refuses a folder whose files do not match.
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from interlcm.config import PresetConfig
+from interlcm.files import atomic_write_text, sha256_file  # noqa: F401 - re-exported
 
 MANIFEST = "manifest.json"
 FORMAT = 1
@@ -102,27 +100,6 @@ class Manifest:
 
     def save(self, root: Path) -> None:
         atomic_write_text(Path(root) / MANIFEST, self.to_json())
-
-
-def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write via a temporary file in the same folder and rename: readers never see half a file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; the manifest is as readable as the models
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def verify_entry(root: Path, e: FileEntry) -> None:

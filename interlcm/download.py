@@ -52,6 +52,8 @@ from functools import partial
 from pathlib import Path
 from typing import IO, Any
 
+from interlcm.files import atomic_write_bytes, sha256_file
+
 log = logging.getLogger(__name__)
 
 KNOWN_VARIANTS: tuple[str, ...] = ("3step", "1step", "colorization", "inpainting")
@@ -167,14 +169,6 @@ def released_files(variants: Iterable[str]) -> list[ReleasedFile]:
     return [spec for spec in RELEASED_FILES if spec.variant in wanted]
 
 
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def read_checksums(out: Path) -> dict[str, str]:
     """``checksums.json`` of a weights folder: relative path -> sha256 ({} if absent)."""
     path = Path(out) / CHECKSUMS_FILE
@@ -212,17 +206,7 @@ def _record_checksum(out: Path, rel: str, digest: str) -> None:
         return
     sums[rel] = digest
     text = json.dumps(dict(sorted(sums.items())), indent=2) + "\n"
-    _atomic_write(out / CHECKSUMS_FILE, text.encode())
-
-
-def _atomic_write(target: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, target)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+    atomic_write_bytes(out / CHECKSUMS_FILE, text.encode())
 
 
 def _one_line(exc: BaseException) -> str:

@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from interlcm.config import SD15, PresetConfig, VisualEncoderConfig, get_preset
+from interlcm.files import sha256_file
 
 # Checkpoint variants: the number of network steps each was trained for, and the
 # suffix of its released file names (visual_encoder_<suffix>.pth).
@@ -217,14 +218,6 @@ def _check_recorded_hashes(root: Path) -> list[str]:
         for rel, digest in recorded.items()
         if (root / rel).is_file() and sha256_file(root / rel) != digest
     ]
-
-
-def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def weights_identity(root: Path, variant: str) -> str:

@@ -168,19 +168,6 @@ def test_failed_build_leaves_no_partial_engine(fake_trt, fake_export, tmp_path):
     assert not out.exists() or not any(out.iterdir())  # no engine, sidecar, index or temp file
 
 
-def test_interrupted_write_leaves_the_old_file(tmp_path, monkeypatch):
-    path = tmp_path / "unet.engine"
-    path.write_bytes(b"old engine")
-
-    def crash(src, dst):
-        raise OSError("disk full")
-
-    monkeypatch.setattr(trt_mod.os, "replace", crash)
-    with pytest.raises(OSError, match="disk full"):
-        trt_mod._write_atomic(path, b"new engine, half written")
-    assert path.read_bytes() == b"old engine" and [p.name for p in tmp_path.iterdir()] == ["unet.engine"]
-
-
 def test_failed_rebuild_keeps_the_previous_engine_and_its_record(fake_trt, fake_export, tmp_path):
     out = tmp_path / "engines"
     build_engines(fake_export.root, out, components=["unet"])
