@@ -56,6 +56,13 @@ def _batch(ctx: click.Context, param: click.Parameter, value: str) -> tuple[int,
     type=click.Path(path_type=Path, exists=True, file_okay=False),
     help="Only re-check an existing export folder against torch.",
 )
+@click.option(
+    "--validate-batch",
+    "validate_batches",
+    type=int,
+    multiple=True,
+    help="Batch sizes to validate at (repeatable); default: the profile's min and one other than the traced.",
+)
 @click.option("--threads", type=int, default=2, show_default=True, help="torch and ONNX Runtime threads.")
 @click.option("--out", type=click.Path(path_type=Path), help="Output folder.")
 def main(
@@ -71,6 +78,7 @@ def main(
     force: bool,
     no_validate: bool,
     validate_dir: Path | None,
+    validate_batches: tuple[int, ...],
     threads: int,
     out: Path | None,
 ) -> None:
@@ -112,7 +120,8 @@ def main(
                 models, out, names, precisions, batch=batch, opset=opset, force=force, weights=identity
             )
         if validate_dir is not None or not no_validate:
-            validate(validate_dir or out, models, components=None if validate_dir else names, echo=click.echo)
+            chosen = names if components or validate_dir is None else None
+            validate(validate_dir or out, models, components=chosen, batches=validate_batches or None, echo=click.echo)
             click.echo("all outputs within tolerance")
     except (ExportError, ValidationError, ManifestError, WeightsError, ValueError) as exc:
         raise click.ClickException(str(exc)) from None
