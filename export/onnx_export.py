@@ -140,11 +140,27 @@ def _trace(
         )
 
 
-def _simplify(model: onnx.ModelProto) -> onnx.ModelProto:
-    """Constant folding, dead-node and Identity removal, shape inference (onnxslim)."""
-    import onnxslim
+def _weight_bytes(model: onnx.ModelProto) -> int:
+    """Size of the weights; `model.ByteSize()` itself raises past protobuf's 2 GB limit."""
+    return sum(t.ByteSize() for t in model.graph.initializer)
 
-    return onnxslim.slim(model)
+
+def _simplify(raw: Path) -> onnx.ModelProto:
+    """Constant folding, dead-node and Identity removal, shape inference (onnxslim).
+
+    onnxslim serialises the whole proto, which protobuf cannot do past 2 GB (the
+    sd15 UNet is 3.4 GB). Those models keep the TorchScript exporter's own
+    constant folding and get their shapes from inference on a weight-less copy.
+    """
+    model = onnx.load(str(raw))  # loads the exporter's per-tensor external files too
+    if _weight_bytes(model) < EXTERNAL_DATA_BYTES:
+        import onnxslim
+
+        return onnxslim.slim(model)
+    skeleton = onnx.load(str(raw), load_external_data=False)  # dims and dtypes, no data
+    model.graph.ClearField("value_info")
+    model.graph.value_info.extend(onnx.shape_inference.infer_shapes(skeleton).graph.value_info)
+    return model
 
 
 def _fp16_blocked(comp: Component) -> Callable[[onnx.NodeProto], bool]:
@@ -230,8 +246,12 @@ def to_fp16(model: onnx.ModelProto, comp: Component) -> onnx.ModelProto:
     """fp16 weights and arithmetic, `comp.fp16_keep_fp32` left in fp32, fp32 inputs and outputs."""
     from onnxconverter_common import float16
 
-    model = onnx.ModelProto.FromString(model.SerializeToString()) if model.ByteSize() < 2**31 else model
-    del model.graph.value_info[:]  # stale fp32 annotations confuse the converter; it re-infers them
+    large = _weight_bytes(model) >= EXTERNAL_DATA_BYTES
+    if not large:
+        model = onnx.ModelProto.FromString(model.SerializeToString())  # a copy: the fp32 model is saved too
+        # stale fp32 annotations confuse the converter; it re-infers them
+        del model.graph.value_info[:]
+    # over 2 GB the converter cannot infer shapes itself: it uses those _simplify inferred
     blocked = _fp16_blocked(comp)
     _untie_blocked_initializers(model, blocked)
     with warnings.catch_warnings():
@@ -241,7 +261,7 @@ def to_fp16(model: onnx.ModelProto, comp: Component) -> onnx.ModelProto:
             keep_io_types=True,
             op_block_list=sorted({n.op_type for n in model.graph.node if blocked(n)} & set(_all_ops(model))),
             node_block_list=[n.name for n in model.graph.node if blocked(n)],
-            disable_shape_infer=model.ByteSize() >= 2**31,
+            disable_shape_infer=large,
         )
     _fix_fp16_casts(out)
     _fp32_outputs(out)
@@ -254,8 +274,7 @@ def _all_ops(model: onnx.ModelProto) -> set[str]:
 
 def _save(model: onnx.ModelProto, path: Path) -> str | None:
     """Save `model` at `path`; weights in one `<name>.data` file when the model nears 2 GB."""
-    weights = sum(t.ByteSize() for t in model.graph.initializer)
-    if weights < EXTERNAL_DATA_BYTES:
+    if _weight_bytes(model) < EXTERNAL_DATA_BYTES:
         onnx.save_model(model, str(path))
         return None
     data = f"{path.name}.data"
@@ -276,10 +295,11 @@ def export_component(
     raw = tmp / "raw" / "model.onnx"
     raw.parent.mkdir()
     _trace(comp, comp.build(models).eval(), cfg, batch[1], opset, raw)
-    fp32 = _simplify(onnx.load(str(raw)))  # loads the exporter's per-tensor external files too
+    fp32 = _simplify(raw)
     shutil.rmtree(raw.parent)
     written = {}
-    for precision in precisions:
+    # fp32 first: over 2 GB the fp16 conversion works in place on the fp32 model (no room for a copy)
+    for precision in sorted(precisions, key=lambda p: p != "fp32"):
         model = to_fp16(fp32, comp) if precision == "fp16" else fp32
         report = check_trt_support(model)
         if not report.ok:

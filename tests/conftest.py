@@ -38,3 +38,14 @@ def lq_photo(tiny_cfg):
     from interlcm.testing import photo
 
     return photo(tiny_cfg.resolution, batch=2)
+
+
+@pytest.fixture(scope="session")
+def tiny_onnx(tiny_models, tmp_path_factory):
+    """Every default tiny component exported fp32 + fp16, batch range 1..4 (traced at 2)."""
+    from interlcm.components import DEFAULT_COMPONENTS
+    from interlcm.export.onnx_export import export_all
+
+    out = tmp_path_factory.mktemp("onnx")
+    export_all(tiny_models, out, DEFAULT_COMPONENTS, ("fp32", "fp16"), batch=(1, 2, 4), progress=False)
+    return out

@@ -21,16 +21,6 @@ FP32_REL = 1e-4
 FP16_MIN_PSNR = 35.0  # dB, output image in [-1, 1]
 
 
-@pytest.fixture(scope="module")
-def onnx_dir(tiny_models, tmp_path_factory):
-    from interlcm.components import DEFAULT_COMPONENTS
-    from interlcm.export.onnx_export import export_all
-
-    out = tmp_path_factory.mktemp("onnx")
-    export_all(tiny_models, out, DEFAULT_COMPONENTS, ("fp32", "fp16"), batch=(1, 2, 4), progress=False)
-    return out
-
-
 def _traces(backend, tiny_models, lq, colorfix="wavelet", steps=3):
     options = RestoreOptions(steps=steps, seed=3, colorfix=colorfix)
     ours, ref = Trace(), Trace()
@@ -40,25 +30,25 @@ def _traces(backend, tiny_models, lq, colorfix="wavelet", steps=3):
 
 
 @pytest.mark.parametrize("colorfix, steps", [("wavelet", 3), ("adain", 1)])
-def test_ort_fp32_matches_torch_at_every_stage(onnx_dir, tiny_models, lq_photo, colorfix, steps):
+def test_ort_fp32_matches_torch_at_every_stage(tiny_onnx, tiny_models, lq_photo, colorfix, steps):
     from interlcm.engines.ort import OrtBackend
 
-    out, expected, rows = _traces(OrtBackend(onnx_dir, "fp32", provider="cpu"), tiny_models, lq_photo, colorfix, steps)
+    out, expected, rows = _traces(OrtBackend(tiny_onnx, "fp32", provider="cpu"), tiny_models, lq_photo, colorfix, steps)
     bad = [r for r in rows if r.max_rel > FP32_REL]
     assert not bad, "stages over tolerance:\n" + format_table(rows)
     assert expected.abs().max() > 0.1 and out.shape == lq_photo.shape
 
 
-def test_ort_fp16_image_psnr(onnx_dir, tiny_models, lq_photo):
+def test_ort_fp16_image_psnr(tiny_onnx, tiny_models, lq_photo):
     from interlcm.engines.ort import OrtBackend
 
-    _, _, rows = _traces(OrtBackend(onnx_dir, "fp16", provider="cpu"), tiny_models, lq_photo)
+    _, _, rows = _traces(OrtBackend(tiny_onnx, "fp16", provider="cpu"), tiny_models, lq_photo)
     image = next(r for r in rows if r.stage == "image")
     print("\n" + format_table(rows))
     assert image.psnr > FP16_MIN_PSNR, format_table(rows)
 
 
-def test_parity_detects_a_wrong_backend(onnx_dir, tiny_models, lq_photo):
+def test_parity_detects_a_wrong_backend(tiny_onnx, tiny_models, lq_photo):
     """The comparison must fail when a stage is wrong: perturb the UNet's eps."""
     from interlcm.engines.ort import OrtBackend
 
@@ -69,24 +59,24 @@ def test_parity_detects_a_wrong_backend(onnx_dir, tiny_models, lq_photo):
                 out = {"eps": out["eps"] * 1.01}
             return out
 
-    _, _, rows = _traces(Broken(onnx_dir, "fp32", provider="cpu"), tiny_models, lq_photo)
+    _, _, rows = _traces(Broken(tiny_onnx, "fp32", provider="cpu"), tiny_models, lq_photo)
     first_bad = next(r.stage for r in rows if r.max_rel > FP32_REL)
     assert first_bad == "step1.eps"
 
 
-def test_batch_other_than_export_batch(onnx_dir, tiny_models):
+def test_batch_other_than_export_batch(tiny_onnx, tiny_models):
     from interlcm.engines.ort import OrtBackend
     from interlcm.testing import photo
 
     lq = photo(tiny_models.config.resolution, batch=3)
-    out, expected, rows = _traces(OrtBackend(onnx_dir, "fp32", provider="cpu"), tiny_models, lq)
+    out, expected, rows = _traces(OrtBackend(tiny_onnx, "fp32", provider="cpu"), tiny_models, lq)
     assert out.shape[0] == 3
     torch.testing.assert_close(out, expected, rtol=0, atol=1e-3)
 
 
-def test_wrong_resolution_is_refused_before_running(onnx_dir):
+def test_wrong_resolution_is_refused_before_running(tiny_onnx):
     from interlcm.engines.ort import OrtBackend
 
-    backend = OrtBackend(onnx_dir, "fp32", provider="cpu")
+    backend = OrtBackend(tiny_onnx, "fp32", provider="cpu")
     with pytest.raises(ValueError, match="re-export"):
         backend.run("clip", image=torch.zeros(1, 3, 32, 32))
