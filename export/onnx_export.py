@@ -163,12 +163,26 @@ def _simplify(raw: Path) -> onnx.ModelProto:
     return model
 
 
-def _fp16_blocked(comp: Component) -> Callable[[onnx.NodeProto], bool]:
+def _fp16_block_lists(comp: Component, model: onnx.ModelProto) -> tuple[list[str], list[str]]:
+    """(op types, node names) the converter must keep in fp32.
+
+    Op types block every node of that type; name fragments (module scopes such as
+    `time_proj/`) block just those nodes. The two must stay separate: blocking the
+    *op types* of name-blocked nodes would keep every Mul, Exp and Cast of the
+    graph in fp32 (and makes the converter loop on its own Casts).
+    """
     from onnxconverter_common import float16
 
     ops = set(float16.DEFAULT_OP_BLOCK_LIST) | {k for k in comp.fp16_keep_fp32 if "/" not in k}
     fragments = tuple(k for k in comp.fp16_keep_fp32 if "/" in k)
-    return lambda n: n.op_type in ops or any(f in n.name for f in fragments)
+    present = {n.op_type for n in model.graph.node}
+    names = [n.name for n in model.graph.node if n.op_type not in ops and any(f in n.name for f in fragments)]
+    return sorted(ops & present), names
+
+
+def _blocked(op_types: list[str], names: list[str]) -> Callable[[onnx.NodeProto], bool]:
+    op_set, name_set = set(op_types), set(names)
+    return lambda n: n.op_type in op_set or n.name in name_set
 
 
 def _untie_blocked_initializers(model: onnx.ModelProto, blocked: Callable[[onnx.NodeProto], bool]) -> None:
@@ -246,30 +260,22 @@ def to_fp16(model: onnx.ModelProto, comp: Component) -> onnx.ModelProto:
     """fp16 weights and arithmetic, `comp.fp16_keep_fp32` left in fp32, fp32 inputs and outputs."""
     from onnxconverter_common import float16
 
-    large = _weight_bytes(model) >= EXTERNAL_DATA_BYTES
-    if not large:
-        model = onnx.ModelProto.FromString(model.SerializeToString())  # a copy: the fp32 model is saved too
-        # stale fp32 annotations confuse the converter; it re-infers them
-        del model.graph.value_info[:]
-    # over 2 GB the converter cannot infer shapes itself: it uses those _simplify inferred
-    blocked = _fp16_blocked(comp)
-    _untie_blocked_initializers(model, blocked)
+    model = onnx.ModelProto.FromString(model.SerializeToString())  # a copy: the fp32 model is saved too
+    del model.graph.value_info[:]  # onnxslim's annotations can be stale: the converter re-infers them
+    op_types, names = _fp16_block_lists(comp, model)
+    _untie_blocked_initializers(model, _blocked(op_types, names))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "values truncated to fp16 range" for tiny weights
         out = float16.convert_float_to_float16(
             model,
             keep_io_types=True,
-            op_block_list=sorted({n.op_type for n in model.graph.node if blocked(n)} & set(_all_ops(model))),
-            node_block_list=[n.name for n in model.graph.node if blocked(n)],
-            disable_shape_infer=large,
+            op_block_list=op_types,
+            node_block_list=names,
         )
     _fix_fp16_casts(out)
     _fp32_outputs(out)
     return out
 
-
-def _all_ops(model: onnx.ModelProto) -> set[str]:
-    return {n.op_type for n in model.graph.node}
 
 
 def _save(model: onnx.ModelProto, path: Path) -> str | None:
@@ -298,8 +304,15 @@ def export_component(
     fp32 = _simplify(raw)
     shutil.rmtree(raw.parent)
     written = {}
-    # fp32 first: over 2 GB the fp16 conversion works in place on the fp32 model (no room for a copy)
-    for precision in sorted(precisions, key=lambda p: p != "fp32"):
+    if "fp16" in precisions and _weight_bytes(fp32) >= EXTERNAL_DATA_BYTES:
+        # Known gap: the converter needs shape inference, which protobuf cannot serialise past
+        # 2 GB; fed the raw graph with precomputed types it wrote mixed-type Adds (tested on tiny
+        # with the threshold lowered). Refuse up front rather than write a graph ORT rejects.
+        raise ExportError(
+            f"{comp.name}: fp16 export of models over {EXTERNAL_DATA_BYTES / 1e9:.1f} GB of fp32 weights is not "
+            f"supported yet (a known gap): export it in fp32 (drop --fp16 for --components {comp.name})"
+        )
+    for precision in precisions:
         model = to_fp16(fp32, comp) if precision == "fp16" else fp32
         report = check_trt_support(model)
         if not report.ok:
