@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from interlcm.components import BY_NAME
+from interlcm.components import BY_NAME, DEFAULT_COMPONENTS
 
 PROVIDERS = {
     "tensorrt": "TensorrtExecutionProvider",
@@ -82,7 +82,7 @@ class OrtBackend:
         self.providers, self.reason = pick_providers(provider)
         self.threads = threads
         self._sessions: dict = {}
-        for name in ("clip", "visual_encoder", "se_condition", "spatial_encoder", "unet", "vae_encoder", "vae_decoder"):
+        for name in DEFAULT_COMPONENTS:
             self.manifest.entry(name, precision)  # fail now, not after minutes of work
 
     @property
