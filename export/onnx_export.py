@@ -277,6 +277,76 @@ def to_fp16(model: onnx.ModelProto, comp: Component) -> onnx.ModelProto:
     return out
 
 
+def _save_source(model: onnx.ModelProto, tmp: Path) -> Path:
+    """The fp32 model on disk (external data), for an fp16-only export of a large model."""
+    path = tmp / "source" / "model.onnx"
+    path.parent.mkdir()
+    onnx.save_model(
+        model, str(path), save_as_external_data=True, all_tensors_to_one_file=True, location="model.data"
+    )
+    return path
+
+
+def _drop_noop_casts(model: onnx.ModelProto) -> None:
+    """Remove Casts to the type their input already has (onnxslim does this on the small path).
+
+    The TorchScript graph keeps `t_emb.to(sample.dtype)` as a float->float Cast right after the
+    fp32-kept timestep embedding; the converter then casts to fp16 and back to fp32 there, and
+    the UNet's time-embedding Add gets mixed types.
+    """
+    types = {
+        v.name: v.type.tensor_type.elem_type
+        for v in onnx.shape_inference.infer_shapes(model).graph.value_info
+    }
+    types.update({v.name: v.type.tensor_type.elem_type for v in model.graph.input})
+    types.update({t.name: t.data_type for t in model.graph.initializer})
+    outputs = {o.name for o in model.graph.output}
+    drop = [
+        n
+        for n in model.graph.node
+        if n.op_type == "Cast"
+        and n.output[0] not in outputs
+        and types.get(n.input[0]) == next(a.i for a in n.attribute if a.name == "to")
+    ]
+    rename = {n.output[0]: n.input[0] for n in drop}
+    for n in model.graph.node:
+        for i, name in enumerate(n.input):
+            while name in rename:  # chains of dropped Casts
+                name = rename[name]
+            n.input[i] = name
+    for n in drop:
+        model.graph.node.remove(n)
+
+
+def _fp16_from_saved(comp: Component, fp32_path: Path) -> onnx.ModelProto:
+    """fp16 conversion of a model over 2 GB, whose fp32 weights sit in external data.
+
+    The converter needs ONNX shape inference, which serialises the model, and
+    protobuf cannot hold more than 2 GB. So convert the graph of a weight-less
+    copy (every initializer still points into the fp32 data file), then read each
+    initializer from that file and cast it to the dtype the converter chose.
+    """
+    from onnx.external_data_helper import ExternalDataInfo
+
+    skeleton = onnx.load(str(fp32_path), load_external_data=False)
+    _drop_noop_casts(skeleton)
+    source_types = {t.name: t.data_type for t in skeleton.graph.initializer}
+    half = to_fp16(skeleton, comp)
+    for t in half.graph.initializer:
+        if t.data_location != onnx.TensorProto.EXTERNAL:
+            continue
+        info = ExternalDataInfo(t)
+        src_type = source_types[t.name.removesuffix("__fp32")]  # untied copies share their source's bytes
+        src_dtype = onnx.helper.tensor_dtype_to_np_dtype(src_type)
+        count = info.length // np.dtype(src_dtype).itemsize
+        values = np.fromfile(
+            fp32_path.parent / info.location, dtype=src_dtype, count=count, offset=info.offset
+        )
+        t.raw_data = values.astype(onnx.helper.tensor_dtype_to_np_dtype(t.data_type)).tobytes()
+        del t.external_data[:]
+        t.data_location = onnx.TensorProto.DEFAULT
+    return half
+
 
 def _save(model: onnx.ModelProto, path: Path) -> str | None:
     """Save `model` at `path`; weights in one `<name>.data` file when the model nears 2 GB."""
@@ -303,17 +373,14 @@ def export_component(
     _trace(comp, comp.build(models).eval(), cfg, batch[1], opset, raw)
     fp32 = _simplify(raw)
     shutil.rmtree(raw.parent)
-    written = {}
-    if "fp16" in precisions and _weight_bytes(fp32) >= EXTERNAL_DATA_BYTES:
-        # Known gap: the converter needs shape inference, which protobuf cannot serialise past
-        # 2 GB; fed the raw graph with precomputed types it wrote mixed-type Adds (tested on tiny
-        # with the threshold lowered). Refuse up front rather than write a graph ORT rejects.
-        raise ExportError(
-            f"{comp.name}: fp16 export of models over {EXTERNAL_DATA_BYTES / 1e9:.1f} GB of fp32 weights is not "
-            f"supported yet (a known gap): export it in fp32 (drop --fp16 for --components {comp.name})"
-        )
-    for precision in precisions:
-        model = to_fp16(fp32, comp) if precision == "fp16" else fp32
+    written: dict[str, tuple[Path, str | None]] = {}
+    large = _weight_bytes(fp32) >= EXTERNAL_DATA_BYTES
+    for precision in sorted(precisions, key=lambda p: p != "fp32"):  # fp32 first: large fp16 reads its file
+        if precision == "fp16" and large:
+            source = written["fp32"][0] if "fp32" in written else _save_source(fp32, tmp)
+            model = _fp16_from_saved(comp, source)
+        else:
+            model = to_fp16(fp32, comp) if precision == "fp16" else fp32
         report = check_trt_support(model)
         if not report.ok:
             raise ExportError(
