@@ -207,6 +207,16 @@ TINY = PresetConfig(
 PRESETS: dict[str, PresetConfig] = {p.name: p for p in (SD15, TINY)}
 
 
+def reject_unknown_keys(cls: type, data: dict[str, Any], what: str) -> None:
+    """Raise naming every key of `data` that is not a field of dataclass `cls`."""
+    import dataclasses
+
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ValueError(f"unknown {what} keys {unknown}; valid keys: {', '.join(sorted(names))}")
+
+
 def get_preset(name: str) -> PresetConfig:
     try:
         return PRESETS[name]

@@ -33,6 +33,13 @@ from interlcm.files import sha256_file
 VARIANT_STEPS = {"3step": 3, "1step": 1, "colorization": 1, "inpainting": 1}
 VARIANT_SUFFIX = {"3step": "3step", "1step": "1step", "colorization": "colorization_1step", "inpainting": "inpainting_1step"}
 INFO_FILE = "interlcm.json"
+# Library-format subfolders: folder -> (its config file, whether it holds weights)
+MODEL_FOLDERS = {
+    "lcm/unet": ("config.json", True),
+    "lcm/vae": ("config.json", True),
+    "lcm/scheduler": ("scheduler_config.json", False),
+    "clip": ("config.json", True),
+}
 LAYOUT_HELP = (
     "expected WEIGHTS/lcm/{unet,vae,scheduler}, WEIGHTS/clip/, WEIGHTS/visual_encoder_<variant>.pth and "
     "WEIGHTS/spatial_encoder_<variant>.pth; fill it with `interlcm-weights download --out WEIGHTS` "
@@ -183,15 +190,10 @@ def verify_weights(root: Path, variants: tuple[str, ...] = ("3step",)) -> list[s
     if not root.is_dir():
         return [f"{root} is not a folder: {LAYOUT_HELP}"]
     problems = []
-    for sub, needs in (
-        ("lcm/unet", "config.json"),
-        ("lcm/vae", "config.json"),
-        ("lcm/scheduler", "scheduler_config.json"),
-        ("clip", "config.json"),
-    ):
+    for sub, (needs, has_weights) in MODEL_FOLDERS.items():
         if not (root / sub / needs).is_file():
             problems.append(f"missing {root / sub / needs}")
-        elif not any(p.suffix in (".safetensors", ".bin") for p in (root / sub).iterdir()) and sub != "lcm/scheduler":
+        elif has_weights and not any(p.suffix in (".safetensors", ".bin") for p in (root / sub).iterdir()):
             problems.append(f"no weights (*.safetensors or *.bin) in {root / sub}")
     for variant in variants:
         for path in encoder_paths(root, variant):
@@ -263,7 +265,7 @@ def load_models(root: Path, variant: str = "3step", resolution: int | None = Non
 
     root = Path(root)
     ve_path, se_path = encoder_paths(root, variant)
-    for sub in ("lcm/unet", "lcm/vae", "lcm/scheduler", "clip"):
+    for sub in MODEL_FOLDERS:
         if not (root / sub).is_dir():
             raise WeightsError(f"missing folder {root / sub}: {LAYOUT_HELP}")
     info = read_info(root)

@@ -15,6 +15,7 @@ from typing import Any
 
 import yaml
 
+from interlcm.config import reject_unknown_keys
 from interlcm.train.degradations import DegradationConfig
 from interlcm.train.losses import VGG16_CHANNELS
 from interlcm.weights import VARIANT_STEPS
@@ -121,12 +122,7 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - names)
-        if unknown:
-            raise ValueError(
-                f"unknown training config keys {unknown}; valid keys: {', '.join(sorted(names))}"
-            )
+        reject_unknown_keys(cls, data, "training config")
         return cls(**data)
 
     @classmethod

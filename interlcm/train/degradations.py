@@ -17,7 +17,6 @@ JPEG with 4:2:0 chroma subsampling, and a final rounding to 8 bits.
 
 from __future__ import annotations
 
-import dataclasses
 import io
 import math
 from dataclasses import asdict, dataclass
@@ -27,6 +26,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw
+
+from interlcm.config import reject_unknown_keys
 
 Task = Literal["restoration", "colorization", "inpainting"]
 KernelKind = Literal["iso", "aniso"]
@@ -132,12 +133,7 @@ class DegradationConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> DegradationConfig:
         """Inverse of `to_dict`; unknown keys are an error, missing keys take defaults."""
-        fields = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - fields)
-        if unknown:
-            raise ValueError(
-                f"unknown DegradationConfig keys {unknown}; expected a subset of {sorted(fields)}"
-            )
+        reject_unknown_keys(cls, data, "DegradationConfig")
         values: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
         return cls(**values)
 
