@@ -112,11 +112,25 @@ def guidance_embedding(guidance_scale: float, dim: int, batch: int) -> torch.Ten
     return torch.nn.functional.pad(emb, (0, dim % 2))
 
 
-def make_noise(seed: int, num_inference_steps: int, batch: int, channels: int, size: tuple[int, int]) -> torch.Tensor:
-    """All the sampler's noise, drawn at once on the CPU in float32 (the project's contract).
+def make_noise(
+    seed: int,
+    num_inference_steps: int,
+    batch: int,
+    channels: int,
+    size: tuple[int, int],
+    per_sample: bool = False,
+) -> torch.Tensor:
+    """The sampler's noise for a batch, drawn on the CPU in float32 (the project's contract).
 
-    Shape (N - 1, B, C, h, w); step k (1-based) uses slice k - 1. Every backend
-    receives these exact values, so a seed gives the same picture everywhere.
+    Shape (N - 1, B, C, h, w); step k (1-based) uses slice k - 1. One face's noise
+    is `randn((N - 1, 1, C, h, w))` from `seed`, and every face of the batch gets
+    that same noise, so a face's result never depends on the batch size, its
+    position, the input order or the worker (see "Seeded noise" in the spec).
+    `per_sample=True` draws independent noise per sample instead: training wants
+    that variety; inference never uses it.
     """
     gen = torch.Generator("cpu").manual_seed(seed)
-    return torch.randn((num_inference_steps - 1, batch, channels, *size), generator=gen, dtype=torch.float32)
+    if per_sample:
+        return torch.randn((num_inference_steps - 1, batch, channels, *size), generator=gen, dtype=torch.float32)
+    one = torch.randn((num_inference_steps - 1, 1, channels, *size), generator=gen, dtype=torch.float32)
+    return one.expand(-1, batch, -1, -1, -1)

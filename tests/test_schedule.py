@@ -37,11 +37,18 @@ def test_guidance_embedding_matches_diffusers():
 
 
 def test_noise_contract():
-    noise = make_noise(7, 4, 2, 4, (8, 8))
-    assert noise.shape == (3, 2, 4, 8, 8) and noise.dtype == torch.float32
-    expected = torch.randn((3, 2, 4, 8, 8), generator=torch.Generator("cpu").manual_seed(7))
-    assert torch.equal(noise, expected)
-    assert not torch.equal(noise, make_noise(8, 4, 2, 4, (8, 8)))
+    # one face's noise: randn((N - 1, 1, C, h, w)) from the seed, the same for every face of a batch
+    one = make_noise(7, 4, 1, 4, (8, 8))
+    assert one.shape == (3, 1, 4, 8, 8) and one.dtype == torch.float32
+    assert torch.equal(one, torch.randn((3, 1, 4, 8, 8), generator=torch.Generator("cpu").manual_seed(7)))
+    three = make_noise(7, 4, 3, 4, (8, 8))
+    assert three.shape == (3, 3, 4, 8, 8)
+    for i in range(3):
+        assert torch.equal(three[:, i : i + 1], one)
+    assert not torch.equal(one, make_noise(8, 4, 1, 4, (8, 8)))
+    # training draws independent noise per sample
+    per = make_noise(7, 4, 2, 4, (8, 8), per_sample=True)
+    assert torch.equal(per, torch.randn((3, 2, 4, 8, 8), generator=torch.Generator("cpu").manual_seed(7)))
 
 
 def test_step_counts():

@@ -215,6 +215,7 @@ class Trainer:
             lq.shape[0],
             mc.latent_channels,
             (mc.latent_size, mc.latent_size),
+            per_sample=True,
         ).to(self.device)  # (N - 1, B, 4, h, w)
         return restore(self.backend, lq, noise, self.settings)
 
