@@ -38,6 +38,7 @@ __all__ = [
     "demo_image_path",
     "list_images",
     "read_image",
+    "read_rgb",
     "to_uint8",
     "write_image",
 ]
@@ -82,6 +83,16 @@ def read_image(path: str | os.PathLike[str], resolution: int) -> torch.Tensor:
         rgb = rgb.resize((resolution, resolution), Image.Resampling.BICUBIC)
     array = np.asarray(rgb, dtype=np.float32)
     return torch.from_numpy(array).permute(2, 0, 1).contiguous() / 127.5 - 1.0
+
+
+def read_rgb(path: str | os.PathLike[str]) -> np.ndarray:
+    """Read a whole photo as an ``(H, W, 3)`` uint8 RGB array: EXIF orientation applied, no crop or resize.
+
+    Modes are converted as :func:`read_image` converts them; failures raise :class:`ImageReadError`.
+    """
+    path = Path(path)
+    _check_is_file(path)
+    return np.asarray(_load_rgb(path), dtype=np.uint8).copy()
 
 
 def _check_is_file(path: Path) -> None:
