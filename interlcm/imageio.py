@@ -22,6 +22,7 @@ Conventions, chosen once here so the rest of the code never has to think about t
 from __future__ import annotations
 
 import glob
+import io
 import os
 import uuid
 from collections.abc import Iterable, Sequence
@@ -35,7 +36,9 @@ from PIL import Image, ImageOps
 __all__ = [
     "IMAGE_EXTENSIONS",
     "ImageReadError",
+    "decode_rgb",
     "demo_image_path",
+    "encode_image",
     "list_images",
     "read_image",
     "read_rgb",
@@ -95,6 +98,11 @@ def read_rgb(path: str | os.PathLike[str]) -> np.ndarray:
     return np.asarray(_load_rgb(path), dtype=np.uint8).copy()
 
 
+def decode_rgb(data: bytes, name: str) -> np.ndarray:
+    """Decode image file bytes (from any filesystem) as :func:`read_rgb` reads a file; ``name`` is for messages."""
+    return np.asarray(_load_rgb(Path(name), io.BytesIO(data)), dtype=np.uint8).copy()
+
+
 def _check_is_file(path: Path) -> None:
     if path.is_dir():
         raise ImageReadError(f"{path}: is a folder, not an image file (use list_images to expand folders)")
@@ -102,10 +110,10 @@ def _check_is_file(path: Path) -> None:
         raise ImageReadError(f"{path}: no such file")
 
 
-def _load_rgb(path: Path) -> Image.Image:
-    """Open, fully decode and convert to an 8-bit RGB image, mapping every failure to ImageReadError."""
+def _load_rgb(path: Path, source: io.BytesIO | None = None) -> Image.Image:
+    """Open `path` (or the bytes in `source`), fully decode and convert to 8-bit RGB; failures are ImageReadError."""
     try:
-        with Image.open(path) as img:
+        with Image.open(path if source is None else source) as img:
             img.load()  # decode now, so a truncated file fails here and not in a later resize
             if img.width == 0 or img.height == 0:
                 raise ImageReadError(f"{path}: image has zero size ({img.width}x{img.height})")
@@ -218,6 +226,14 @@ def write_image(path: str | os.PathLike[str], image: torch.Tensor, *, overwrite:
         tmp.unlink(missing_ok=True)
         raise
     return path
+
+
+def encode_image(pixels: np.ndarray, suffix: str) -> bytes:
+    """``(H, W, 3)`` uint8 RGB -> file bytes in the format :func:`write_image` uses for ``suffix`` (same bytes)."""
+    fmt, options = _write_format(Path(f"x{suffix}"))
+    buffer = io.BytesIO()
+    Image.fromarray(pixels, "RGB").save(buffer, format=fmt, **options)
+    return buffer.getvalue()
 
 
 def _write_format(path: Path) -> tuple[str, dict[str, object]]:
