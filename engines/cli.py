@@ -15,19 +15,39 @@ def main() -> None:
     """Fast InterLCM face restoration."""
 
 
+_BACKEND_OPTIONS = (  # which backend runs and how it is opened: shared by `restore` and `interlcm-serve`
+    click.option("--engines", type=_PATH, help="TensorRT engine folder (interlcm-trt build)."),
+    click.option("--onnx", type=_PATH, help="ONNX folder (interlcm-export)."),
+    click.option("--weights", type=_PATH, help="Weights folder (interlcm-weights) for the torch backend."),
+    click.option("--preset", type=click.Choice(["tiny", "sd15"]), help="Random weights of this size (no download)."),
+    click.option("--backend", type=click.Choice(["auto", "tensorrt", "onnxruntime", "torch"]), default="auto",
+                 show_default=True),
+    click.option("--precision", type=click.Choice(["fp32", "fp16"]), default="fp32", show_default=True,
+                 help="ONNX files to run."),
+    click.option("--steps", type=click.Choice(["3", "1"]), default="3", show_default=True,
+                 help="3-step (paper) or 1-step model."),
+    click.option("--threads", type=int, help="CPU threads (default: all cores)."),
+)
+
+
+def backend_options(command):  # noqa: ANN001, ANN201 - click decorator
+    for option in reversed(_BACKEND_OPTIONS):
+        command = option(command)
+    return command
+
+
+def _backend_args(backend, weights, onnx, engines, preset, steps, precision, threads) -> dict:  # noqa: ANN001
+    """The backend options as engines.runtime.open_backend's keyword arguments."""
+    return dict(kind=backend, weights=weights, onnx=onnx, engines=engines, preset=preset,
+                steps=int(steps), precision=precision, threads=threads)
+
+
 @main.command()
 @click.argument("inputs", nargs=-1)
-@click.option("--engines", type=_PATH, help="TensorRT engine folder (interlcm-trt build).")
-@click.option("--onnx", type=_PATH, help="ONNX folder (interlcm-export).")
-@click.option("--weights", type=_PATH, help="Weights folder (interlcm-weights) for the torch backend.")
-@click.option("--preset", type=click.Choice(["tiny", "sd15"]), help="Random weights of this size (no download).")
-@click.option("--backend", type=click.Choice(["auto", "tensorrt", "onnxruntime", "torch"]), default="auto", show_default=True)
-@click.option("--precision", type=click.Choice(["fp32", "fp16"]), default="fp32", show_default=True, help="ONNX files to run.")
-@click.option("--steps", type=click.Choice(["3", "1"]), default="3", show_default=True, help="3-step (paper) or 1-step model.")
+@backend_options
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--colorfix", type=click.Choice(["wavelet", "adain", "none"]), default="wavelet", show_default=True)
 @click.option("--batch", type=click.IntRange(1, 63), default=1, show_default=True, help="Faces per batch.")
-@click.option("--threads", type=int, help="CPU threads (default: all cores).")
 @click.option("--out", default="outputs/restored", show_default=True, help="Output folder (with --ray also a URI: s3://...).")
 @click.option("--ray", "ray_address", metavar="local|ADDRESS",
               help="Run as a Ray Data job: `--ray local` starts a local cluster, `--ray ADDRESS` joins one (e.g. auto). "
@@ -42,8 +62,7 @@ def restore(inputs, engines, onnx, weights, preset, backend, precision, steps, s
     if not inputs:
         inputs = (str(demo_image_path()),)
         click.echo(f"no input given: restoring the embedded demo face {inputs[0]}")
-    backend_args = dict(kind=backend, weights=weights, onnx=onnx, engines=engines, preset=preset,
-                        steps=int(steps), precision=precision, threads=threads)
+    backend_args = _backend_args(backend, weights, onnx, engines, preset, steps, precision, threads)
     if ray_address is not None:
         _restore_on_ray(inputs, out, ray_address, actors, backend_args,
                         RestoreOptions(steps=int(steps), seed=seed, colorfix=colorfix, batch=batch))
@@ -167,6 +186,47 @@ def check(engines, onnx, weights, precision, steps, batch, seed) -> None:  # noq
     Restorer(opened.backend, opened.config, options).restore(lq, ours)
     Restorer(TorchBackend(models), models.config, options).restore(lq, ref)
     click.echo(format_table(compare_traces(ours, ref)))
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@backend_options
+@click.option("--batch", type=click.IntRange(1, 63), default=4, show_default=True,
+              help="Most faces per engine batch; concurrent requests are gathered up to this.")
+@click.option("--batch-wait-ms", type=click.IntRange(0), default=20, show_default=True,
+              help="How long a replica waits for a batch to fill.")
+@click.option("--replicas", type=click.IntRange(1), default=1, show_default=True, help="One per GPU on GPU machines.")
+@click.option("--max-mb", type=click.FloatRange(0.01), default=20.0, show_default=True, help="Request size limit.")
+@click.option("--port", type=click.IntRange(1, 65535), default=8000, show_default=True, help="Port on 127.0.0.1.")
+@click.option("--ray", "ray_address", default="local", show_default=True, metavar="local|ADDRESS",
+              help="Start a local Ray cluster or join one.")
+def serve_main(engines, onnx, weights, preset, backend, precision, steps, threads,  # noqa: ANN001
+               batch, batch_wait_ms, replicas, max_mb, port, ray_address) -> None:
+    """Serve POST /restore and GET /healthz on 127.0.0.1:PORT with Ray Serve (Ctrl-C stops)."""
+    import time
+
+    import ray
+
+    from interlcm.engines.ray_job import connect
+    from interlcm.engines.serve import build_app, start
+
+    backend_args = _backend_args(backend, weights, onnx, engines, preset, steps, precision, threads)
+    try:
+        connect(ray_address)
+        gpus = 1.0 if ray.cluster_resources().get("GPU", 0) >= replicas else 0.0
+        app = build_app(backend_args, replicas=replicas, max_batch=batch, batch_wait_s=batch_wait_ms / 1000,
+                        max_bytes=int(max_mb * 2**20), gpus=gpus)
+        start(app, port=port)
+    except (ConnectionError, RuntimeError, ValueError) as exc:
+        raise click.ClickException(f"cannot start the server: {_last_line(exc)}") from None
+    click.echo(f"serving on http://127.0.0.1:{port}/restore (GET /healthz); Ctrl-C stops")
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        from ray import serve
+
+        serve.shutdown()
+        ray.shutdown()
 
 
 if __name__ == "__main__":

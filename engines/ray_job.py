@@ -245,8 +245,8 @@ def connect(address: str) -> bool:
 
     if ray.is_initialized():
         return False
-    ray.init(address=None if address == "local" else address, include_dashboard=False,
-             configure_logging=True, logging_level="warning")
+    local = {"_node_ip_address": "127.0.0.1"} if address == "local" else {}  # a local cluster listens on loopback only
+    ray.init(address=None if address == "local" else address, include_dashboard=False, logging_level="warning", **local)
     return True
 
 
