@@ -89,7 +89,7 @@ def main(
     from interlcm.config import get_preset
     from interlcm.export.manifest import ManifestError, load_manifest
     from interlcm.export.onnx_export import ExportError, ValidationError, export_all, validate
-    from interlcm.pipeline import build_random
+    from interlcm.models.container import build_random
     from interlcm.weights import WeightsError, load_models, weights_identity
 
     torch.set_num_threads(threads)
