@@ -11,7 +11,7 @@ If a change is intended, regenerate the numbers and say why in the commit.
 import pytest
 import torch
 
-from interlcm.engines.runtime import Restorer, RestoreOptions
+from interlcm.engines.runtime import RestoreOptions, Restorer
 from interlcm.engines.torch_backend import TorchBackend
 from interlcm.sampler import Trace
 from interlcm.testing import photo
