@@ -39,17 +39,18 @@ def _faces(folder: Path, n: int, size: int) -> list[Path]:
 
 
 def single_process(backend_args: dict, paths: list[Path], batch: int) -> float:
+    from interlcm.engines.backend import open_backend
     from interlcm.engines.photo import PhotoOptions, PhotoRestorer
-    from interlcm.engines.runtime import RestoreOptions, Restorer, open_backend
+    from interlcm.engines.runtime import RestoreOptions, Restorer
     from interlcm.imageio import read_rgb
 
-    opened = open_backend(**backend_args)
-    photos = PhotoRestorer(Restorer(opened.backend, opened.config, RestoreOptions(batch=batch)), PhotoOptions(aligned=True))
-    photos.restore_photos([read_rgb(paths[0])])  # warm-up
-    start = time.perf_counter()
-    for i in range(0, len(paths), batch):
-        photos.restore_photos([read_rgb(p) for p in paths[i : i + batch]])
-    return time.perf_counter() - start
+    with open_backend(**backend_args) as opened:
+        photos = PhotoRestorer(Restorer(opened.backend, RestoreOptions(batch=batch)), PhotoOptions(aligned=True))
+        photos.restore_photos([read_rgb(paths[0])])  # warm-up
+        start = time.perf_counter()
+        for i in range(0, len(paths), batch):
+            photos.restore_photos([read_rgb(p) for p in paths[i : i + batch]])
+        return time.perf_counter() - start
 
 
 def ray_job(backend_args: dict, folder: Path, out: Path, batch: int, actors: int) -> float:
@@ -110,7 +111,8 @@ def main(preset, backend, onnx, images, batch, actors, concurrency, json_path) -
 
     from interlcm.config import get_preset
 
-    backend_args = {"kind": backend, "preset": preset, "onnx": onnx, "threads": max(1, (os.cpu_count() or 1) // actors)}
+    backend_args = {"kind": backend, "preset": preset, "onnx": onnx, "batch": batch,
+                    "threads": max(1, (os.cpu_count() or 1) // actors)}
     with tempfile.TemporaryDirectory() as tmp:
         paths = _faces(Path(tmp) / "in", images, get_preset(preset).resolution)
         rows = {"single process": single_process({**backend_args, "threads": os.cpu_count()}, paths, batch)}

@@ -7,6 +7,9 @@ from pathlib import Path
 
 import click
 
+from interlcm.choices import BACKENDS, COLORFIXES, PRECISIONS, STEPS, VARIANTS
+from interlcm.config import PRESETS
+
 _PATH = click.Path(path_type=Path)
 
 
@@ -19,12 +22,12 @@ _BACKEND_OPTIONS = (  # which backend runs and how it is opened: shared by `rest
     click.option("--engines", type=_PATH, help="TensorRT engine folder (interlcm-trt build)."),
     click.option("--onnx", type=_PATH, help="ONNX folder (interlcm-export)."),
     click.option("--weights", type=_PATH, help="Weights folder (interlcm-weights) for the torch backend."),
-    click.option("--preset", type=click.Choice(["tiny", "sd15"]), help="Random weights of this size (no download)."),
-    click.option("--backend", type=click.Choice(["auto", "tensorrt", "onnxruntime", "torch"]), default="auto",
-                 show_default=True),
-    click.option("--precision", type=click.Choice(["fp32", "fp16"]), default="fp32", show_default=True,
+    click.option("--preset", type=click.Choice(list(PRESETS)), help="Random weights of this size (no download)."),
+    click.option("--backend", type=click.Choice(BACKENDS), default=BACKENDS[0], show_default=True),
+    click.option("--precision", type=click.Choice(PRECISIONS), default=PRECISIONS[0], show_default=True,
                  help="ONNX files to run."),
-    click.option("--steps", type=click.Choice(["3", "1"]), default="3", show_default=True,
+    click.option("--variant", type=click.Choice(list(VARIANTS)), help="Encoder pair (default: the one --steps implies)."),
+    click.option("--steps", type=click.Choice([str(n) for n in STEPS]), default=str(STEPS[0]), show_default=True,
                  help="3-step (paper) or 1-step model."),
     click.option("--threads", type=int, help="CPU threads (default: all cores)."),
 )
@@ -36,53 +39,63 @@ def backend_options(command):  # noqa: ANN001, ANN201 - click decorator
     return command
 
 
-def _backend_args(backend, weights, onnx, engines, preset, steps, precision, threads) -> dict:  # noqa: ANN001
-    """The backend options as engines.runtime.open_backend's keyword arguments."""
+def _backend_args(backend, weights, onnx, engines, preset, precision, variant, steps, threads, batch) -> dict:  # noqa: ANN001
+    """The backend options as engines.backend.open_backend's keyword arguments."""
     return dict(kind=backend, weights=weights, onnx=onnx, engines=engines, preset=preset,
-                steps=int(steps), precision=precision, threads=threads)
+                variant=_variant(variant, steps).name, precision=precision, threads=threads, batch=batch)
 
 
 @main.command()
 @click.argument("inputs", nargs=-1)
 @backend_options
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--colorfix", type=click.Choice(["wavelet", "adain", "none"]), default="wavelet", show_default=True)
+@click.option("--colorfix", type=click.Choice(COLORFIXES), help="Colour fix (default: the variant's).")
 @click.option("--batch", type=click.IntRange(1, 63), default=1, show_default=True, help="Faces per batch.")
+@click.option("--timing/--no-timing", default=False, show_default=True,
+              help="Time every stage (synchronises the device after each call).")
 @click.option("--out", default="outputs/restored", show_default=True, help="Output folder (with --ray also a URI: s3://...).")
 @click.option("--ray", "ray_address", metavar="local|ADDRESS",
               help="Run as a Ray Data job: `--ray local` starts a local cluster, `--ray ADDRESS` joins one (e.g. auto). "
               "Resumable: outputs that exist are skipped; OUT/results.jsonl lists every input.")
 @click.option("--actors", type=click.IntRange(1), help="With --ray: restoring actors (default: one per GPU, else 1).")
-def restore(inputs, engines, onnx, weights, preset, backend, precision, steps, seed, colorfix, batch, threads, out,  # noqa: ANN001
-            ray_address, actors) -> None:
+def restore(inputs, engines, onnx, weights, preset, backend, precision, variant, steps, seed, colorfix, batch,  # noqa: ANN001
+            threads, timing, out, ray_address, actors) -> None:
     """Restore aligned face crops: files, folders or glob patterns (default: a demo face)."""
-    from interlcm.engines.runtime import RestoreOptions, Restorer, open_backend, restore_files
+    from interlcm.engines.backend import open_backend
+    from interlcm.engines.runtime import RestoreOptions, Restorer, restore_files
     from interlcm.imageio import demo_image_path, list_images
 
+    chosen = _variant(variant, steps)
     if not inputs:
         inputs = (str(demo_image_path()),)
         click.echo(f"no input given: restoring the embedded demo face {inputs[0]}")
-    backend_args = _backend_args(backend, weights, onnx, engines, preset, steps, precision, threads)
+    options = RestoreOptions(steps=chosen.steps, seed=seed, colorfix=colorfix or chosen.colorfix, batch=batch)
+    backend_args = _backend_args(backend, weights, onnx, engines, preset, precision, variant, steps, threads, batch)
     if ray_address is not None:
-        _restore_on_ray(inputs, out, ray_address, actors, backend_args,
-                        RestoreOptions(steps=int(steps), seed=seed, colorfix=colorfix, batch=batch))
+        _restore_on_ray(inputs, out, ray_address, actors, backend_args, options)
         return
     out = Path(out)
     try:
         paths = list_images(inputs)
-        opened = open_backend(**backend_args)
+        with open_backend(**backend_args) as opened:
+            click.echo(f"backend: {opened.description}")
+            if opened.random_weights:
+                click.echo("note: random weights: the output shows the pipeline runs, not a restoration "
+                           "(get real weights with `interlcm-weights download`)")
+            restorer = Restorer(opened.backend, options, timing=timing)
+            report = restore_files(restorer, paths, out)
     except (ValueError, RuntimeError, FileNotFoundError) as exc:
         raise click.ClickException(str(exc)) from None
-    click.echo(f"backend: {opened.description}")
-    if "random" in opened.description:
-        click.echo("note: random weights: the output shows the pipeline runs, not a restoration "
-                   "(get real weights with `interlcm-weights download`)")
-    options = RestoreOptions(steps=int(steps), seed=seed, colorfix=colorfix, batch=batch)
-    restorer = Restorer(opened.backend, opened.config, options)
-    report = restore_files(restorer, paths, out)
     _print_summary(restorer, report, len(paths))
     if report.failed:
         sys.exit(1)
+
+
+def _variant(variant: str | None, steps: str):  # noqa: ANN202 - interlcm.choices.Variant
+    """--variant wins; else the variant --steps implies."""
+    from interlcm.choices import get_variant, variant_for_steps
+
+    return get_variant(variant) if variant else variant_for_steps(int(steps))
 
 
 def _restore_on_ray(inputs, out: str, address: str, actors, backend_args: dict, options) -> None:  # noqa: ANN001
@@ -121,13 +134,13 @@ def _last_line(exc: BaseException) -> str:
 
 
 def _print_summary(restorer, report, total: int) -> None:  # noqa: ANN001
-    timed = restorer.backend
     click.echo(f"restored {len(report.written)}/{total} image(s) in {report.seconds:.2f} s -> "
                f"{report.written[0].parent if report.written else '-'}")
-    if timed.seconds:
+    timed = restorer.timings
+    if timed is not None and timed.seconds:
         click.echo("time per stage (s, total over all images):")
         for name, secs in sorted(timed.seconds.items(), key=lambda kv: -kv[1]):
-            click.echo(f"  {name:<18} {secs:8.3f}  ({timed.calls[name]} calls)")
+            click.echo(f"  {name:<18} {secs:8.3f}  ({timed.counts[name]} calls)")
     for path, reason in report.failed:
         click.echo(f"failed: {path}: {reason}", err=True)
 
@@ -160,31 +173,35 @@ def build(onnx, out, components, opt_level, timing_cache, rebuild) -> None:  # n
 @click.option("--engines", type=_PATH, help="TensorRT engine folder to check.")
 @click.option("--onnx", type=_PATH, help="ONNX folder to check (ONNX Runtime).")
 @click.option("--weights", type=_PATH, help="Weights the export was made from (default: the manifest's random preset).")
-@click.option("--precision", type=click.Choice(["fp32", "fp16"]), default="fp32", show_default=True)
-@click.option("--steps", type=click.Choice(["3", "1"]), default="3", show_default=True)
+@click.option("--precision", type=click.Choice(PRECISIONS), default=PRECISIONS[0], show_default=True)
+@click.option("--variant", type=click.Choice(list(VARIANTS)), help="Encoder pair (default: the one --steps implies).")
+@click.option("--steps", type=click.Choice([str(n) for n in STEPS]), default=str(STEPS[0]), show_default=True)
 @click.option("--batch", type=click.IntRange(1, 63), default=1, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
-def check(engines, onnx, weights, precision, steps, batch, seed) -> None:  # noqa: ANN001
+def check(engines, onnx, weights, precision, variant, steps, batch, seed) -> None:  # noqa: ANN001
     """Compare a backend with the torch reference stage by stage, on the demo face."""
+    from interlcm.engines.backend import open_backend, reference_models
     from interlcm.engines.parity import compare_traces, format_table
-    from interlcm.engines.runtime import RestoreOptions, Restorer, open_backend, reference_models
+    from interlcm.engines.runtime import RestoreOptions, Restorer
+    from interlcm.engines.torch_backend import TorchBackend
     from interlcm.imageio import demo_image_path, read_image
-    from interlcm.pipeline import TorchBackend
     from interlcm.sampler import Trace
 
     if (engines is None) == (onnx is None):
         raise click.UsageError("give exactly one of --engines or --onnx")
+    chosen = _variant(variant, steps)
+    options = RestoreOptions(steps=chosen.steps, seed=seed, colorfix=chosen.colorfix)
     try:
-        opened = open_backend("tensorrt" if engines else "onnxruntime", onnx=onnx, engines=engines, precision=precision)
-        models = reference_models(opened, weights)
+        with open_backend("tensorrt" if engines else "onnxruntime", onnx=onnx, engines=engines, precision=precision,
+                          variant=chosen.name, batch=batch) as opened:
+            models = reference_models(opened, weights)
+            click.echo(f"checking {opened.description}\nagainst torch fp32, weights: {models.origin}")
+            lq = read_image(demo_image_path(), opened.config.resolution)[None].repeat(batch, 1, 1, 1)
+            ours, ref = Trace(), Trace()
+            Restorer(opened.backend, options).restore(lq, ours)
+            Restorer(TorchBackend(models), options).restore(lq, ref)
     except (ValueError, RuntimeError) as exc:
         raise click.ClickException(str(exc)) from None
-    click.echo(f"checking {opened.description}\nagainst torch fp32, weights: {models.origin}")
-    lq = read_image(demo_image_path(), opened.config.resolution)[None].repeat(batch, 1, 1, 1)
-    options = RestoreOptions(steps=int(steps), seed=seed)
-    ours, ref = Trace(), Trace()
-    Restorer(opened.backend, opened.config, options).restore(lq, ours)
-    Restorer(TorchBackend(models), models.config, options).restore(lq, ref)
     click.echo(format_table(compare_traces(ours, ref)))
 
 
@@ -199,7 +216,7 @@ def check(engines, onnx, weights, precision, steps, batch, seed) -> None:  # noq
 @click.option("--port", type=click.IntRange(1, 65535), default=8000, show_default=True, help="Port on 127.0.0.1.")
 @click.option("--ray", "ray_address", default="local", show_default=True, metavar="local|ADDRESS",
               help="Start a local Ray cluster or join one.")
-def serve_main(engines, onnx, weights, preset, backend, precision, steps, threads,  # noqa: ANN001
+def serve_main(engines, onnx, weights, preset, backend, precision, variant, steps, threads,  # noqa: ANN001
                batch, batch_wait_ms, replicas, max_mb, port, ray_address) -> None:
     """Serve POST /restore and GET /healthz on 127.0.0.1:PORT with Ray Serve (Ctrl-C stops)."""
     import time
@@ -209,7 +226,7 @@ def serve_main(engines, onnx, weights, preset, backend, precision, steps, thread
     from interlcm.engines.ray_job import connect
     from interlcm.engines.serve import build_app, start
 
-    backend_args = _backend_args(backend, weights, onnx, engines, preset, steps, precision, threads)
+    backend_args = _backend_args(backend, weights, onnx, engines, preset, precision, variant, steps, threads, batch)
     try:
         connect(ray_address)
         gpus = 1.0 if ray.cluster_resources().get("GPU", 0) >= replicas else 0.0

@@ -27,6 +27,7 @@ import json
 import os
 import time
 from collections.abc import Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 from typing import Any
@@ -43,7 +44,7 @@ RESULTS_NAME = "results.jsonl"
 class JobSpec:
     """Everything an actor needs to build the same restorer the single-process CLI builds."""
 
-    backend_args: dict[str, Any]  # keyword arguments of engines.runtime.open_backend
+    backend_args: dict[str, Any]  # keyword arguments of engines.backend.open_backend
     options: RestoreOptions
     photo: PhotoOptions
     actors: int | None = None  # default: one per GPU, else 1
@@ -189,11 +190,13 @@ class RestoreActor:
     """Holds one opened backend and one PhotoRestorer for its whole life; restores batches of photos."""
 
     def __init__(self, spec: JobSpec):
+        from interlcm.engines.backend import open_backend
         from interlcm.engines.photo import PhotoRestorer
-        from interlcm.engines.runtime import Restorer, open_backend
+        from interlcm.engines.runtime import Restorer
 
-        opened = open_backend(**spec.backend_args)
-        self.photos = PhotoRestorer(Restorer(opened.backend, opened.config, spec.options), spec.photo)
+        self._open = ExitStack()  # the backend stays open for the actor's life; closed when it goes
+        opened = self._open.enter_context(open_backend(**spec.backend_args))
+        self.photos = PhotoRestorer(Restorer(opened.backend, spec.options), spec.photo)
         self.aligned = spec.photo.aligned
         self.batch_sizes: list[int] = []  # photos per call, for tests and the benchmark
 

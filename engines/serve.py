@@ -23,10 +23,10 @@ from fastapi import FastAPI, Request
 from fastapi.responses import PlainTextResponse, Response
 from ray import serve
 
+from interlcm.choices import COLORFIXES, Variant
 from interlcm.engines.photo import PhotoOptions
 
 MEDIA_TYPES = {"png": "image/png", "jpeg": "image/jpeg"}  # response format -> content type
-COLORFIX = ("wavelet", "adain", "none")  # the restore command's --colorfix choices
 
 
 @dataclass(frozen=True)
@@ -34,7 +34,7 @@ class RequestOptions:
     """Options of one request; requests with equal options share an engine batch."""
 
     seed: int = 0
-    colorfix: str = "wavelet"
+    colorfix: str = COLORFIXES[0]  # parse_options fills in the server variant's
     aligned: bool = PhotoOptions.aligned
     upscale: int = PhotoOptions.upscale
     format: str = "png"
@@ -48,7 +48,7 @@ class BadRequest(ValueError):
         self.status = status
 
 
-def parse_options(query: dict[str, str], steps: int) -> RequestOptions:
+def parse_options(query: dict[str, str], variant: Variant) -> RequestOptions:
     """Query parameters -> RequestOptions; BadRequest names the parameter, the value and what is allowed."""
     allowed = {"seed", "steps", "variant", "colorfix", "aligned", "upscale", "format"}
     unknown = sorted(set(query) - allowed)
@@ -67,16 +67,16 @@ def parse_options(query: dict[str, str], steps: int) -> RequestOptions:
             raise BadRequest(f"{name}={value} is out of range: use {low}..{high}")
         return value
 
-    requested = query.get("steps") or query.get("variant", "").removesuffix("step") or str(steps)
-    if requested != str(steps):
-        raise BadRequest(f"this server runs the {steps}-step model, not {requested!r}: "
-                         f"leave steps out or start a server with --steps {requested}")
+    for name, runs in (("steps", str(variant.steps)), ("variant", variant.name)):
+        if query.get(name, runs) != runs:
+            raise BadRequest(f"this server runs the {variant.name} model ({variant.steps}-step), not {name}={query[name]!r}: "
+                             f"leave {name} out or start a server with --{name} {query[name]}")
     aligned = query.get("aligned", str(RequestOptions.aligned)).lower()
     if aligned not in ("true", "false", "1", "0"):
         raise BadRequest(f"aligned={query['aligned']!r}: use true or false")
-    colorfix = query.get("colorfix", RequestOptions.colorfix)
-    if colorfix not in COLORFIX:
-        raise BadRequest(f"colorfix={colorfix!r}: use one of {', '.join(COLORFIX)}")
+    colorfix = query.get("colorfix", variant.colorfix)
+    if colorfix not in COLORFIXES:
+        raise BadRequest(f"colorfix={colorfix!r}: use one of {', '.join(COLORFIXES)}")
     fmt = query.get("format", "png").lower().replace("jpg", "jpeg")
     if fmt not in MEDIA_TYPES:
         raise BadRequest(f"format={query['format']!r}: use png or jpeg")
@@ -95,10 +95,14 @@ class RestoreServer:
 
     def __init__(self, backend_args: dict[str, Any], max_batch: int = 4, batch_wait_s: float = 0.05,
                  max_bytes: int = 20 << 20):
-        from interlcm.engines.runtime import open_backend
+        from contextlib import ExitStack
 
-        self.opened = open_backend(**backend_args)
-        self.steps = backend_args.get("steps", 3)
+        from interlcm.choices import get_variant
+        from interlcm.engines.backend import open_backend
+
+        self._open = ExitStack()  # the backend stays open for the replica's life
+        self.opened = self._open.enter_context(open_backend(**{**backend_args, "batch": max_batch}))
+        self.variant = get_variant(self.opened.variant)
         self.max_batch, self.max_bytes = max_batch, max_bytes
         self.restore_batch.set_max_batch_size(max_batch)
         self.restore_batch.set_batch_wait_timeout_s(batch_wait_s)
@@ -121,7 +125,7 @@ class RestoreServer:
                 raise BadRequest(f"body of {len(body)} bytes is over the {self.max_bytes}-byte limit", 413)
             if not body:
                 raise BadRequest("empty body: send the image file's bytes")
-            options = parse_options(dict(request.query_params), self.steps)
+            options = parse_options(dict(request.query_params), self.variant)
             try:
                 pixels = decode_rgb(body, "request body")
             except ImageReadError as exc:
@@ -147,8 +151,8 @@ class RestoreServer:
         for i, (_, options) in enumerate(items):
             groups.setdefault(options, []).append(i)
         for options, members in groups.items():
-            restorer = Restorer(self.opened.backend, self.opened.config, RestoreOptions(
-                steps=self.steps, seed=options.seed, colorfix=options.colorfix, batch=self.max_batch))
+            restorer = Restorer(self.opened.backend, RestoreOptions(
+                steps=self.variant.steps, seed=options.seed, colorfix=options.colorfix, batch=self.max_batch))
             photos = PhotoRestorer(restorer, PhotoOptions(aligned=options.aligned, upscale=options.upscale))
             self.batch_sizes.append(len(members))
             try:

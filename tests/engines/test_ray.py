@@ -197,7 +197,7 @@ def test_serve_refuses_bad_requests_and_stays_healthy(server, faces):
     for body, query, code, reason in (
         (b"definitely not an image", f"seed={SEED}&aligned=true", 400, b"not an image"),
         (good, "seed=minus-one&aligned=true", 400, b"seed='minus-one' is not an integer"),
-        (good, "steps=1&aligned=true", 400, b"3-step model"),
+        (good, "steps=1&aligned=true", 400, b"runs the 3step model"),
         (good, "colour=red", 400, b"unknown query parameter"),
         (b"x" * 300_000, "aligned=true", 413, b"limit"),
     ):
