@@ -194,11 +194,10 @@ class RestoreActor:
         from interlcm.engines.photo import PhotoRestorer
         from interlcm.engines.runtime import Restorer
 
-        self._open = ExitStack()  # the backend stays open for the actor's life; closed when it goes
+        self._open = ExitStack()  # the backend stays open for the actor's life (its process exit releases it)
         opened = self._open.enter_context(open_backend(**spec.backend_args))
         self.photos = PhotoRestorer(Restorer(opened.backend, spec.options), spec.photo)
         self.aligned = spec.photo.aligned
-        self.batch_sizes: list[int] = []  # photos per call, for tests and the benchmark
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         errors = list(batch["error"])
@@ -214,7 +213,6 @@ class RestoreActor:
         for i, result in zip(ok, results):
             images[i] = result.image
             faces[i] = 1 if self.aligned else len(result.faces)  # TODO(lead): PhotoResult should count faces
-        self.batch_sizes.append(len(ok))
         return {"src": batch["src"], "dst": batch["dst"], "image": _objects(images),
                 "error": np.array(errors, dtype=object), "faces": np.array(faces)}
 
