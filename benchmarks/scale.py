@@ -101,8 +101,11 @@ def serve_endpoint(backend_args: dict, paths: list[Path], batch: int, concurrenc
 @click.option("--batch", type=click.IntRange(1, 63), default=4, show_default=True)
 @click.option("--actors", type=click.IntRange(1), default=2, show_default=True)
 @click.option("--concurrency", type=click.IntRange(1), default=16, show_default=True, help="Serve: requests in flight.")
+@click.option("--threads", type=click.IntRange(1), default=1, show_default=True,
+              help="torch/ORT threads per process (single process, each actor, the replica): the same everywhere, "
+              "since oversubscribed cores make torch 3-10x slower (MEASUREMENTS.md).")
 @click.option("--json", "json_path", type=click.Path(path_type=Path), help="Write the numbers here.")
-def main(preset, backend, onnx, images, batch, actors, concurrency, json_path) -> None:  # noqa: ANN001
+def main(preset, backend, onnx, images, batch, actors, concurrency, threads, json_path) -> None:  # noqa: ANN001
     """Images per second: single process vs Ray Data job vs Ray Serve, same inputs, one run."""
     import os
 
@@ -111,11 +114,10 @@ def main(preset, backend, onnx, images, batch, actors, concurrency, json_path) -
 
     from interlcm.config import get_preset
 
-    backend_args = {"kind": backend, "preset": preset, "onnx": onnx, "batch": batch,
-                    "threads": max(1, (os.cpu_count() or 1) // actors)}
+    backend_args = {"kind": backend, "preset": preset, "onnx": onnx, "batch": batch, "threads": threads}
     with tempfile.TemporaryDirectory() as tmp:
         paths = _faces(Path(tmp) / "in", images, get_preset(preset).resolution)
-        rows = {"single process": single_process({**backend_args, "threads": os.cpu_count()}, paths, batch)}
+        rows = {"single process": single_process(backend_args, paths, batch)}
         ray.init(include_dashboard=False, _node_ip_address="127.0.0.1", logging_level="warning", log_to_driver=False)
         ray.data.DataContext.get_current().enable_progress_bars = False
         try:
@@ -125,13 +127,13 @@ def main(preset, backend, onnx, images, batch, actors, concurrency, json_path) -
             serve.shutdown()
             ray.shutdown()
     base = images / rows["single process"]
-    click.echo(f"{images} {preset} faces, {backend}, batch {batch}, {os.cpu_count()} CPUs")
+    click.echo(f"{images} {preset} faces, {backend}, batch {batch}, {threads} thread(s) per process, {os.cpu_count()} CPUs")
     click.echo(f"{'path':<24}{'seconds':>9}{'images/s':>10}{'ratio':>8}")
     for name, seconds in rows.items():
         click.echo(f"{name:<24}{seconds:9.2f}{images / seconds:10.2f}{images / seconds / base:8.2f}")
     click.echo(f"serve batch sizes seen by the replica: {sizes}")
     if json_path:
-        json_path.write_text(json.dumps({"images": images, "preset": preset, "backend": backend, "batch": batch,
+        json_path.write_text(json.dumps({"images": images, "preset": preset, "backend": backend, "batch": batch, "threads": threads,
                                          "actors": actors, "seconds": rows, "serve_batch_sizes": sizes}, indent=2))
 
 
