@@ -121,8 +121,9 @@ def _restore_on_ray(inputs, out: str, address: str, actors, backend_args: dict, 
         if started:
             ray.shutdown()
     for row in report.rows:
-        if row["status"] == "failed":
-            click.echo(f"failed: {row['input']}: {row['reason']}", err=True)
+        if row["status"] == "failed":  # the reason names the file unless it came from elsewhere
+            reason = row["reason"] if row["input"] in row["reason"] else f"{row['input']}: {row['reason']}"
+            click.echo(f"failed: {reason}", err=True)
     click.echo(report.summary())
     if report.count("failed"):
         sys.exit(1)
