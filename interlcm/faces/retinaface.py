@@ -292,20 +292,17 @@ def nms(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float) -> torc
     """Greedy non-maximum suppression: indices of kept boxes, best first (torchvision's rule).
 
     A box is dropped when its IoU with a kept, better-scoring box is above the threshold.
-    Runs on the boxes' device as a fixed-point iteration over one (K, K) overlap matrix:
-    a box's fate depends only on better boxes, so after t rounds the best t are final
-    and the loop ends when nothing changes (a few rounds: suppression chains are short).
+    Runs on the boxes' device: one (K, K) overlap matrix, then K vector steps in score
+    order that never read a value back to the host.
     """
     order = scores.argsort(descending=True, stable=True)
     sorted_boxes = boxes[order]
     # suppresses[i, j]: box i is better than box j and overlaps it
     suppresses = (box_iou(sorted_boxes, sorted_boxes) > iou_threshold).triu(diagonal=1)
     keep = torch.ones(len(order), dtype=torch.bool, device=boxes.device)
-    while True:
-        new = ~(suppresses & keep[:, None]).any(dim=0)
-        if torch.equal(new, keep):
-            return order[keep]
-        keep = new
+    for i in range(len(order)):  # box i's fate is final here: only better boxes can drop it
+        keep &= ~(suppresses[i] & keep[i])
+    return order[keep]
 
 
 @dataclass(frozen=True)
