@@ -158,7 +158,7 @@ def test_top_k_bounds_candidates():
     assert [d.score for d in few] == [d.score for d in many[:7]]
 
 
-@pytest.mark.parametrize("shape", [(200, 300), (511, 700), (600, 400), (900, 1200), (1, 7)])
+@pytest.mark.parametrize("shape", [(200, 300), (511, 700), (600, 400), (600, 700), (900, 1200), (1, 7)])
 def test_detection_sizes_follow_the_release(shape):
     """read_image: short side < 512 enlarged (cv2 fx=fy); then resize=640: enlarged to a 640 short side."""
     img = np.zeros((*shape, 3), np.uint8)

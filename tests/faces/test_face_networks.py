@@ -155,3 +155,13 @@ def test_save_network_writes_a_plain_state_dict(tmp_path):
     save_network(net, path)
     state = torch.load(path, weights_only=True)
     assert isinstance(state, dict) and set(state) == set(net.state_dict())
+
+
+def test_step_feeds_bgr_minus_the_release_mean():
+    """The component takes RGB pixels; the release feeds OpenCV's BGR minus (104, 117, 123)."""
+    net = random_network("retinaface_mobile", seed=0)
+    pixels = torch.rand(1, 3, 64, 64) * 255
+    bgr = pixels[:, [2, 1, 0]] - torch.tensor([104.0, 117.0, 123.0]).view(1, 3, 1, 1)
+    with torch.inference_mode():
+        for got, want in zip(RetinaFaceStep(net)(pixels), net(bgr)):
+            torch.testing.assert_close(got, want)
