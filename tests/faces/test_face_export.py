@@ -125,3 +125,32 @@ def test_large_face_networks_export_matches_torch(name, tiny_cfg, tmp_path):
     export_all(models, tmp_path, [name], ("fp32", "fp16"), batch=(1, 1, 2), progress=False, dims=DIMS)
     rows = validate(tmp_path, models, dims=DIMS, echo=None)
     assert all(r.ok for r in rows) and len({r.dims for r in rows}) == 2
+
+
+def test_export_cli_names_missing_face_weights(tiny_weights, tmp_path):
+    import shutil
+
+    from click.testing import CliRunner
+
+    from interlcm.export.cli import main
+
+    folder = tmp_path / "w"
+    shutil.copytree(tiny_weights, folder, ignore=shutil.ignore_patterns("facelib"))
+    result = CliRunner().invoke(
+        main, ["--weights", str(folder), "--components", "retinaface_mobile", "--out", str(tmp_path / "o")]
+    )
+    assert result.exit_code == 1
+    assert (
+        "no retinaface_mobile weights loaded (facelib/detection_mobilenet0.25_Final.pth is missing"
+        in result.output
+    )
+    assert "Traceback" not in result.output
+
+
+def test_export_cli_rejects_a_bad_dims_range():
+    from click.testing import CliRunner
+
+    from interlcm.export.cli import main
+
+    result = CliRunner().invoke(main, ["--dims", "height=640", "--out", "x"])
+    assert result.exit_code == 2 and "expected NAME=MIN:OPT:MAX" in result.output
