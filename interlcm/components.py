@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -21,11 +20,9 @@ from interlcm.config import PresetConfig
 from interlcm.faces import parsenet
 from interlcm.faces.networks import FACE_NETWORKS, face_module
 from interlcm.faces.retinaface import num_priors
+from interlcm.models.container import InterLCMModels
 from interlcm.models.lcm import UNetStep, VaeDecode, VaeEncode
 from interlcm.models.spatial_encoder import SpatialCondition, SpatialEncoderStep
-
-if TYPE_CHECKING:
-    from interlcm.pipeline import InterLCMModels
 
 Shape = tuple[int, ...]
 Dims = Mapping[str, int]  # run-time sizes by dimension name, e.g. {"height": 480, "width": 640}

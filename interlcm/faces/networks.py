@@ -20,7 +20,7 @@ from interlcm.faces.parsenet import ParseNet, ParseStep
 from interlcm.faces.retinaface import MOBILENET, RESNET50, RetinaFaceConfig, RetinaFaceNet, RetinaFaceStep
 
 if TYPE_CHECKING:
-    from interlcm.pipeline import InterLCMModels
+    from interlcm.models.container import InterLCMModels
 
 FOLDER = "facelib"  # subfolder of the weights folder (the release's weights/facelib)
 FACEXLIB_RELEASE = "https://github.com/xinntao/facexlib/releases/download"

@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -25,6 +26,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from interlcm.faces.detect import Detection
+
+if TYPE_CHECKING:
+    from interlcm.engines.backend import Backend
 
 # --- configuration ---------------------------------------------------------------------------
 
@@ -370,7 +374,9 @@ class RetinaFaceDetector:
 
     landmark_kind = "retinaface"
 
-    def __init__(self, backend, component: str = "retinaface_resnet50", options: DetectOptions | None = None):  # noqa: ANN001 - any backend with run()
+    def __init__(
+        self, backend: Backend, component: str = "retinaface_resnet50", options: DetectOptions | None = None
+    ):
         from interlcm.faces.networks import FACE_NETWORKS
 
         if component not in FACE_NETWORKS or FACE_NETWORKS[component].kind != "detector":

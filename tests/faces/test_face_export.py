@@ -24,7 +24,7 @@ DIMS = {"height": (64, 96, 128), "width": (64, 128, 160), "size": (32, 64, 64)}
 
 @pytest.fixture(scope="module")
 def face_models(tiny_cfg):
-    from interlcm.pipeline import build_random
+    from interlcm.models.container import build_random
 
     return build_random(tiny_cfg, seed=0, faces=["retinaface_mobile"])
 
@@ -85,7 +85,7 @@ def test_validation_fails_on_a_wrong_graph(mobile_onnx, face_models):
 def test_backends_agree_through_the_detector(mobile_onnx, face_models, precision):
     """ONNX Runtime and torch backends give the same detections, at a size the graph was not traced at."""
     from interlcm.engines.ort import OrtBackend
-    from interlcm.pipeline import TorchBackend
+    from interlcm.engines.torch_backend import TorchBackend
 
     ort = OrtBackend(mobile_onnx, precision, provider="cpu", components=["retinaface_mobile"])
     ref = TorchBackend(face_models)
@@ -119,7 +119,7 @@ def _mobile_cfg():
 @pytest.mark.parametrize("name", ["retinaface_resnet50", "parsenet"])
 def test_large_face_networks_export_matches_torch(name, tiny_cfg, tmp_path):
     """ResNet-50 (109 MB) and ParseNet (85 MB): ~1-2 minutes each on a shared CPU."""
-    from interlcm.pipeline import build_random
+    from interlcm.models.container import build_random
 
     models = build_random(tiny_cfg, seed=0, faces=[name])
     export_all(models, tmp_path, [name], ("fp32", "fp16"), batch=(1, 1, 2), progress=False, dims=DIMS)
