@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -73,7 +74,9 @@ class OrtBackend:
         provider: str = "auto",
         threads: int | None = None,
         verify: bool = True,
+        components: Sequence[str] = DEFAULT_COMPONENTS,
     ):
+        """`components`: what this backend will be asked to run, checked against the manifest now."""
         from interlcm.export.manifest import load_manifest
 
         self.root = Path(onnx_dir)
@@ -83,7 +86,7 @@ class OrtBackend:
         self.providers, self.reason = pick_providers(provider)
         self.threads = threads
         self._sessions: dict = {}
-        for name in DEFAULT_COMPONENTS:
+        for name in components:
             self.manifest.entry(name, precision)  # fail now, not after minutes of work
 
     @property

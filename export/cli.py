@@ -17,6 +17,18 @@ def _batch(ctx: click.Context, param: click.Parameter, value: str) -> tuple[int,
     return lo, opt, hi
 
 
+def _dims(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]) -> dict[str, tuple[int, int, int]]:
+    out = {}
+    for item in value:
+        name, _, text = item.partition("=")
+        try:
+            lo, opt, hi = (int(v) for v in text.split(":"))
+        except ValueError:
+            raise click.BadParameter(f"{item!r}: expected NAME=MIN:OPT:MAX, e.g. height=256:640:1024") from None
+        out[name] = (lo, opt, hi)
+    return out
+
+
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option(
     "--preset",
@@ -48,6 +60,14 @@ def _batch(ctx: click.Context, param: click.Parameter, value: str) -> tuple[int,
     callback=_batch,
     help="Dynamic batch range MIN:OPT:MAX (OPT is traced; the engine profile uses all three).",
 )
+@click.option(
+    "--dims",
+    multiple=True,
+    callback=_dims,
+    help="Run-time size range of a component dimension, NAME=MIN:OPT:MAX (repeatable): the detectors' "
+    "height and width (default 64:640:2048), parsenet's size (512:512:512). OPT is traced; the engine "
+    "profile uses all three. Pass the same values to --validate-only.",
+)
 @click.option("--resolution", type=int, help="Face crop size in pixels (default: the preset's).")
 @click.option("--opset", type=int, default=17, show_default=True)
 @click.option("--force", is_flag=True, help="Re-export files that are up to date.")
@@ -75,6 +95,7 @@ def main(
     fp16: bool,
     components: tuple[str, ...],
     batch: tuple[int, int, int],
+    dims: dict[str, tuple[int, int, int]],
     resolution: int | None,
     opset: int,
     force: bool,
@@ -84,21 +105,28 @@ def main(
     threads: int,
     out: Path | None,
 ) -> None:
-    """Export InterLCM's components to ONNX in OUT, with manifest.json, and validate them."""
+    """Export InterLCM's components to ONNX in OUT, with manifest.json, and validate them.
+
+    The face networks (retinaface_resnet50, retinaface_mobile, parsenet) are exported only
+    when named in --components; their weights come from WEIGHTS/facelib (or are random).
+    """
     import torch
 
     from interlcm.components import DEFAULT_COMPONENTS
     from interlcm.config import get_preset
     from interlcm.export.manifest import ManifestError, load_manifest
     from interlcm.export.onnx_export import ExportError, ValidationError, export_all, validate
+    from interlcm.faces.networks import FACE_NETWORKS
     from interlcm.models.container import build_random
     from interlcm.weights import WeightsError, load_models, weights_identity
 
     torch.set_num_threads(threads)
     names = [n for c in components for n in c.split(",") if n] or list(DEFAULT_COMPONENTS)
     try:
+        faces = [n for n in names if n in FACE_NETWORKS]
         if validate_dir is not None:
             manifest = load_manifest(validate_dir)
+            faces = [n for n in dict.fromkeys(e.component for e in manifest.entries) if n in FACE_NETWORKS]
             cfg = manifest.config
             if weights is None and not manifest.weights.startswith("random, seed "):
                 raise click.ClickException(
@@ -114,16 +142,23 @@ def main(
             models, identity = load_models(weights, variant, resolution), weights_identity(weights, variant)
         else:
             cfg = cfg.with_resolution(resolution) if resolution else cfg
-            models = build_random(cfg, seed)
+            models = build_random(cfg, seed, faces=faces)
             identity = models.origin
         if validate_dir is None:
             precisions = ("fp32", "fp16") if fp16 else ("fp32",)
             export_all(
-                models, out, names, precisions, batch=batch, opset=opset, force=force, weights=identity
+                models, out, names, precisions, batch=batch, opset=opset, force=force, weights=identity, dims=dims
             )
         if validate_dir is not None or not no_validate:
             chosen = names if components or validate_dir is None else None
-            validate(validate_dir or out, models, components=chosen, batches=validate_batches or None, echo=click.echo)
+            validate(
+                validate_dir or out,
+                models,
+                components=chosen,
+                batches=validate_batches or None,
+                echo=click.echo,
+                dims=dims,
+            )
             click.echo("all outputs within tolerance")
     except (ExportError, ValidationError, ManifestError, WeightsError, ValueError) as exc:
         raise click.ClickException(str(exc)) from None

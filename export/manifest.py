@@ -29,7 +29,7 @@ class ManifestError(RuntimeError):
 @dataclass(frozen=True)
 class TensorInfo:
     name: str
-    shape: list[int | str]  # axis 0 is "batch" (dynamic); the others are fixed per export
+    shape: list[int | str]  # axis 0 is "batch"; axes sized at run time by name (Component.dims); others fixed
     dtype: str  # "float32" or "float16"
 
 

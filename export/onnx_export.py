@@ -28,7 +28,7 @@ import shutil
 import tempfile
 import time
 import warnings
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -110,14 +110,23 @@ def export_key(
         "fp16_keep_fp32": list(comp.fp16_keep_fp32),
         "versions": versions((precision,)),
     }
+    if comp.dims:  # run-time-sized components: the traced size and the range
+        recipe["dims"] = {n: list(r) for n, r in comp.dims.items()}
     return hashlib.sha256(json.dumps(recipe, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def _tensor_infos(comp: Component, cfg: PresetConfig, names: Sequence[str], which: str) -> list[TensorInfo]:
+    """Shapes with the batch and every run-time-sized axis by name, the rest as numbers."""
     shapes = comp.input_shapes(cfg, 1) if which == "inputs" else comp.output_shapes(cfg, 1)
     specs = {t.name: t for t in (comp.inputs if which == "inputs" else comp.outputs)}
+    axes = comp.dynamic_axes()
     return [
-        TensorInfo(n, ["batch", *shapes[n][1:]], str(specs[n].dtype).removeprefix("torch.")) for n in names
+        TensorInfo(
+            n,
+            [axes[n].get(i, d) for i, d in enumerate(shapes[n])],
+            str(specs[n].dtype).removeprefix("torch."),
+        )
+        for n in names
     ]
 
 
@@ -448,8 +457,12 @@ def export_all(
     force: bool = False,
     progress: bool = True,
     weights: str | None = None,
+    dims: Mapping[str, tuple[int, int, int]] | None = None,
 ) -> Manifest:
     """Export `components` x `precisions` into `out_dir` and return the updated manifest.
+
+    `dims` overrides the (min, opt, max) of run-time-sized dimensions (e.g. the detectors'
+    height and width) for the components that have them; opt is the traced size.
 
     Files whose recipe (component, preset, weights, opset, precision, batch range,
     tool versions) is unchanged and whose bytes still match the manifest are skipped
@@ -469,7 +482,10 @@ def export_all(
     bad = [p for p in precisions if p not in ("fp32", "fp16")]
     if bad:
         raise ExportError(f"unknown precision {bad}: choose fp32 and/or fp16")
-    comps = [get_component(c) for c in components]
+    try:
+        comps = [get_component(c).with_dims(dims or {}) for c in components]
+    except ValueError as exc:
+        raise ExportError(str(exc)) from None
     cfg = models.config
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -541,12 +557,14 @@ class ParityRow:
     cosine: float
     limit: float  # allowed max_abs: tol.rel * max|torch| + tol.abs
     ok: bool
+    dims: str = ""  # run-time sizes of the inputs, e.g. "height=128 width=160" (sized components)
 
     def line(self) -> str:
         flag = "ok" if self.ok else "FAIL"
         return (
             f"{self.component:20s} {self.precision:5s} {self.output:8s} {self.batch:>3d} "
             f"{self.max_abs:10.3e} {self.max_rel:10.3e} {self.cosine:10.7f} {self.limit:10.3e}  {flag}"
+            + (f"  {self.dims}" if self.dims else "")
         )
 
 
@@ -561,7 +579,7 @@ def format_table(rows: Sequence[ParityRow]) -> str:
 
 
 def compare(
-    comp: Component, precision: str, out: str, batch: int, got: np.ndarray, ref: np.ndarray
+    comp: Component, precision: str, out: str, batch: int, got: np.ndarray, ref: np.ndarray, dims: str = ""
 ) -> ParityRow:
     tol = comp.tol_fp16 if precision == "fp16" else comp.tol_fp32
     got64, ref64 = got.astype(np.float64), ref.astype(np.float64)
@@ -572,7 +590,7 @@ def compare(
     limit = tol.rel * scale + tol.abs
     ok = bool(np.isfinite(got).all()) and max_abs <= limit
     return ParityRow(
-        comp.name, precision, out, batch, max_abs, max_abs / max(scale, 1e-30), cosine, limit, ok
+        comp.name, precision, out, batch, max_abs, max_abs / max(scale, 1e-30), cosine, limit, ok, dims
     )
 
 
@@ -610,13 +628,16 @@ def validate(
     batches: Sequence[int] | None = None,
     seed: int = 1234,
     echo: Callable[[str], None] | None = print,
+    dims: Mapping[str, tuple[int, int, int]] | None = None,
 ) -> list[ParityRow]:
     """Run each listed file with ONNX Runtime on fresh inputs and compare with torch fp32.
 
     Inputs come from another seed than the export's; the default batch sizes are
     the profile's min and a size other than the traced `opt`, so a batch axis
-    baked in at trace time fails here. Raises ValidationError with the whole
-    table when any output is off (or any file's names or dtypes are wrong).
+    baked in at trace time fails here. Run-time-sized components (`dims`, as given
+    to the export) are checked at their opt and min sizes for the same reason.
+    Raises ValidationError with the whole table when any output is off (or any
+    file's names or dtypes are wrong).
     """
     out_dir = Path(out_dir)
     manifest = load_manifest(out_dir)  # refuses tampered files
@@ -642,21 +663,23 @@ def validate(
     if echo:
         echo(TABLE_HEADER)
     for name in dict.fromkeys(e.component for e in entries):
-        comp = BY_NAME[name]
+        comp = BY_NAME[name].with_dims(dims or {})
         module = comp.build(models).eval()
         sessions = {}
         for e in (e for e in entries if e.component == name):
             sessions[e.precision] = ort_session(out_dir / e.file)
             problems += [f"{name} {e.precision}: {p}" for p in _check_io(comp, sessions[e.precision], e)]
-        for b in batches:
-            inputs = comp.sample_inputs(cfg, b, seed=seed + b)
+        sizes = [comp.sizes(w) for w in ("opt", "min")]
+        for b, at in ((b, at) for b in batches for at in ([{}] if not comp.dims else _unique(sizes))):
+            inputs = comp.sample_inputs(cfg, b, seed=seed + b, dims=at or None)
             with torch.inference_mode():
                 ref = module(*inputs.values())
             refs = ref if isinstance(ref, tuple) else (ref,)
             feed = {k: v.numpy() for k, v in inputs.items()}
+            label = " ".join(f"{k}={v}" for k, v in at.items())
             for precision, session in sessions.items():
                 for out_name, got, r in zip(comp.output_names, session.run(None, feed), refs):
-                    row = compare(comp, precision, out_name, b, got, r.numpy())
+                    row = compare(comp, precision, out_name, b, got, r.numpy(), label)
                     rows.append(row)
                     if echo:
                         echo(row.line())
@@ -671,6 +694,10 @@ def validate(
             lines += [TABLE_HEADER, *(r.line() for r in failed)]
         raise ValidationError("\n".join(lines))
     return rows
+
+
+def _unique(items: list[dict]) -> list[dict]:
+    return [d for i, d in enumerate(items) if d not in items[:i]]
 
 
 @contextlib.contextmanager

@@ -9,26 +9,39 @@ all iterate over `COMPONENTS`; none of them restates a name or a shape.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
 
 import torch
 from torch import nn
 
 from interlcm.colorfix import AdaInColorFix, WaveletColorFix
 from interlcm.config import PresetConfig
+from interlcm.faces import parsenet
+from interlcm.faces.networks import FACE_NETWORKS, face_module
+from interlcm.faces.retinaface import num_priors
 from interlcm.models.container import InterLCMModels
 from interlcm.models.lcm import UNetStep, VaeDecode, VaeEncode
 from interlcm.models.spatial_encoder import SpatialCondition, SpatialEncoderStep
 
 Shape = tuple[int, ...]
+Dims = Mapping[str, int]  # run-time sizes by dimension name, e.g. {"height": 480, "width": 640}
 
 
 @dataclass(frozen=True)
 class TensorSpec:
     name: str
-    shape: Callable[[PresetConfig, int], Shape]  # (preset, batch) -> full shape; axis 0 is the batch
+    # (preset, batch) -> full shape; axis 0 is the batch. A tensor with `dynamic` axes
+    # takes the run-time sizes too: (preset, batch, dims) -> shape.
+    shape: Callable[..., Shape]
     dtype: torch.dtype = torch.float32
+    # Axes other than the batch sized at run time: axis -> dimension name (the ONNX dim_param).
+    # Output dimensions may be derived ones ("priors"), computed by `shape` from the input dims.
+    dynamic: Mapping[int, str] = field(default_factory=dict)
+    value_range: tuple[float, float] | None = None  # sample inputs: uniform in this range when set
+
+    def at(self, cfg: PresetConfig, batch: int, dims: Dims) -> Shape:
+        return self.shape(cfg, batch, dims) if self.dynamic else self.shape(cfg, batch)
 
 
 @dataclass(frozen=True)
@@ -57,7 +70,10 @@ class Component:
     tol_fp32: Tolerance = Tolerance(1e-4)
     # fp16 export vs torch fp32: measured on tiny up to 2.2e-3 (SE: 8.5e-3); ~5x margin (export/README.md).
     tol_fp16: Tolerance = Tolerance(1e-2)
-    optional: bool = False  # exported only when asked (benchmark variants)
+    optional: bool = False  # exported only when asked (benchmark variants, face networks)
+    # (min, opt, max) of each input dimension sized at run time (see TensorSpec.dynamic): the
+    # engine profile's range; `opt` is the size traced at export and the default everywhere.
+    dims: Mapping[str, tuple[int, int, int]] = field(default_factory=dict)
     fp16_keep_fp32: tuple[str, ...] = FP16_KEEP_FP32  # op types / node-name fragments left in fp32
     notes: str = ""
     extra: dict = field(default_factory=dict)
@@ -70,28 +86,47 @@ class Component:
     def output_names(self) -> tuple[str, ...]:
         return tuple(t.name for t in self.outputs)
 
-    def input_shapes(self, cfg: PresetConfig, batch: int) -> dict[str, Shape]:
-        return {t.name: t.shape(cfg, batch) for t in self.inputs}
+    def sizes(self, which: str = "opt") -> dict[str, int]:
+        """The run-time dims at the range's "min", "opt" or "max" ({} for fixed-size components)."""
+        index = ("min", "opt", "max").index(which)
+        return {name: r[index] for name, r in self.dims.items()}
 
-    def output_shapes(self, cfg: PresetConfig, batch: int) -> dict[str, Shape]:
-        return {t.name: t.shape(cfg, batch) for t in self.outputs}
+    def with_dims(self, ranges: Mapping[str, tuple[int, int, int]]) -> Component:
+        """This component with other (min, opt, max) ranges for the dims it has (others ignored)."""
+        for name, (lo, opt, hi) in ranges.items():
+            if not 1 <= lo <= opt <= hi:
+                raise ValueError(f"{name} range {lo}:{opt}:{hi} must satisfy 1 <= min <= opt <= max")
+        return replace(self, dims={n: tuple(ranges.get(n, r)) for n, r in self.dims.items()})
+
+    def input_shapes(self, cfg: PresetConfig, batch: int, dims: Dims | None = None) -> dict[str, Shape]:
+        dims = self.sizes() if dims is None else dims
+        return {t.name: t.at(cfg, batch, dims) for t in self.inputs}
+
+    def output_shapes(self, cfg: PresetConfig, batch: int, dims: Dims | None = None) -> dict[str, Shape]:
+        dims = self.sizes() if dims is None else dims
+        return {t.name: t.at(cfg, batch, dims) for t in self.outputs}
 
     def dynamic_axes(self) -> dict[str, dict[int, str]]:
-        """Only the batch axis is dynamic; resolution is fixed per export (recorded in the manifest)."""
-        return {n: {0: "batch"} for n in (*self.input_names, *self.output_names)}
+        """The batch axis, and the `dynamic` axes of each tensor; the resolution of the LCM chain
+        is fixed per export (recorded in the manifest)."""
+        return {t.name: {0: "batch", **t.dynamic} for t in (*self.inputs, *self.outputs)}
 
     def profile(self, cfg: PresetConfig, batch: tuple[int, int, int]) -> dict[str, tuple[Shape, Shape, Shape]]:
-        """(min, opt, max) shape per input for a batch range: an engine's optimisation profile."""
-        lo, opt, hi = batch
-        return {t.name: (t.shape(cfg, lo), t.shape(cfg, opt), t.shape(cfg, hi)) for t in self.inputs}
+        """(min, opt, max) shape per input for a batch range and the `dims` ranges: an engine's profile."""
+        ends = tuple(zip(batch, ("min", "opt", "max")))
+        return {t.name: tuple(t.at(cfg, b, self.sizes(w)) for b, w in ends) for t in self.inputs}
 
-    def sample_inputs(self, cfg: PresetConfig, batch: int, seed: int = 0) -> dict[str, torch.Tensor]:
+    def sample_inputs(
+        self, cfg: PresetConfig, batch: int, seed: int = 0, dims: Dims | None = None
+    ) -> dict[str, torch.Tensor]:
         """Random inputs in each tensor's realistic range, for export tracing and parity checks."""
         gen = torch.Generator().manual_seed(seed)
         out = {}
-        for spec in self.inputs:
-            shape = spec.shape(cfg, batch)
-            if spec.name == "timestep":
+        for spec, shape in zip(self.inputs, self.input_shapes(cfg, batch, dims).values()):
+            if spec.value_range is not None:
+                lo, hi = spec.value_range
+                out[spec.name] = torch.rand(shape, generator=gen) * (hi - lo) + lo
+            elif spec.name == "timestep":
                 # any of the distillation timesteps the sampler can use
                 out[spec.name] = torch.randint(0, cfg.scheduler["num_train_timesteps"], shape, generator=gen).float()
             elif spec.name in ("image", "decoded", "reference"):
@@ -166,6 +201,60 @@ class SpatialEncoderFull(nn.Module):
         return self.step(sample, timestep, context, self.cond(image))
 
 
+# --- face networks (whole-photo mode; optional: the LCM chain does not need them) --------------
+
+_SQUARE = {2: "size", 3: "size"}
+
+# Photos of any size: RGB pixels in [0, 255] at the detection size (H and W sized at run time).
+PIXELS = TensorSpec(
+    "pixels", lambda c, b, d: (b, 3, d["height"], d["width"]), dynamic={2: "height", 3: "width"}, value_range=(0, 255)
+)
+# Engine profile of the detectors: from tiny test photos to 2048 px sides; traced at 640 px,
+# the short side the release detects at.
+DETECTOR_DIMS = {"height": (64, 640, 2048), "width": (64, 640, 2048)}
+# fp16 detectors vs torch fp32: measured on random weights (export/README.md); ~5x margin.
+TOL_FP16_DETECTOR = Tolerance(1e-2)
+
+
+def _detector(name: str) -> Component:
+    anchors = FACE_NETWORKS[name].config
+
+    def per_prior(values: int) -> Callable[..., Shape]:
+        return lambda c, b, d: (b, num_priors(anchors, d["height"], d["width"]), values)
+
+    return Component(
+        name,
+        lambda m: face_module(m, name),
+        inputs=(PIXELS,),
+        outputs=tuple(
+            TensorSpec(out, per_prior(values), dynamic={1: "priors"})
+            for out, values in (("loc", 4), ("conf", 2), ("landmarks", 10))
+        ),
+        optional=True,
+        dims=DETECTOR_DIMS,
+        tol_fp16=TOL_FP16_DETECTOR,
+        notes="RetinaFace: box offsets, softmax face scores and landmark offsets per prior box",
+    )
+
+
+FACE_COMPONENTS: tuple[Component, ...] = (
+    _detector("retinaface_resnet50"),
+    _detector("retinaface_mobile"),
+    Component(
+        "parsenet",
+        lambda m: face_module(m, "parsenet"),
+        inputs=(
+            TensorSpec("face", lambda c, b, d: (b, 3, d["size"], d["size"]), dynamic=_SQUARE, value_range=(-1, 1)),
+        ),
+        outputs=(TensorSpec("parsing", lambda c, b, d: (b, parsenet.NUM_CLASSES, d["size"], d["size"]), dynamic=_SQUARE),),
+        optional=True,
+        # Always 512 px in use (the released network's size). The graph is fully convolutional,
+        # so tests export it at a few dozen pixels: a 512-px forward takes ~40 s on a shared CPU.
+        dims={"size": (parsenet.IN_SIZE,) * 3},
+        notes="ParseNet class logits of an aligned 512-px face (paste-back mask)",
+    ),
+)
+
 COMPONENTS: tuple[Component, ...] = (
     Component(
         "clip",
@@ -229,6 +318,7 @@ COMPONENTS: tuple[Component, ...] = (
         tol_fp16=TOL_FP16_SE,
         notes="as released: image embedding recomputed every step",
     ),
+    *FACE_COMPONENTS,
 )
 
 BY_NAME: dict[str, Component] = {c.name: c for c in COMPONENTS}

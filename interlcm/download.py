@@ -9,6 +9,8 @@ Layout written (see the spec's "weights folder" section)::
       clip/{config.json, model.safetensors}
       visual_encoder_3step.pth, spatial_encoder_3step.pth   (variant "3step")
       ... other variants' pairs
+      facelib/detection_Resnet50_Final.pth, facelib/detection_mobilenet0.25_Final.pth,
+      facelib/parsing_parsenet.pth                           (face networks, whole-photo mode)
       checksums.json        sha256 of every file this module wrote or accepted
 
 Where the files come from:
@@ -30,6 +32,11 @@ Where the files come from:
   inpainting pair is not named anywhere in the README or code (the README's
   inpainting section is commented out); its names follow the colorization pair's
   pattern and are unconfirmed.
+
+* Face networks: facexlib's GitHub releases (``v0.1.0`` detectors, ``v0.2.2`` ParseNet), the
+  URLs ``facexlib.detection.init_detection_model`` and ``facexlib.parsing.init_parsing_model``
+  use. The InterLCM release's vendored ``facelib`` fetches the same files from
+  ``sczhou/CodeFormer``'s ``v0.1.0`` release. Table: ``interlcm.faces.networks.FACE_NETWORKS``.
 
 No sha256 is published for the release assets, so ``ReleasedFile.sha256`` is None
 for now: the hash computed while streaming is recorded in ``checksums.json`` so a
@@ -53,6 +60,8 @@ from pathlib import Path
 from typing import IO, Any
 
 from interlcm.choices import VARIANTS
+from interlcm.faces.networks import FACE_NETWORKS
+from interlcm.faces.networks import FOLDER as FACE_FOLDER
 from interlcm.files import atomic_write_bytes, sha256_file
 
 log = logging.getLogger(__name__)
@@ -82,7 +91,7 @@ class ReleasedFile:
 
     path: str  # relative to the weights folder, '/'-separated
     url: str
-    variant: str  # a name of interlcm.choices.VARIANTS
+    variant: str | None  # a name of interlcm.choices.VARIANTS; None: needed whatever the variant (face networks)
     sha256: str | None = None  # None: not published, recorded on first download
     size: int | None = None  # bytes, when known
 
@@ -104,6 +113,11 @@ def _release(name: str, variant: str) -> ReleasedFile:
 # The inpainting names are unconfirmed, see the module docstring.
 RELEASED_FILES: tuple[ReleasedFile, ...] = tuple(
     _release(name, variant.name) for variant in VARIANTS.values() for name in variant.files
+)
+
+# The face networks: the detectors and the paste-back parser of whole-photo mode.
+FACE_FILES: tuple[ReleasedFile, ...] = tuple(
+    ReleasedFile(path=f"{FACE_FOLDER}/{net.file}", url=net.url, variant=None) for net in FACE_NETWORKS.values()
 )
 
 _LCM = "SimianLuo/LCM_Dreamshaper_v7"
@@ -139,8 +153,9 @@ def download_weights(
     fetch_url: FetchUrl | None = None,
     hf_download: HfDownload | None = None,
     progress: bool = True,
+    faces: bool = True,
 ) -> list[Path]:
-    """Fill ``out`` with the LCM, CLIP and the chosen variants' VE/SE files.
+    """Fill ``out`` with the LCM, CLIP, the chosen variants' VE/SE files and (``faces``) the face networks.
 
     Files already present and matching their known hash are not fetched again.
     Returns the paths of all files of the layout, fetched or kept.
@@ -151,7 +166,8 @@ def download_weights(
     fetch = fetch_url or _urlopen
     hub = hf_download or partial(_hub_download, progress=progress)
     # Release files first: small, so a broken network shows up before gigabytes of LCM.
-    paths = [_ensure_released(spec, out, fetch, progress) for spec in released_files(chosen)]
+    release = released_files(chosen) + (list(FACE_FILES) if faces else [])
+    paths = [_ensure_released(spec, out, fetch, progress) for spec in release]
     paths += [_ensure_hub_file(spec, out, hub) for spec in HUB_FILES]
     return paths
 
@@ -207,8 +223,9 @@ def _one_line(exc: BaseException) -> str:
     return text[0] if text else type(exc).__name__
 
 
-def _by_hand(target: Path) -> str:
-    return f"download the file by hand (GitHub release or {GDRIVE_FOLDER}) into {target}"
+def _by_hand(spec: ReleasedFile, target: Path) -> str:
+    mirror = f" or {GDRIVE_FOLDER}" if spec.url.startswith(RELEASE_URL) else ""  # InterLCM's own files
+    return f"download {spec.url}{mirror} by hand into {target}"
 
 
 # ----------------------------------------------------------------------------- release files
@@ -282,14 +299,14 @@ def _stream(
                     bar.update(len(chunk))
     # HTTPError < URLError < OSError: most specific first.
     except urllib.error.HTTPError as exc:
-        raise DownloadError(f"{spec.url} answered HTTP {exc.code} {exc.reason}; {_by_hand(target)}") from exc
+        raise DownloadError(f"{spec.url} answered HTTP {exc.code} {exc.reason}; {_by_hand(spec, target)}") from exc
     except urllib.error.URLError as exc:
         raise DownloadError(
-            f"could not reach {spec.url}: {exc.reason}; check your network or {_by_hand(target)}"
+            f"could not reach {spec.url}: {exc.reason}; check your network or {_by_hand(spec, target)}"
         ) from exc
     except OSError as exc:  # timeouts, resets mid-stream, disk full
         raise DownloadError(
-            f"download of {spec.url} failed: {_one_line(exc)}; run the command again or {_by_hand(target)}"
+            f"download of {spec.url} failed: {_one_line(exc)}; run the command again or {_by_hand(spec, target)}"
         ) from exc
     return digest.hexdigest(), size
 
@@ -300,12 +317,12 @@ def _check_download(spec: ReleasedFile, target: Path, digest: str, size: int) ->
     if spec.size is not None and size != spec.size:
         raise DownloadError(
             f"{spec.url} gave {size} bytes, expected {spec.size}; the download was discarded, "
-            f"run the command again or {_by_hand(target)}"
+            f"run the command again or {_by_hand(spec, target)}"
         )
     if spec.sha256 is not None and digest != spec.sha256:
         raise DownloadError(
             f"sha256 mismatch for {spec.url}: expected {spec.sha256}, got {digest}; the download was "
-            f"discarded, run the command again or {_by_hand(target)}"
+            f"discarded, run the command again or {_by_hand(spec, target)}"
         )
 
 

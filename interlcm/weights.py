@@ -7,8 +7,16 @@ WEIGHTS/
   visual_encoder_3step.pth  {"params_ema": state_dict}, released layout
   spatial_encoder_3step.pth {"params_ema": state_dict}, diffusers ControlNet keys
   (optional) *_1step.pth, *_colorization.pth, *_inpainting.pth
+  facelib/                  (optional) whole-photo mode's face networks, facexlib's files and key names:
+    detection_Resnet50_Final.pth       RetinaFace ResNet-50, plain state dict (keys may carry `module.`)
+    detection_mobilenet0.25_Final.pth  RetinaFace mobilenet0.25, the fast detector
+    parsing_parsenet.pth               ParseNet face parsing (paste-back mask)
   interlcm.json             (written by init/download) preset extras and where the weights came from
 ```
+
+The face networks have one size for every preset (they work on photos, not on the
+model's crops); `init` writes random ones, `download` fetches facexlib's releases.
+Their table is `interlcm.faces.networks.FACE_NETWORKS`.
 """
 
 from __future__ import annotations
@@ -27,6 +35,8 @@ from torch import nn
 
 from interlcm.choices import DEFAULT_VARIANT, VARIANTS, get_variant
 from interlcm.config import SD15, PresetConfig, VisualEncoderConfig, get_preset
+from interlcm.faces.networks import FACE_NETWORKS, load_network, random_network, save_network
+from interlcm.faces.networks import FOLDER as FACE_FOLDER
 from interlcm.files import sha256_file
 from interlcm.models.container import InterLCMModels, build_random
 
@@ -115,7 +125,7 @@ def load_state_strict(module: nn.Module, state: Mapping[str, torch.Tensor], sour
 
 
 def init_weights(out: Path, preset: str, seed: int = 0, force: bool = False) -> Path:
-    """Write a complete weights folder with seeded random weights for `preset`."""
+    """Write a complete weights folder with seeded random weights for `preset` (face networks included)."""
     from diffusers import LCMScheduler
 
     out = Path(out)
@@ -135,6 +145,8 @@ def init_weights(out: Path, preset: str, seed: int = 0, force: bool = False) -> 
                 models.vae.save_pretrained(tmp / "lcm" / "vae")
                 LCMScheduler(**cfg.scheduler).save_pretrained(tmp / "lcm" / "scheduler")
                 models.clip.model.save_pretrained(tmp / "clip")
+        for index, (name, face) in enumerate(FACE_NETWORKS.items()):
+            save_network(random_network(name, seed * 1000 + 10 + index), face.path(tmp))
         write_info(tmp, cfg, origin=f"random, preset {preset}, seed {seed}")
         if out.exists():
             shutil.rmtree(out)
@@ -219,6 +231,7 @@ def weights_identity(root: Path, variant: str) -> str:
         if p.is_file() and not any(part.startswith(".") for part in p.relative_to(root).parts)  # hub caches
     )
     files += list(encoder_paths(root, variant))
+    files += sorted(p for p in (root / FACE_FOLDER).glob("*.pth") if p.is_file())  # face networks, when present
     for p in files:
         h.update(str(p.relative_to(root)).encode())
         h.update(sha256_file(p).encode())
@@ -285,6 +298,7 @@ def load_models(root: Path, variant: str = DEFAULT_VARIANT, resolution: int | No
         spatial_encoder=dict(info.get("spatial_encoder") or SD15.spatial_encoder),
         scheduler=_public(scheduler.config),
     )
+    faces = {name: load_network(name, f.path(root)) for name, f in FACE_NETWORKS.items() if f.path(root).is_file()}
     ve = VisualEncoder(cfg.visual_encoder, cfg.clip_tokens, cfg.clip_width)
     load_state_strict(ve, read_params_ema(ve_path), ve_path)
     se = build_spatial_encoder(cfg.unet, cfg.spatial_encoder)
@@ -297,4 +311,5 @@ def load_models(root: Path, variant: str = DEFAULT_VARIANT, resolution: int | No
         unet=unet,
         vae=vae,
         origin=f"{info.get('origin', root)} ({root}, {variant})",
+        faces=faces,
     ).eval()

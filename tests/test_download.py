@@ -55,7 +55,7 @@ def _no_network(*args, **kwargs):
 
 
 def _release_bytes() -> dict[str, bytes]:
-    return {spec.url: f"weights of {spec.path}".encode() * 1000 for spec in dl.RELEASED_FILES}
+    return {spec.url: f"weights of {spec.path}".encode() * 1000 for spec in (*dl.RELEASED_FILES, *dl.FACE_FILES)}
 
 
 def _hub_bytes() -> dict[tuple[str, str], bytes]:
@@ -63,9 +63,20 @@ def _hub_bytes() -> dict[tuple[str, str], bytes]:
     return {(spec.repo_id, spec.candidates[0]): f"{spec.candidates[0]}".encode() for spec in dl.HUB_FILES}
 
 
+FACE_PATHS = [
+    "facelib/detection_Resnet50_Final.pth",
+    "facelib/detection_mobilenet0.25_Final.pth",
+    "facelib/parsing_parsenet.pth",
+]
+FACE_URLS = [
+    "https://github.com/xinntao/facexlib/releases/download/v0.1.0/detection_Resnet50_Final.pth",
+    "https://github.com/xinntao/facexlib/releases/download/v0.1.0/detection_mobilenet0.25_Final.pth",
+    "https://github.com/xinntao/facexlib/releases/download/v0.2.2/parsing_parsenet.pth",
+]
 EXPECTED_3STEP = [
     "visual_encoder_3step.pth",
     "spatial_encoder_3step.pth",
+    *FACE_PATHS,
     "lcm/unet/config.json",
     "lcm/unet/diffusion_pytorch_model.safetensors",
     "lcm/vae/config.json",
@@ -93,6 +104,7 @@ def test_layout_and_checksums(tmp_path):
     assert web.calls == [
         f"{dl.RELEASE_URL}/visual_encoder_3step.pth",
         f"{dl.RELEASE_URL}/spatial_encoder_3step.pth",
+        *FACE_URLS,  # the face networks come with every variant
     ]
     sums = json.loads((tmp_path / dl.CHECKSUMS_FILE).read_text())
     assert sorted(sums) == sorted(EXPECTED_3STEP)
@@ -116,6 +128,7 @@ def test_variants_pick_their_files(tmp_path):
         "spatial_encoder_1step.pth",
         "visual_encoder_colorization_1step.pth",
         "spatial_encoder_colorization_1step.pth",
+        *(url.rsplit("/", 1)[1] for url in FACE_URLS),
     ]
     assert not (tmp_path / "visual_encoder_3step.pth").exists()
 
@@ -256,7 +269,7 @@ def test_file_placed_by_hand_is_kept_and_recorded(tmp_path):
     ve.write_bytes(b"downloaded from google drive")
     web = FakeWeb(_release_bytes())
     download_weights(tmp_path, fetch_url=web, hf_download=FakeHub(_hub_bytes()), progress=False)
-    assert web.calls == [f"{dl.RELEASE_URL}/spatial_encoder_3step.pth"]
+    assert web.calls == [f"{dl.RELEASE_URL}/spatial_encoder_3step.pth", *FACE_URLS]
     assert ve.read_bytes() == b"downloaded from google drive"
     assert dl.read_checksums(tmp_path)["visual_encoder_3step.pth"] == _sha(b"downloaded from google drive")
 
@@ -318,3 +331,25 @@ def test_default_hub_download_maps_missing_file(tmp_path, monkeypatch):
     finally:
         if was_disabled:
             disable_progress_bars()
+
+
+def test_face_networks_optional_and_recorded(tmp_path):
+    web = FakeWeb(_release_bytes())
+    download_weights(tmp_path, fetch_url=web, hf_download=FakeHub(_hub_bytes()), progress=False, faces=False)
+    assert not any("facexlib" in url for url in web.calls)
+    assert not (tmp_path / "facelib").exists()
+    # asked again with faces: only the face files are fetched, each hash recorded
+    web.calls.clear()
+    download_weights(tmp_path, fetch_url=web, hf_download=FakeHub(_hub_bytes()), progress=False)
+    assert web.calls == FACE_URLS
+    sums = json.loads((tmp_path / dl.CHECKSUMS_FILE).read_text())
+    for rel in FACE_PATHS:
+        assert sums[rel] == _sha((tmp_path / rel).read_bytes()), rel
+
+
+def test_face_file_unreachable_names_its_url(tmp_path):
+    data = _release_bytes()
+    del data[FACE_URLS[2]]
+    with pytest.raises(DownloadError, match=r"parsing_parsenet\.pth answered HTTP 404.*by hand into .*facelib"):
+        download_weights(tmp_path, fetch_url=FakeWeb(data), hf_download=FakeHub(_hub_bytes()), progress=False)
+    assert not (tmp_path / FACE_PATHS[2]).exists()

@@ -25,13 +25,19 @@ def main() -> None:
     show_default=True,
     help="Checkpoint pairs to fetch: 3step, 1step, colorization, inpainting (repeatable).",
 )
-def download(out: Path, variants: tuple[str, ...]) -> None:
-    """Download the released LCM, CLIP and InterLCM encoders into OUT (needs internet)."""
+@click.option(
+    "--faces/--no-faces",
+    default=True,
+    show_default=True,
+    help="Also fetch facexlib's face detectors and parser (whole-photo mode) into OUT/facelib.",
+)
+def download(out: Path, variants: tuple[str, ...], faces: bool) -> None:
+    """Download the released LCM, CLIP, InterLCM encoders and face networks into OUT (needs internet)."""
     from interlcm.download import DownloadError, download_weights
     from interlcm.weights import verify_weights
 
     try:
-        download_weights(out, variants)
+        download_weights(out, variants, faces=faces)
     except DownloadError as exc:
         raise click.ClickException(str(exc)) from None
     _report(verify_weights(out, variants), out)
@@ -43,7 +49,7 @@ def download(out: Path, variants: tuple[str, ...]) -> None:
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Weights folder to create.")
 @click.option("--force", is_flag=True, help="Replace OUT if it exists.")
 def init(preset: str, seed: int, out: Path, force: bool) -> None:
-    """Write a weights folder with seeded random weights (same layout as the download)."""
+    """Write a weights folder with seeded random weights (same layout as the download, face networks included)."""
     from interlcm.weights import WeightsError, init_weights
 
     try:

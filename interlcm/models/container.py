@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 
 import torch
 from diffusers import AutoencoderKL, ControlNetModel, UNet2DConditionModel
@@ -26,6 +26,8 @@ class InterLCMModels:
     unet: UNet2DConditionModel
     vae: AutoencoderKL
     origin: str  # "random, seed N" or the weights folder and its identity
+    # face detector / parser networks by component name (interlcm.faces.networks), when loaded
+    faces: dict[str, nn.Module] = field(default_factory=dict)
 
     def modules(self) -> dict[str, nn.Module]:
         return {
@@ -34,6 +36,7 @@ class InterLCMModels:
             "spatial_encoder": self.spatial_encoder,
             "unet": self.unet,
             "vae": self.vae,
+            **self.faces,
         }
 
     def eval(self) -> InterLCMModels:
@@ -62,8 +65,9 @@ def _fill_zero_weights(module: nn.Module, gen: torch.Generator) -> None:
                 p.copy_(torch.randn(p.shape, generator=gen) / fan_in**0.5)
 
 
-def build_random(cfg: PresetConfig, seed: int = 0) -> InterLCMModels:
-    """Every component with seeded random weights (no download needed)."""
+def build_random(cfg: PresetConfig, seed: int = 0, faces: Iterable[str] = ()) -> InterLCMModels:
+    """Every component with seeded random weights (no download needed), plus the named face networks."""
+    from interlcm.faces.networks import FACE_NETWORKS, random_network
 
     def seeded(offset: int, make: Callable[[], nn.Module]) -> nn.Module:
         torch.manual_seed(seed * 1000 + offset)  # per component: independent of build order
@@ -79,4 +83,5 @@ def build_random(cfg: PresetConfig, seed: int = 0) -> InterLCMModels:
         unet=seeded(4, lambda: UNet2DConditionModel(**cfg.unet)),
         vae=seeded(5, lambda: AutoencoderKL(**cfg.vae)),
         origin=f"random, seed {seed}",
+        faces={name: random_network(name, seed * 1000 + 10 + list(FACE_NETWORKS).index(name)) for name in faces},
     ).eval()
