@@ -116,8 +116,14 @@ def export_key(
 def _tensor_infos(comp: Component, cfg: PresetConfig, names: Sequence[str], which: str) -> list[TensorInfo]:
     shapes = comp.input_shapes(cfg, 1) if which == "inputs" else comp.output_shapes(cfg, 1)
     specs = {t.name: t for t in (comp.inputs if which == "inputs" else comp.outputs)}
+    axes = comp.dynamic_axes()
     return [
-        TensorInfo(n, ["batch", *shapes[n][1:]], str(specs[n].dtype).removeprefix("torch.")) for n in names
+        TensorInfo(
+            n,
+            [axes[n].get(i, d) for i, d in enumerate(shapes[n])],  # dynamic axes by name, the rest fixed
+            str(specs[n].dtype).removeprefix("torch."),
+        )
+        for n in names
     ]
 
 

@@ -17,14 +17,18 @@ import torch
 from torch import nn
 
 from interlcm.colorfix import AdaInColorFix, WaveletColorFix
-from interlcm.config import PresetConfig
+from interlcm.config import PresetConfig, get_upsampler
 from interlcm.models.lcm import UNetStep, VaeDecode, VaeEncode
 from interlcm.models.spatial_encoder import SpatialCondition, SpatialEncoderStep
 
 if TYPE_CHECKING:
+    from interlcm.models.rrdbnet import UpsamplerModels
     from interlcm.pipeline import InterLCMModels
 
 Shape = tuple[int, ...]
+
+
+BATCH_AXIS: tuple[tuple[int, str], ...] = ((0, "batch"),)
 
 
 @dataclass(frozen=True)
@@ -32,6 +36,8 @@ class TensorSpec:
     name: str
     shape: Callable[[PresetConfig, int], Shape]  # (preset, batch) -> full shape; axis 0 is the batch
     dtype: torch.dtype = torch.float32
+    # (axis, symbolic name) of the dynamic axes; `shape` gives the size they are traced at
+    dynamic: tuple[tuple[int, str], ...] = BATCH_AXIS
 
 
 @dataclass(frozen=True)
@@ -53,7 +59,7 @@ TOL_FP16_SE = Tolerance(3e-2)  # ControlNet residuals: measured 8.5e-3 on tiny
 @dataclass(frozen=True)
 class Component:
     name: str
-    build: Callable[[InterLCMModels], nn.Module]
+    build: Callable[[InterLCMModels | UpsamplerModels], nn.Module]
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
     # fp32 export vs torch: float reassociation only, so tight.
@@ -80,8 +86,8 @@ class Component:
         return {t.name: t.shape(cfg, batch) for t in self.outputs}
 
     def dynamic_axes(self) -> dict[str, dict[int, str]]:
-        """Only the batch axis is dynamic; resolution is fixed per export (recorded in the manifest)."""
-        return {n: {0: "batch"} for n in (*self.input_names, *self.output_names)}
+        """The batch axis, plus any axis a tensor declares (image tiles); the rest is fixed per export."""
+        return {t.name: dict(t.dynamic) for t in (*self.inputs, *self.outputs)}
 
     def profile(self, cfg: PresetConfig, batch: tuple[int, int, int]) -> dict[str, tuple[Shape, Shape, Shape]]:
         """(min, opt, max) shape per input for a batch range: an engine's optimisation profile."""
@@ -99,6 +105,8 @@ class Component:
                 out[spec.name] = torch.randint(0, cfg.scheduler["num_train_timesteps"], shape, generator=gen).float()
             elif spec.name in ("image", "decoded", "reference"):
                 out[spec.name] = torch.rand(shape, generator=gen) * 2 - 1  # images live in [-1, 1]
+            elif spec.name == "tile":
+                out[spec.name] = torch.rand(shape, generator=gen)  # Real-ESRGAN takes [0, 1]
             else:
                 out[spec.name] = torch.randn(shape, generator=gen)
         return out
@@ -141,6 +149,16 @@ CONTEXT = TensorSpec("context", _context)
 GUIDANCE = TensorSpec("guidance", lambda c, b: (b, c.guidance_dim))
 # colour fix input: ONNX cannot name a graph input and output alike, and the output is the image
 DECODED = TensorSpec("decoded", _image)
+# Real-ESRGAN tiles: any even height and width (x2 unshuffles by 2). Traced at SAMPLE_TILE; the
+# upsampler feeds tiles of up to tile + 2 * tile_pad (480 px with the release's 400 / 40).
+SAMPLE_TILE = 64
+TILE_AXES = ((0, "batch"), (2, "height"), (3, "width"))
+TILE = TensorSpec("tile", lambda c, b: (b, 3, SAMPLE_TILE, SAMPLE_TILE), dynamic=TILE_AXES)
+UPSCALED = TensorSpec(
+    "upscaled",
+    lambda c, b: (b, 3, SAMPLE_TILE * get_upsampler(c.name).scale, SAMPLE_TILE * get_upsampler(c.name).scale),
+    dynamic=((0, "batch"), (2, "out_height"), (3, "out_width")),
+)
 COND = TensorSpec("cond", lambda c, b: (b, c.unet["block_out_channels"][0], c.latent_size, c.latent_size))
 
 
@@ -231,6 +249,14 @@ COMPONENTS: tuple[Component, ...] = (
         fp16_keep_fp32=FP16_KEEP_TIME,
         tol_fp16=TOL_FP16_SE,
         notes="as released: image embedding recomputed every step",
+    ),
+    Component(
+        "realesrgan",
+        lambda m: m.realesrgan,  # interlcm.models.rrdbnet.UpsamplerModels
+        inputs=(TILE,),
+        outputs=(UPSCALED,),
+        optional=True,
+        notes="background / face upsampler (RRDBNet); dynamic tile height and width",
     ),
 )
 

@@ -7,6 +7,7 @@ WEIGHTS/
   visual_encoder_3step.pth  {"params_ema": state_dict}, released layout
   spatial_encoder_3step.pth {"params_ema": state_dict}, diffusers ControlNet keys
   (optional) *_1step.pth, *_colorization.pth, *_inpainting.pth
+  (optional) realesrgan/RealESRGAN_x2plus.pth  {"params_ema": state_dict}: the background/face upsampler
   interlcm.json             (written by init/download) preset extras and where the weights came from
 ```
 """
@@ -25,7 +26,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from interlcm.config import SD15, PresetConfig, VisualEncoderConfig, get_preset
+from interlcm.config import SD15, PresetConfig, VisualEncoderConfig, get_preset, get_upsampler
 from interlcm.files import sha256_file
 
 # Checkpoint variants: the number of network steps each was trained for, and the
@@ -33,6 +34,7 @@ from interlcm.files import sha256_file
 VARIANT_STEPS = {"3step": 3, "1step": 1, "colorization": 1, "inpainting": 1}
 VARIANT_SUFFIX = {"3step": "3step", "1step": "1step", "colorization": "colorization_1step", "inpainting": "inpainting_1step"}
 INFO_FILE = "interlcm.json"
+REALESRGAN_FILE = "realesrgan/RealESRGAN_x2plus.pth"  # the release's path under its weights folder
 # Library-format subfolders: folder -> (its config file, whether it holds weights)
 MODEL_FOLDERS = {
     "lcm/unet": ("config.json", True),
@@ -129,6 +131,7 @@ def init_weights(out: Path, preset: str, seed: int = 0, force: bool = False) -> 
     """Write a complete weights folder with seeded random weights for `preset`."""
     from diffusers import LCMScheduler
 
+    from interlcm.models.rrdbnet import build_random_rrdbnet
     from interlcm.pipeline import build_random
 
     out = Path(out)
@@ -148,6 +151,7 @@ def init_weights(out: Path, preset: str, seed: int = 0, force: bool = False) -> 
                 models.vae.save_pretrained(tmp / "lcm" / "vae")
                 LCMScheduler(**cfg.scheduler).save_pretrained(tmp / "lcm" / "scheduler")
                 models.clip.model.save_pretrained(tmp / "clip")
+                save_params_ema(build_random_rrdbnet(get_upsampler(cfg.name), seed), tmp / REALESRGAN_FILE)
         write_info(tmp, cfg, origin=f"random, preset {preset}, seed {seed}")
         if out.exists():
             shutil.rmtree(out)
@@ -312,3 +316,18 @@ def load_models(root: Path, variant: str = "3step", resolution: int | None = Non
         vae=vae,
         origin=f"{info.get('origin', root)} ({root}, {variant})",
     ).eval()
+
+
+def load_upsampler(root: Path, cfg: PresetConfig):  # -> UpsamplerModels
+    """Real-ESRGAN from WEIGHTS/realesrgan/, sized for the folder's preset (the release: x2plus)."""
+    from interlcm.models.rrdbnet import RRDBNet, UpsamplerModels
+
+    path = Path(root) / REALESRGAN_FILE
+    if not path.is_file():
+        raise WeightsError(
+            f"missing {path}: the background upsampler needs it; run `interlcm-weights download --realesrgan "
+            f"--out {root}` (or `interlcm-weights init`), or drop --bg-upsampler / --face-upsample"
+        )
+    net = RRDBNet(get_upsampler(read_info(Path(root)).get("preset", cfg.name)))
+    load_state_strict(net, read_params_ema(path), path)
+    return UpsamplerModels(cfg, net, f"{path} (sha256 {sha256_file(path)[:12]})").eval()
