@@ -9,6 +9,7 @@ Layout written (see the spec's "weights folder" section)::
       clip/{config.json, model.safetensors}
       visual_encoder_3step.pth, spatial_encoder_3step.pth   (variant "3step")
       ... other variants' pairs
+      realesrgan/RealESRGAN_x2plus.pth   (with realesrgan=True) the background/face upsampler
       checksums.json        sha256 of every file this module wrote or accepted
 
 Where the files come from:
@@ -30,6 +31,9 @@ Where the files come from:
   inpainting pair is not named anywhere in the README or code (the README's
   inpainting section is commented out); its names follow the colorization pair's
   pattern and are unconfirmed.
+
+* Real-ESRGAN: ``RealESRGAN_x2plus.pth`` of xinntao/Real-ESRGAN's GitHub release ``v0.2.1``
+  (the file the InterLCM/CodeFormer inference scripts fetch for ``--bg_upsampler realesrgan``).
 
 No sha256 is published for the release assets, so ``ReleasedFile.sha256`` is None
 for now: the hash computed while streaming is recorded in ``checksums.json`` so a
@@ -113,6 +117,13 @@ RELEASED_FILES: tuple[ReleasedFile, ...] = (
     _release("spatial_encoder_inpainting_1step.pth", "inpainting"),
 )
 
+# Optional: fetched with realesrgan=True. Its variant is a label, not a checkpoint variant.
+REALESRGAN = ReleasedFile(
+    path="realesrgan/RealESRGAN_x2plus.pth",  # interlcm.weights.REALESRGAN_FILE
+    url="https://github.com/xinntao/Real-ESRGAN/releases/download/v0.2.1/RealESRGAN_x2plus.pth",
+    variant="realesrgan",
+)
+
 _LCM = "SimianLuo/LCM_Dreamshaper_v7"
 _CLIP = "openai/clip-vit-base-patch16"
 
@@ -146,8 +157,9 @@ def download_weights(
     fetch_url: FetchUrl | None = None,
     hf_download: HfDownload | None = None,
     progress: bool = True,
+    realesrgan: bool = False,
 ) -> list[Path]:
-    """Fill ``out`` with the LCM, CLIP and the chosen variants' VE/SE files.
+    """Fill ``out`` with the LCM, CLIP and the chosen variants' VE/SE files (and Real-ESRGAN if asked).
 
     Files already present and matching their known hash are not fetched again.
     Returns the paths of all files of the layout, fetched or kept.
@@ -158,7 +170,8 @@ def download_weights(
     fetch = fetch_url or _urlopen
     hub = hf_download or partial(_hub_download, progress=progress)
     # Release files first: small, so a broken network shows up before gigabytes of LCM.
-    paths = [_ensure_released(spec, out, fetch, progress) for spec in released_files(chosen)]
+    extra = [REALESRGAN] if realesrgan else []
+    paths = [_ensure_released(spec, out, fetch, progress) for spec in [*released_files(chosen), *extra]]
     paths += [_ensure_hub_file(spec, out, hub) for spec in HUB_FILES]
     return paths
 

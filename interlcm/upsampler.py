@@ -110,3 +110,26 @@ def open_upsampler(
     rrdb = models.realesrgan.cfg
     backend = TorchBackend(models, device)  # type: ignore[arg-type]  # duck-typed models container
     return TiledUpsampler(backend, rrdb.scale, rrdb.unshuffle, options), f"realesrgan weights: {models.origin}"
+
+
+@dataclass(frozen=True)
+class Upsamplers:
+    """What whole-photo mode upscales with Real-ESRGAN (the release's --bg_upsampler and --face_upsample).
+
+    `background`: the canvas faces are pasted onto is Real-ESRGAN's output at `upscale` instead of a
+    Lanczos resize; a photo (or frame) with no face is that canvas alone. `face`: each restored face
+    is upscaled by `upscale` before it is warped back. Both are one network when both are on.
+    """
+
+    background: TiledUpsampler | None = None
+    face: TiledUpsampler | None = None
+
+
+def open_upsamplers(
+    cfg: PresetConfig, weights: Path | None, background: bool, face: bool, options: TileOptions = TileOptions()
+) -> tuple[Upsamplers, str]:
+    """The upsamplers asked for ('' description when none is)."""
+    if not (background or face):
+        return Upsamplers(), ""
+    net, why = open_upsampler(cfg, weights, options)
+    return Upsamplers(net if background else None, net if face else None), why

@@ -318,3 +318,20 @@ def test_default_hub_download_maps_missing_file(tmp_path, monkeypatch):
     finally:
         if was_disabled:
             disable_progress_bars()
+
+
+def test_realesrgan_on_request_with_sha256_recorded(tmp_path):
+    web = FakeWeb({**_release_bytes(), dl.REALESRGAN.url: b"rrdbnet bytes" * 500})
+    paths = download_weights(tmp_path, fetch_url=web, hf_download=FakeHub(_hub_bytes()), progress=False, realesrgan=True)
+    target = tmp_path / "realesrgan" / "RealESRGAN_x2plus.pth"
+    assert target in paths and target.read_bytes() == web.files[dl.REALESRGAN.url]
+    sums = json.loads((tmp_path / dl.CHECKSUMS_FILE).read_text())
+    assert sums["realesrgan/RealESRGAN_x2plus.pth"] == _sha(target.read_bytes())
+    # a second run trusts the recorded hash: no network
+    download_weights(tmp_path, fetch_url=_no_network, hf_download=_no_network, progress=False, realesrgan=True)
+
+
+def test_realesrgan_path_is_where_the_loader_reads(tmp_path):
+    from interlcm.weights import REALESRGAN_FILE
+
+    assert dl.REALESRGAN.path == REALESRGAN_FILE

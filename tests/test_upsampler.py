@@ -88,3 +88,12 @@ def test_export_matches_torch_on_ort(tiny_upsampler, tmp_path):
                 ref = tiny_upsampler.realesrgan(tile).numpy()
             row = compare(comp, precision, "upscaled", 1, got, ref)
             assert row.ok, row.line()
+
+
+def test_init_writes_realesrgan_and_it_loads(tiny_weights, tiny_cfg, tiny_upsampler):
+    from interlcm.weights import load_upsampler
+
+    loaded = load_upsampler(tiny_weights, tiny_cfg)
+    tile = torch.rand(1, 3, 16, 24, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        assert torch.equal(loaded.realesrgan(tile), tiny_upsampler.realesrgan(tile))  # init uses seed 0

@@ -23,13 +23,14 @@ def main() -> None:
     show_default=True,
     help="Checkpoint pairs to fetch: 3step, 1step, colorization, inpainting (repeatable).",
 )
-def download(out: Path, variants: tuple[str, ...]) -> None:
+@click.option("--realesrgan", is_flag=True, help="Also fetch RealESRGAN_x2plus.pth (for --bg-upsampler / --face-upsample).")
+def download(out: Path, variants: tuple[str, ...], realesrgan: bool) -> None:
     """Download the released LCM, CLIP and InterLCM encoders into OUT (needs internet)."""
     from interlcm.download import DownloadError, download_weights
     from interlcm.weights import verify_weights
 
     try:
-        download_weights(out, variants)
+        download_weights(out, variants, realesrgan=realesrgan)
     except DownloadError as exc:
         raise click.ClickException(str(exc)) from None
     _report(verify_weights(out, variants), out)
