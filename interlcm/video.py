@@ -137,7 +137,7 @@ def _transcode(photo: PhotoRestoring, src: Path, tmp: Path, dst: Path, options: 
                 return
             start = time.perf_counter()
             images = [r.image for r in photo.restore_photos(pending)]
-            report.seconds["restore"] += time.perf_counter() - start
+            report.seconds["photos"] += time.perf_counter() - start  # detect + align + restore + paste
             start = time.perf_counter()
             for img in images:
                 writer.write(img)

@@ -67,7 +67,7 @@ def test_video_frames_rate_size_audio_and_saved_frames(clip, tiny_models, tmp_pa
     # audio: the same packets, bytes and times, as the input's
     assert _audio_packets(report.output) == _audio_packets(clip) and report.audio_packets > 0
     assert sorted(p.name for p in out.iterdir()) == ["clip.mp4", "clip_frames"]  # no temporary file left
-    assert {"decode", "restore", "encode"} <= set(report.seconds)
+    assert {"decode", "photos", "encode"} <= set(report.seconds)
     # --save-frames: one PNG per frame, in order: each is the video's frame up to x264 at crf 18
     import av
     import cv2
