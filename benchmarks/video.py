@@ -56,9 +56,9 @@ def _flicker(frames: list[np.ndarray], shift: int) -> dict[str, float]:
 def _photo_restorer(models, seed: int, steps: int, batch: int, aligned: bool):  # noqa: ANN001, ANN202
     from interlcm.engines.photo import PhotoOptions, PhotoRestorer
     from interlcm.engines.runtime import RestoreOptions, Restorer
-    from interlcm.pipeline import TorchBackend
+    from interlcm.engines.torch_backend import TorchBackend
 
-    restorer = Restorer(TorchBackend(models), models.config, RestoreOptions(steps=steps, seed=seed, batch=batch))
+    restorer = Restorer(TorchBackend(models), RestoreOptions(steps=steps, seed=seed, batch=batch), timing=True)
     return PhotoRestorer(restorer, PhotoOptions(aligned=aligned))
 
 
@@ -78,7 +78,7 @@ def main(preset, frames, steps, batch, shift, flicker, whole_photo, out) -> None
     import torch
 
     from interlcm.config import get_preset
-    from interlcm.pipeline import build_random
+    from interlcm.models.container import build_random
     from interlcm.testing import write_clip
     from interlcm.video import VideoOptions, restore_video
 

@@ -18,12 +18,12 @@ from torch import nn
 
 from interlcm.colorfix import AdaInColorFix, WaveletColorFix
 from interlcm.config import PresetConfig, get_upsampler
+from interlcm.models.container import InterLCMModels
 from interlcm.models.lcm import UNetStep, VaeDecode, VaeEncode
 from interlcm.models.spatial_encoder import SpatialCondition, SpatialEncoderStep
 
 if TYPE_CHECKING:
     from interlcm.models.rrdbnet import UpsamplerModels
-    from interlcm.pipeline import InterLCMModels
 
 Shape = tuple[int, ...]
 

@@ -28,7 +28,7 @@ import torch
 from torch.nn import functional as F
 
 from interlcm.config import PresetConfig
-from interlcm.sampler import Backend
+from interlcm.sampler import ComponentRunner
 
 COMPONENT = "realesrgan"
 UPSAMPLER_CHOICES = ("none", "realesrgan")
@@ -43,7 +43,7 @@ class TileOptions:
 class TiledUpsampler:
     """A backend's Real-ESRGAN over tiles: uint8 RGB photos in, upscaled uint8 RGB photos out."""
 
-    def __init__(self, backend: Backend, scale: int, unshuffle: int, options: TileOptions = TileOptions()):
+    def __init__(self, backend: ComponentRunner, scale: int, unshuffle: int, options: TileOptions = TileOptions()):
         if options.tile < 0 or options.tile_pad < 0:
             raise ValueError(f"tile {options.tile} and tile padding {options.tile_pad} must be >= 0")
         if options.tile % unshuffle or options.tile_pad % unshuffle:
@@ -102,8 +102,8 @@ def open_upsampler(
 
     Returns the upsampler and a one-line description of its weights.
     """
+    from interlcm.engines.torch_backend import TorchBackend
     from interlcm.models.rrdbnet import build_random_upsampler
-    from interlcm.pipeline import TorchBackend
     from interlcm.weights import load_upsampler
 
     models = load_upsampler(weights, cfg) if weights is not None else build_random_upsampler(cfg)

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from interlcm.config import UPSAMPLERS, get_upsampler
+from interlcm.engines.torch_backend import TorchBackend
 from interlcm.models.rrdbnet import RRDBNet, build_random_upsampler
-from interlcm.pipeline import TorchBackend
 from interlcm.upsampler import TiledUpsampler, TileOptions
 
 

@@ -13,7 +13,7 @@ import pytest
 
 from interlcm.engines.photo import PhotoOptions, PhotoRestorer, PhotoResult
 from interlcm.engines.runtime import RestoreOptions, Restorer
-from interlcm.pipeline import TorchBackend
+from interlcm.engines.torch_backend import TorchBackend
 from interlcm.testing import write_clip
 from interlcm.video import VideoError, VideoOptions, restore_video
 
@@ -34,7 +34,7 @@ def clip(tmp_path_factory):
 
 
 def _photo(tiny_models, aligned: bool = True, batch: int = 4) -> PhotoRestorer:
-    restorer = Restorer(TorchBackend(tiny_models), tiny_models.config, RestoreOptions(steps=1, batch=batch))  # 1 step: the video path is under test
+    restorer = Restorer(TorchBackend(tiny_models), RestoreOptions(steps=1, batch=batch))  # 1 step: the video path is under test
     return PhotoRestorer(restorer, PhotoOptions(aligned=aligned))
 
 
