@@ -21,6 +21,7 @@ Random weights restore nothing useful; the figures measure how much the noise al
 from __future__ import annotations
 
 import json
+import os
 import platform
 import time
 from pathlib import Path
@@ -90,6 +91,7 @@ def main(preset, frames, steps, batch, shift, flicker, whole_photo, out) -> None
     result: dict = {
         "preset": preset, "frames": frames, "steps": int(steps), "batch": batch, "mode": "whole" if whole_photo else "aligned",
         "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads",
+        "load_average_at_start": list(os.getloadavg()),  # the 2 cores are shared: read times against it
     }
     with tempfile.TemporaryDirectory() as tmp:
         src = Path(tmp) / "clip.mp4"
@@ -111,7 +113,8 @@ def main(preset, frames, steps, batch, shift, flicker, whole_photo, out) -> None
         for k, v in result["flicker"].items():
             click.echo(f"flicker {k}: {v}")
     out.mkdir(parents=True, exist_ok=True)
-    path = out / f"video-{preset}-{result['mode']}.json"
+    result["load_average_at_end"] = list(os.getloadavg())
+    path = out / f"video-{preset}-{result['mode']}{'-still' if shift == 0 else ''}.json"
     path.write_text(json.dumps(result, indent=2) + "\n")
     click.echo(f"wrote {path}")
 
