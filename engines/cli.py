@@ -58,17 +58,31 @@ def _backend_args(backend, weights, onnx, engines, preset, precision, variant, s
               help="Run as a Ray Data job: `--ray local` starts a local cluster, `--ray ADDRESS` joins one (e.g. auto). "
               "Resumable: outputs that exist are skipped; OUT/results.jsonl lists every input.")
 @click.option("--actors", type=click.IntRange(1), help="With --ray: restoring actors (default: one per GPU, else 1).")
+# --- video and upsamplers ---
+@click.option("--bg-upsampler", type=click.Choice(["none", "realesrgan"]), default="none", show_default=True,
+              help="Upscale the background with Real-ESRGAN x2plus (whole photos and video frames).")
+@click.option("--bg-tile", type=click.IntRange(0), default=400, show_default=True,
+              help="Real-ESRGAN tile size in pixels (0: whole image at once); tiles overlap by 40 px.")
+@click.option("--face-upsample", is_flag=True, help="Also upscale restored faces with Real-ESRGAN before paste-back.")
+@click.option("--save-frames", is_flag=True, help="Videos: also write every restored frame, in OUT/NAME_frames/.")
 def restore(inputs, engines, onnx, weights, preset, backend, precision, variant, steps, seed, colorfix, batch,  # noqa: ANN001
-            threads, timing, out, ray_address, actors) -> None:
-    """Restore aligned face crops: files, folders or glob patterns (default: a demo face)."""
+            threads, timing, out, ray_address, actors, bg_upsampler, bg_tile, face_upsample, save_frames) -> None:
+    """Restore aligned face crops: files, folders or glob patterns (default: a demo face).
+
+    Videos (.mp4 .mov .avi .mkv .webm) are restored frame by frame, audio kept.
+    """
     from interlcm.engines.backend import open_backend
     from interlcm.engines.runtime import RestoreOptions, Restorer, restore_files
     from interlcm.imageio import demo_image_path, list_images
+    from interlcm.video import is_video
 
     chosen = _variant(variant, steps)
     if not inputs:
         inputs = (str(demo_image_path()),)
         click.echo(f"no input given: restoring the embedded demo face {inputs[0]}")
+    videos = [Path(i) for i in inputs if is_video(i)]
+    inputs = tuple(i for i in inputs if not is_video(i))
+    video_failed = False
     options = RestoreOptions(steps=chosen.steps, seed=seed, colorfix=colorfix or chosen.colorfix, batch=batch)
     backend_args = _backend_args(backend, weights, onnx, engines, preset, precision, variant, steps, threads, batch)
     if ray_address is not None:
@@ -76,18 +90,22 @@ def restore(inputs, engines, onnx, weights, preset, backend, precision, variant,
         return
     out = Path(out)
     try:
-        paths = list_images(inputs)
+        paths = list_images(inputs) if inputs else []
         with open_backend(**backend_args) as opened:
             click.echo(f"backend: {opened.description}")
             if opened.random_weights:
                 click.echo("note: random weights: the output shows the pipeline runs, not a restoration "
                            "(get real weights with `interlcm-weights download`)")
             restorer = Restorer(opened.backend, options, timing=timing)
+            if videos:
+                upsample = (bg_upsampler, bg_tile, face_upsample)
+                video_failed = _restore_videos(restorer, videos, out, weights, upsample, save_frames)
             report = restore_files(restorer, paths, out)
     except (ValueError, RuntimeError, FileNotFoundError) as exc:
         raise click.ClickException(str(exc)) from None
-    _print_summary(restorer, report, len(paths))
-    if report.failed:
+    if paths:
+        _print_summary(restorer, report, len(paths))
+    if report.failed or video_failed:
         sys.exit(1)
 
 
@@ -132,6 +150,46 @@ def _restore_on_ray(inputs, out: str, address: str, actors, backend_args: dict, 
 def _last_line(exc: BaseException) -> str:
     lines = [line for line in str(exc).splitlines() if line.strip()]
     return lines[-1] if lines else type(exc).__name__
+
+
+def _restore_videos(restorer, videos, out, weights, upsample, save_frames) -> bool:  # noqa: ANN001
+    """Each video through the photo seam, whole-photo mode; True if any failed (each failure: one line)."""
+    from interlcm.engines.photo import PhotoOptions, PhotoRestorer
+    from interlcm.upsampler import TileOptions, open_upsamplers
+    from interlcm.video import VideoError, VideoOptions, output_path, restore_video
+
+    bg, tile, face = upsample
+    try:
+        upsamplers, why = open_upsamplers(restorer.config, weights, bg == "realesrgan", face, TileOptions(tile))
+    except (ValueError, RuntimeError) as exc:
+        raise click.ClickException(str(exc)) from None
+    if why:
+        click.echo(why)
+    photo = PhotoRestorer(restorer, PhotoOptions(), upsamplers=upsamplers)
+    failed, taken = False, set()
+    for src in videos:
+        dst = output_path(src, out)
+        if dst in taken:  # two inputs of one name: the second would replace the first's result
+            click.echo(f"failed: {src}: its output {dst} is another input's output; restore it with another --out", err=True)
+            failed = True
+            continue
+        taken.add(dst)
+        try:
+            report = restore_video(photo, src, out, VideoOptions(frames_per_batch=max(restorer.options.batch, 8),
+                                                                 save_frames=save_frames))
+        except VideoError as exc:
+            click.echo(f"failed: {exc}", err=True)
+            failed = True
+            continue
+        except NotImplementedError:
+            raise click.ClickException(
+                "videos need whole-photo mode (detect, align, paste back; issue 11), not on this build yet"
+            ) from None
+        per_frame = ", ".join(f"{k} {v / report.frames:.3f}" for k, v in report.seconds.items())
+        click.echo(f"{src} -> {report.output}: {report.frames} frames at {report.fps} fps, "
+                   f"{report.size[0]}x{report.size[1]}, {report.audio_packets} audio packets copied; "
+                   f"s per frame: {per_frame}")
+    return failed
 
 
 def _print_summary(restorer, report, total: int) -> None:  # noqa: ANN001

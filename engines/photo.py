@@ -26,6 +26,7 @@ import torch
 
 from interlcm.engines.runtime import Restorer
 from interlcm.imageio import to_uint8
+from interlcm.upsampler import Upsamplers
 
 
 @dataclass(frozen=True)
@@ -64,9 +65,11 @@ def restore_faces(restorer: Restorer, faces: Sequence[np.ndarray]) -> list[np.nd
 class PhotoRestorer:
     """A restorer plus the photo-level options: turns photos into restored photos."""
 
-    def __init__(self, restorer: Restorer, options: PhotoOptions):
+    def __init__(self, restorer: Restorer, options: PhotoOptions, upsamplers: Upsamplers | None = None):
         self.restorer = restorer
         self.options = options
+        # whole-photo mode: Real-ESRGAN background canvas and face upscaling (aligned mode: unused, as the release)
+        self.upsamplers = upsamplers or Upsamplers()
 
     def restore_photos(self, photos: Sequence[np.ndarray]) -> list[PhotoResult]:
         if self.options.aligned:

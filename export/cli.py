@@ -138,7 +138,9 @@ def main(
             cfg = get_preset(preset)
             if out is None:
                 raise click.UsageError("--out is required (or --validate-only DIR)")
-        if weights is not None:
+        if "realesrgan" in names:  # the upsampler has its own weights: exported on its own
+            models, identity = _upsampler_models(names, cfg, weights, seed)
+        elif weights is not None:
             models, identity = load_models(weights, variant, resolution), weights_identity(weights, variant)
         else:
             cfg = cfg.with_resolution(resolution) if resolution else cfg
@@ -162,6 +164,20 @@ def main(
             click.echo("all outputs within tolerance")
     except (ExportError, ValidationError, ManifestError, WeightsError, ValueError) as exc:
         raise click.ClickException(str(exc)) from None
+
+
+def _upsampler_models(names, cfg, weights, seed):  # noqa: ANN001, ANN202
+    """Real-ESRGAN for the preset (or the weights folder's), and the identity its files record."""
+    from interlcm.models.rrdbnet import build_random_upsampler
+    from interlcm.weights import load_models, load_upsampler
+
+    if names != ["realesrgan"]:
+        raise click.UsageError("export realesrgan on its own: --components realesrgan, into its own --out folder")
+    if weights is None:
+        models = build_random_upsampler(cfg, seed)
+        return models, models.origin
+    models = load_upsampler(weights, load_models(weights).config)
+    return models, models.origin
 
 
 if __name__ == "__main__":

@@ -16,12 +16,13 @@ import torch
 from torch import nn
 
 from interlcm.colorfix import AdaInColorFix, WaveletColorFix
-from interlcm.config import PresetConfig
+from interlcm.config import PresetConfig, get_upsampler
 from interlcm.faces import parsenet
 from interlcm.faces.networks import FACE_NETWORKS, face_module
 from interlcm.faces.retinaface import num_priors
 from interlcm.models.container import InterLCMModels
 from interlcm.models.lcm import UNetStep, VaeDecode, VaeEncode
+from interlcm.models.rrdbnet import UpsamplerModels
 from interlcm.models.spatial_encoder import SpatialCondition, SpatialEncoderStep
 
 Shape = tuple[int, ...]
@@ -63,7 +64,7 @@ TOL_FP16_SE = Tolerance(3e-2)  # ControlNet residuals: measured 8.5e-3 on tiny
 @dataclass(frozen=True)
 class Component:
     name: str
-    build: Callable[[InterLCMModels], nn.Module]
+    build: Callable[[InterLCMModels | UpsamplerModels], nn.Module]
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
     # fp32 export vs torch: float reassociation only, so tight.
@@ -129,8 +130,6 @@ class Component:
             elif spec.name == "timestep":
                 # any of the distillation timesteps the sampler can use
                 out[spec.name] = torch.randint(0, cfg.scheduler["num_train_timesteps"], shape, generator=gen).float()
-            elif spec.name in ("image", "decoded", "reference"):
-                out[spec.name] = torch.rand(shape, generator=gen) * 2 - 1  # images live in [-1, 1]
             else:
                 out[spec.name] = torch.randn(shape, generator=gen)
         return out
@@ -166,13 +165,27 @@ def residual_shapes(cfg: PresetConfig, b: int) -> list[Shape]:
 
 # 12 down + 1 mid residuals: the SD-1.5 layout, which every preset keeps
 RESIDUALS = tuple(TensorSpec(f"res_{i}", lambda c, b, i=i: residual_shapes(c, b)[i]) for i in range(13))
-IMAGE = TensorSpec("image", _image)
+IMAGE = TensorSpec("image", _image, value_range=(-1, 1))  # images live in [-1, 1]
 SAMPLE = TensorSpec("sample", _latent)
 TIMESTEP = TensorSpec("timestep", lambda c, b: (b,))
 CONTEXT = TensorSpec("context", _context)
 GUIDANCE = TensorSpec("guidance", lambda c, b: (b, c.guidance_dim))
 # colour fix input: ONNX cannot name a graph input and output alike, and the output is the image
-DECODED = TensorSpec("decoded", _image)
+DECODED = TensorSpec("decoded", _image, value_range=(-1, 1))
+# Real-ESRGAN tiles: any even height and width (x2 unshuffles by 2). The upsampler feeds tiles of
+# up to tile + 2 * tile_pad (480 px with the release's 400 / 40); traced at 64 px. Values in [0, 1].
+TILE_DIMS = {"tile_height": (16, 64, 480), "tile_width": (16, 64, 480)}
+TILE = TensorSpec(
+    "tile",
+    lambda c, b, d: (b, 3, d["tile_height"], d["tile_width"]),
+    dynamic={2: "tile_height", 3: "tile_width"},
+    value_range=(0, 1),
+)
+UPSCALED = TensorSpec(
+    "upscaled",
+    lambda c, b, d: (b, 3, d["tile_height"] * get_upsampler(c.name).scale, d["tile_width"] * get_upsampler(c.name).scale),
+    dynamic={2: "out_height", 3: "out_width"},
+)
 COND = TensorSpec("cond", lambda c, b: (b, c.unet["block_out_channels"][0], c.latent_size, c.latent_size))
 
 
@@ -289,13 +302,13 @@ COMPONENTS: tuple[Component, ...] = (
     Component(
         "colorfix_wavelet",
         lambda m: WaveletColorFix(),
-        inputs=(DECODED, TensorSpec("reference", _image)),
+        inputs=(DECODED, TensorSpec("reference", _image, value_range=(-1, 1))),
         outputs=(IMAGE,),
     ),
     Component(
         "colorfix_adain",
         lambda m: AdaInColorFix(),
-        inputs=(DECODED, TensorSpec("reference", _image)),
+        inputs=(DECODED, TensorSpec("reference", _image, value_range=(-1, 1))),
         outputs=(IMAGE,),
     ),
     Component(
@@ -319,6 +332,15 @@ COMPONENTS: tuple[Component, ...] = (
         notes="as released: image embedding recomputed every step",
     ),
     *FACE_COMPONENTS,
+    Component(
+        "realesrgan",
+        lambda m: m.realesrgan,  # interlcm.models.rrdbnet.UpsamplerModels
+        inputs=(TILE,),
+        outputs=(UPSCALED,),
+        optional=True,
+        dims=TILE_DIMS,
+        notes="background / face upsampler (RRDBNet); dynamic tile height and width",
+    ),
 )
 
 BY_NAME: dict[str, Component] = {c.name: c for c in COMPONENTS}

@@ -11,6 +11,7 @@ and a downloaded checkpoint folder describe a model the same way.
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -205,6 +206,50 @@ TINY = PresetConfig(
 )
 
 PRESETS: dict[str, PresetConfig] = {p.name: p for p in (SD15, TINY)}
+
+
+@dataclass(frozen=True)
+class RRDBConfig:
+    """Real-ESRGAN's RRDBNet (the background and face upsampler), sized like the InterLCM presets.
+
+    For scale 2 (x2plus) the input is pixel-unshuffled by 2, so the trunk runs at half
+    resolution on 4x the channels; two nearest x2 upsamplings then bring it to 2x the input.
+    """
+
+    num_feat: int = 64  # trunk width
+    num_block: int = 23  # RRDB blocks (3 dense blocks of 5 convs each)
+    num_grow_ch: int = 32  # channels each dense conv adds
+    scale: int = 2  # output pixels per input pixel: 1, 2 or 4 (the release's x2plus: 2)
+
+    @property
+    def unshuffle(self) -> int:
+        """Pixel-unshuffle factor of the input: the trunk runs at 1 / unshuffle of the input size."""
+        return 4 // self.scale
+
+    @property
+    def receptive_radius(self) -> int:
+        """Input pixels on each side that can reach an output pixel (3x3 convs, counted in input pixels).
+
+        Trunk at 1 / u of the input: conv_first, 15 convs per block, conv_body; plus one trunk pixel
+        for the unshuffle grid; conv_up1 at 2 / u, conv_up2, conv_hr, conv_last at 4 / u.
+        A tiled run equals an untiled one when the tile padding is at least this.
+        """
+        u = self.unshuffle
+        trunk = u * (2 + 15 * self.num_block + 1)
+        return math.ceil(trunk + u / 2 + 3 * u / 4)
+
+
+# The upsampler each preset uses: sd15 pairs with the release's RealESRGAN_x2plus; tiny is a
+# 1-block net whose receptive field (38 px) fits inside the release's 40 px tile padding.
+UPSAMPLERS: dict[str, RRDBConfig] = {
+    SD15.name: RRDBConfig(),
+    TINY.name: RRDBConfig(num_feat=8, num_block=1, num_grow_ch=4),
+}
+
+
+def get_upsampler(preset: str) -> RRDBConfig:
+    """The Real-ESRGAN size for a preset name (a loaded model of another name: the released size)."""
+    return UPSAMPLERS.get(preset, UPSAMPLERS[SD15.name])
 
 
 def reject_unknown_keys(cls: type, data: dict[str, Any], what: str) -> None:

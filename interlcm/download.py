@@ -11,6 +11,7 @@ Layout written (see the spec's "weights folder" section)::
       ... other variants' pairs
       facelib/detection_Resnet50_Final.pth, facelib/detection_mobilenet0.25_Final.pth,
       facelib/parsing_parsenet.pth                           (face networks, whole-photo mode)
+      realesrgan/RealESRGAN_x2plus.pth   (with realesrgan=True) the background/face upsampler
       checksums.json        sha256 of every file this module wrote or accepted
 
 Where the files come from:
@@ -37,6 +38,8 @@ Where the files come from:
   URLs ``facexlib.detection.init_detection_model`` and ``facexlib.parsing.init_parsing_model``
   use. The InterLCM release's vendored ``facelib`` fetches the same files from
   ``sczhou/CodeFormer``'s ``v0.1.0`` release. Table: ``interlcm.faces.networks.FACE_NETWORKS``.
+* Real-ESRGAN: ``RealESRGAN_x2plus.pth`` of xinntao/Real-ESRGAN's GitHub release ``v0.2.1``
+  (the file the InterLCM/CodeFormer inference scripts fetch for ``--bg_upsampler realesrgan``).
 
 No sha256 is published for the release assets, so ``ReleasedFile.sha256`` is None
 for now: the hash computed while streaming is recorded in ``checksums.json`` so a
@@ -119,6 +122,12 @@ RELEASED_FILES: tuple[ReleasedFile, ...] = tuple(
 FACE_FILES: tuple[ReleasedFile, ...] = tuple(
     ReleasedFile(path=f"{FACE_FOLDER}/{net.file}", url=net.url, variant=None) for net in FACE_NETWORKS.values()
 )
+# Optional: fetched with realesrgan=True. Its variant is a label, not a checkpoint variant.
+REALESRGAN = ReleasedFile(
+    path="realesrgan/RealESRGAN_x2plus.pth",  # interlcm.weights.REALESRGAN_FILE
+    url="https://github.com/xinntao/Real-ESRGAN/releases/download/v0.2.1/RealESRGAN_x2plus.pth",
+    variant="realesrgan",
+)
 
 _LCM = "SimianLuo/LCM_Dreamshaper_v7"
 _CLIP = "openai/clip-vit-base-patch16"
@@ -154,8 +163,10 @@ def download_weights(
     hf_download: HfDownload | None = None,
     progress: bool = True,
     faces: bool = True,
+    realesrgan: bool = False,
 ) -> list[Path]:
-    """Fill ``out`` with the LCM, CLIP, the chosen variants' VE/SE files and (``faces``) the face networks.
+    """Fill ``out`` with the LCM, CLIP, the chosen variants' VE/SE files, (``faces``) the face networks
+    and (``realesrgan``) the upsampler.
 
     Files already present and matching their known hash are not fetched again.
     Returns the paths of all files of the layout, fetched or kept.
@@ -166,7 +177,7 @@ def download_weights(
     fetch = fetch_url or _urlopen
     hub = hf_download or partial(_hub_download, progress=progress)
     # Release files first: small, so a broken network shows up before gigabytes of LCM.
-    release = released_files(chosen) + (list(FACE_FILES) if faces else [])
+    release = released_files(chosen) + (list(FACE_FILES) if faces else []) + ([REALESRGAN] if realesrgan else [])
     paths = [_ensure_released(spec, out, fetch, progress) for spec in release]
     paths += [_ensure_hub_file(spec, out, hub) for spec in HUB_FILES]
     return paths

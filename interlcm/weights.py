@@ -11,6 +11,7 @@ WEIGHTS/
     detection_Resnet50_Final.pth       RetinaFace ResNet-50, plain state dict (keys may carry `module.`)
     detection_mobilenet0.25_Final.pth  RetinaFace mobilenet0.25, the fast detector
     parsing_parsenet.pth               ParseNet face parsing (paste-back mask)
+  (optional) realesrgan/RealESRGAN_x2plus.pth  {"params_ema": state_dict}: the background/face upsampler
   interlcm.json             (written by init/download) preset extras and where the weights came from
 ```
 
@@ -34,13 +35,14 @@ import torch
 from torch import nn
 
 from interlcm.choices import DEFAULT_VARIANT, VARIANTS, get_variant
-from interlcm.config import SD15, PresetConfig, VisualEncoderConfig, get_preset
+from interlcm.config import SD15, PresetConfig, VisualEncoderConfig, get_preset, get_upsampler
 from interlcm.faces.networks import FACE_NETWORKS, load_network, random_network, save_network
 from interlcm.faces.networks import FOLDER as FACE_FOLDER
 from interlcm.files import sha256_file
 from interlcm.models.container import InterLCMModels, build_random
 
 INFO_FILE = "interlcm.json"
+REALESRGAN_FILE = "realesrgan/RealESRGAN_x2plus.pth"  # the release's path under its weights folder
 # Library-format subfolders: folder -> (its config file, whether it holds weights)
 MODEL_FOLDERS = {
     "lcm/unet": ("config.json", True),
@@ -128,6 +130,8 @@ def init_weights(out: Path, preset: str, seed: int = 0, force: bool = False) -> 
     """Write a complete weights folder with seeded random weights for `preset` (face networks included)."""
     from diffusers import LCMScheduler
 
+    from interlcm.models.rrdbnet import build_random_rrdbnet
+
     out = Path(out)
     if out.exists() and any(out.iterdir()) and not force:
         raise WeightsError(f"{out} already exists and is not empty: choose another --out or pass --force")
@@ -145,6 +149,7 @@ def init_weights(out: Path, preset: str, seed: int = 0, force: bool = False) -> 
                 models.vae.save_pretrained(tmp / "lcm" / "vae")
                 LCMScheduler(**cfg.scheduler).save_pretrained(tmp / "lcm" / "scheduler")
                 models.clip.model.save_pretrained(tmp / "clip")
+                save_params_ema(build_random_rrdbnet(get_upsampler(cfg.name), seed), tmp / REALESRGAN_FILE)
         for index, (name, face) in enumerate(FACE_NETWORKS.items()):
             save_network(random_network(name, seed * 1000 + 10 + index), face.path(tmp))
         write_info(tmp, cfg, origin=f"random, preset {preset}, seed {seed}")
@@ -313,3 +318,18 @@ def load_models(root: Path, variant: str = DEFAULT_VARIANT, resolution: int | No
         origin=f"{info.get('origin', root)} ({root}, {variant})",
         faces=faces,
     ).eval()
+
+
+def load_upsampler(root: Path, cfg: PresetConfig):  # -> UpsamplerModels
+    """Real-ESRGAN from WEIGHTS/realesrgan/, sized for the folder's preset (the release: x2plus)."""
+    from interlcm.models.rrdbnet import RRDBNet, UpsamplerModels
+
+    path = Path(root) / REALESRGAN_FILE
+    if not path.is_file():
+        raise WeightsError(
+            f"missing {path}: the background upsampler needs it; run `interlcm-weights download --realesrgan "
+            f"--out {root}` (or `interlcm-weights init`), or drop --bg-upsampler / --face-upsample"
+        )
+    net = RRDBNet(get_upsampler(read_info(Path(root)).get("preset", cfg.name)))
+    load_state_strict(net, read_params_ema(path), path)
+    return UpsamplerModels(cfg, net, f"{path} (sha256 {sha256_file(path)[:12]})").eval()

@@ -353,3 +353,20 @@ def test_face_file_unreachable_names_its_url(tmp_path):
     with pytest.raises(DownloadError, match=r"parsing_parsenet\.pth answered HTTP 404.*by hand into .*facelib"):
         download_weights(tmp_path, fetch_url=FakeWeb(data), hf_download=FakeHub(_hub_bytes()), progress=False)
     assert not (tmp_path / FACE_PATHS[2]).exists()
+
+
+def test_realesrgan_on_request_with_sha256_recorded(tmp_path):
+    web = FakeWeb({**_release_bytes(), dl.REALESRGAN.url: b"rrdbnet bytes" * 500})
+    paths = download_weights(tmp_path, fetch_url=web, hf_download=FakeHub(_hub_bytes()), progress=False, realesrgan=True)
+    target = tmp_path / "realesrgan" / "RealESRGAN_x2plus.pth"
+    assert target in paths and target.read_bytes() == web.files[dl.REALESRGAN.url]
+    sums = json.loads((tmp_path / dl.CHECKSUMS_FILE).read_text())
+    assert sums["realesrgan/RealESRGAN_x2plus.pth"] == _sha(target.read_bytes())
+    # a second run trusts the recorded hash: no network
+    download_weights(tmp_path, fetch_url=_no_network, hf_download=_no_network, progress=False, realesrgan=True)
+
+
+def test_realesrgan_path_is_where_the_loader_reads(tmp_path):
+    from interlcm.weights import REALESRGAN_FILE
+
+    assert dl.REALESRGAN.path == REALESRGAN_FILE

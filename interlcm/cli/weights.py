@@ -31,13 +31,14 @@ def main() -> None:
     show_default=True,
     help="Also fetch facexlib's face detectors and parser (whole-photo mode) into OUT/facelib.",
 )
-def download(out: Path, variants: tuple[str, ...], faces: bool) -> None:
+@click.option("--realesrgan", is_flag=True, help="Also fetch RealESRGAN_x2plus.pth (for --bg-upsampler / --face-upsample).")
+def download(out: Path, variants: tuple[str, ...], faces: bool, realesrgan: bool) -> None:
     """Download the released LCM, CLIP, InterLCM encoders and face networks into OUT (needs internet)."""
     from interlcm.download import DownloadError, download_weights
     from interlcm.weights import verify_weights
 
     try:
-        download_weights(out, variants, faces=faces)
+        download_weights(out, variants, faces=faces, realesrgan=realesrgan)
     except DownloadError as exc:
         raise click.ClickException(str(exc)) from None
     _report(verify_weights(out, variants), out)
