@@ -219,9 +219,9 @@ def _load_models(settings: BenchSettings, cfg: PresetConfig, device: str):  # no
 @functools.lru_cache(maxsize=4)
 def _content_hash(root: Path, steps: int) -> str:
     """The weights folder's content hash (reads every file: seconds for sd15, so once per run)."""
-    from interlcm.weights import variant_for_steps, weights_identity
+    from interlcm.weights import variant_for_steps, weights_digest
 
-    return weights_identity(root, variant_for_steps(steps))
+    return weights_digest(root, variant_for_steps(steps))
 
 
 def _weights_identity(settings: BenchSettings, models) -> tuple[bool, str]:  # noqa: ANN001

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import click
 
+from interlcm.cli.options import SEED
+
 _PATH = click.Path(path_type=Path)
 
 
@@ -24,7 +26,7 @@ def main() -> None:
 @click.option("--backend", type=click.Choice(["auto", "tensorrt", "onnxruntime", "torch"]), default="auto", show_default=True)
 @click.option("--precision", type=click.Choice(["fp32", "fp16"]), default="fp32", show_default=True, help="ONNX files to run.")
 @click.option("--steps", type=click.Choice(["3", "1"]), default="3", show_default=True, help="3-step (paper) or 1-step model.")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=SEED, default=0, show_default=True)
 @click.option("--colorfix", type=click.Choice(["wavelet", "adain", "none"]), default="wavelet", show_default=True)
 @click.option("--batch", type=click.IntRange(1, 63), default=1, show_default=True, help="Faces per batch.")
 @click.option("--threads", type=int, help="CPU threads (default: all cores).")
@@ -100,7 +102,7 @@ def build(onnx, out, components, opt_level, timing_cache, rebuild) -> None:  # n
 @click.option("--precision", type=click.Choice(["fp32", "fp16"]), default="fp32", show_default=True)
 @click.option("--steps", type=click.Choice(["3", "1"]), default="3", show_default=True)
 @click.option("--batch", type=click.IntRange(1, 63), default=1, show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=SEED, default=0, show_default=True)
 def check(engines, onnx, weights, precision, steps, batch, seed) -> None:  # noqa: ANN001
     """Compare a backend with the torch reference stage by stage, on the demo face."""
     from interlcm.engines.parity import compare_traces, format_table
@@ -112,7 +114,7 @@ def check(engines, onnx, weights, precision, steps, batch, seed) -> None:  # noq
     if (engines is None) == (onnx is None):
         raise click.UsageError("give exactly one of --engines or --onnx")
     try:
-        opened = open_backend("tensorrt" if engines else "onnxruntime", onnx=onnx, engines=engines, precision=precision)
+        opened = open_backend("tensorrt" if engines else "onnxruntime", onnx=onnx, engines=engines, precision=precision, steps=int(steps))
         models = reference_models(opened, weights)
     except (ValueError, RuntimeError) as exc:
         raise click.ClickException(str(exc)) from None

@@ -160,6 +160,7 @@ def open_backend(
 
         backend = TrtBackend(engines)
         backend.__enter__()
+        _check_made_for(backend, weights, steps, f"the engine folder {engines}")
         return OpenedBackend(backend, backend.config, f"tensorrt engines from {engines} ({why})")
     if kind == "onnxruntime":
         if onnx is None:
@@ -167,9 +168,19 @@ def open_backend(
         from interlcm.engines.ort import OrtBackend
 
         ort_backend = OrtBackend(onnx, precision=precision, threads=threads)
+        _check_made_for(ort_backend, weights, steps, f"the ONNX folder {onnx}")
         desc = f"onnxruntime {precision} on {ort_backend.running_on} from {onnx} ({why}; {ort_backend.reason})"
         return OpenedBackend(ort_backend, ort_backend.config, desc)
     return _open_torch(weights=weights, preset=preset, steps=steps, why=why, threads=threads)
+
+
+def _check_made_for(backend, weights: Path | None, steps: int, what: str) -> None:  # noqa: ANN001
+    """Refuse an export/engine folder made from other weights or for another step count."""
+    from interlcm.weights import check_identity
+
+    identity = getattr(getattr(backend, "manifest", None), "identity", None)
+    if identity is not None:
+        check_identity(identity, weights=weights, steps=steps, what=what)
 
 
 def _auto_kind(*, weights, onnx, engines, preset) -> tuple[str, str]:  # noqa: ANN001
@@ -206,15 +217,15 @@ def _open_torch(*, weights, preset, steps, why, threads) -> OpenedBackend:  # no
 
 def reference_models(opened: OpenedBackend, weights: Path | None = None):  # -> InterLCMModels
     """The torch models an export/engine folder was made from: its weights, or its random preset."""
-    import re
-
     from interlcm.pipeline import build_random
-    from interlcm.weights import load_models
+    from interlcm.weights import check_identity, load_models
 
+    identity = getattr(getattr(opened.backend, "manifest", None), "identity", None)
+    if identity is None:
+        raise ValueError(f"{opened.description} does not record its weights: re-export it with --force")
+    check_identity(identity, weights=weights, what="the export")  # --weights B with an export of A: refused
     if weights is not None:
-        return load_models(weights).eval()
-    recorded = getattr(getattr(opened.backend, "manifest", None), "weights", "")
-    match = re.fullmatch(r"random, seed (\d+)", recorded or "")
-    if not match:
-        raise ValueError(f"the export was made from weights {recorded!r}: pass them with --weights DIR")
-    return build_random(opened.config, int(match.group(1)))
+        return load_models(weights, identity.variant, opened.config.resolution).eval()
+    if identity.kind != "random":
+        raise ValueError(f"the export was made from {identity.describe()}: pass those weights with --weights DIR")
+    return build_random(opened.config, identity.seed)

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import click
 
+from interlcm.cli.options import SEED
+
 
 def _batch(ctx: click.Context, param: click.Parameter, value: str) -> tuple[int, int, int]:
     try:
@@ -29,7 +31,7 @@ def _batch(ctx: click.Context, param: click.Parameter, value: str) -> tuple[int,
     help="Weights folder (interlcm-weights); without it, seeded random weights.",
 )
 @click.option("--variant", default="3step", show_default=True, help="Encoder pair in the weights folder.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random weights.")
+@click.option("--seed", type=SEED, default=0, show_default=True, help="Seed of the random weights.")
 @click.option(
     "--fp16", is_flag=True, help="Also write fp16 graphs (fp32 islands, fp32 I/O) next to the fp32 ones."
 )
@@ -46,8 +48,11 @@ def _batch(ctx: click.Context, param: click.Parameter, value: str) -> tuple[int,
     callback=_batch,
     help="Dynamic batch range MIN:OPT:MAX (OPT is traced; the engine profile uses all three).",
 )
-@click.option("--resolution", type=int, help="Face crop size in pixels (default: the preset's).")
-@click.option("--opset", type=int, default=17, show_default=True)
+@click.option(
+    "--resolution", type=click.IntRange(min=1), help="Face crop size in pixels, a multiple of 64 (default: the preset's)."
+)
+# 17: the first with LayerNormalization; 20: the newest the TorchScript exporter writes
+@click.option("--opset", type=click.IntRange(17, 20), default=17, show_default=True)
 @click.option("--force", is_flag=True, help="Re-export files that are up to date.")
 @click.option("--no-validate", is_flag=True, help="Skip the ONNX Runtime vs torch check after export.")
 @click.option(
@@ -63,7 +68,7 @@ def _batch(ctx: click.Context, param: click.Parameter, value: str) -> tuple[int,
     multiple=True,
     help="Batch sizes to validate at (repeatable); default: the profile's min and one other than the traced.",
 )
-@click.option("--threads", type=int, default=2, show_default=True, help="torch and ONNX Runtime threads.")
+@click.option("--threads", type=click.IntRange(min=1), default=2, show_default=True, help="torch and ONNX Runtime threads.")
 @click.option("--out", type=click.Path(path_type=Path), help="Output folder.")
 def main(
     preset: str,
@@ -87,43 +92,46 @@ def main(
 
     from interlcm.components import DEFAULT_COMPONENTS
     from interlcm.config import get_preset
-    from interlcm.export.manifest import ManifestError, load_manifest
+    from interlcm.export.manifest import MANIFEST, ManifestError, load_manifest
     from interlcm.export.onnx_export import ExportError, ValidationError, export_all, validate
+    from interlcm.files import FilesError, check_replaceable
     from interlcm.pipeline import build_random
-    from interlcm.weights import WeightsError, load_models, weights_identity
+    from interlcm.weights import VARIANT_STEPS, WeightsError, WeightsIdentity, check_identity, load_models
 
+    if variant not in VARIANT_STEPS:
+        raise click.BadParameter(f"{variant!r}: choose one of {', '.join(VARIANT_STEPS)}", param_hint="--variant")
     torch.set_num_threads(threads)
     names = [n for c in components for n in c.split(",") if n] or list(DEFAULT_COMPONENTS)
     try:
         if validate_dir is not None:
             manifest = load_manifest(validate_dir)
-            cfg = manifest.config
-            if weights is None and not manifest.weights.startswith("random, seed "):
-                raise click.ClickException(
-                    f"{validate_dir} was exported from weights {manifest.weights}: pass --weights"
-                )
-            seed = int(manifest.weights.removeprefix("random, seed ")) if weights is None else seed
-            resolution = cfg.resolution
+            cfg, identity, variant = manifest.config, manifest.identity, manifest.identity.variant
+            if identity.kind == "folder" and weights is None:
+                raise click.ClickException(f"{validate_dir} was exported from {identity.describe()}: pass --weights DIR")
+            check_identity(identity, weights=weights, what=str(validate_dir))
+            seed, resolution = identity.seed, cfg.resolution
         else:
             cfg = get_preset(preset)
             if out is None:
                 raise click.UsageError("--out is required (or --validate-only DIR)")
+            check_replaceable(out, MANIFEST, "an export folder")  # exports add to ours, never to others'
         if weights is not None:
-            models, identity = load_models(weights, variant, resolution), weights_identity(weights, variant)
+            models = load_models(weights, variant, resolution)
+            identity = WeightsIdentity.of_folder(weights, variant)
         else:
-            cfg = cfg.with_resolution(resolution) if resolution else cfg
-            models = build_random(cfg, seed)
-            identity = models.origin
+            models = build_random(cfg.with_resolution(resolution) if resolution else cfg, seed)
+            identity = WeightsIdentity.random(cfg.name, seed, variant)
+        models.config.with_resolution(models.config.resolution)  # ValueError for a size the networks cannot take
         if validate_dir is None:
             precisions = ("fp32", "fp16") if fp16 else ("fp32",)
             export_all(
-                models, out, names, precisions, batch=batch, opset=opset, force=force, weights=identity
+                models, out, names, precisions, batch=batch, opset=opset, force=force, identity=identity
             )
         if validate_dir is not None or not no_validate:
             chosen = names if components or validate_dir is None else None
             validate(validate_dir or out, models, components=chosen, batches=validate_batches or None, echo=click.echo)
             click.echo("all outputs within tolerance")
-    except (ExportError, ValidationError, ManifestError, WeightsError, ValueError) as exc:
+    except (ExportError, ValidationError, ManifestError, WeightsError, FilesError, ValueError) as exc:
         raise click.ClickException(str(exc)) from None
 
 

@@ -13,6 +13,7 @@ from interlcm.config import PresetConfig
 from interlcm.models.clip import ClipImageEncoder
 from interlcm.models.spatial_encoder import build_spatial_encoder
 from interlcm.models.visual_encoder import VisualEncoder
+from interlcm.weights import WeightsIdentity
 
 
 @dataclass
@@ -26,6 +27,7 @@ class InterLCMModels:
     unet: UNet2DConditionModel
     vae: AutoencoderKL
     origin: str  # "random, seed N" or the weights folder and its identity
+    identity: WeightsIdentity | None = None  # typed origin; None for a folder until hashed (WeightsIdentity.of_folder)
 
     def modules(self) -> dict[str, nn.Module]:
         return {
@@ -79,6 +81,7 @@ def build_random(cfg: PresetConfig, seed: int = 0) -> InterLCMModels:
         unet=seeded(4, lambda: UNet2DConditionModel(**cfg.unet)),
         vae=seeded(5, lambda: AutoencoderKL(**cfg.vae)),
         origin=f"random, seed {seed}",
+        identity=WeightsIdentity.random(cfg.name, seed),
     ).eval()
 
 

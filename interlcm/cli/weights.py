@@ -7,6 +7,8 @@ from pathlib import Path
 
 import click
 
+from interlcm.cli.options import SEED
+
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 def main() -> None:
@@ -37,9 +39,9 @@ def download(out: Path, variants: tuple[str, ...]) -> None:
 
 @main.command()
 @click.option("--preset", type=click.Choice(["tiny", "sd15"]), default="tiny", show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=SEED, default=0, show_default=True)
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Weights folder to create.")
-@click.option("--force", is_flag=True, help="Replace OUT if it exists.")
+@click.option("--force", is_flag=True, help="Replace OUT if it is empty or a weights folder (never anything else).")
 def init(preset: str, seed: int, out: Path, force: bool) -> None:
     """Write a weights folder with seeded random weights (same layout as the download)."""
     from interlcm.weights import WeightsError, init_weights

@@ -17,6 +17,7 @@ from interlcm.components import BY_NAME, DEFAULT_COMPONENTS
 from interlcm.export.manifest import MANIFEST, ManifestError, load_manifest
 from interlcm.export.onnx_export import ValidationError, compare, export_all, ort_session, validate
 from interlcm.export.trt_support import check_trt_support
+from interlcm.weights import WeightsIdentity
 
 BATCH = (1, 1, 3)  # traced at 1; validated at 1 and 2
 
@@ -43,7 +44,8 @@ def test_every_component_and_precision_in_manifest(exported, tiny_cfg):
         (c, p) for c in DEFAULT_COMPONENTS for p in ("fp32", "fp16")
     }
     assert m.config == tiny_cfg and m.batch == BATCH and m.opset == 17
-    assert m.weights == "random, seed 0" and {"torch", "onnx", "exporter"} <= set(m.versions)
+    assert m.identity == WeightsIdentity.random("tiny", 0, "3step") and m.weights == m.identity.describe()
+    assert {"torch", "onnx", "exporter"} <= set(m.versions)
     unet = m.entry("unet", "fp16")
     assert [t.name for t in unet.inputs] == list(BY_NAME["unet"].input_names)
     assert unet.outputs[0].shape == ["batch", 4, tiny_cfg.latent_size, tiny_cfg.latent_size]
