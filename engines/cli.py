@@ -34,6 +34,7 @@ def main() -> None:
 def restore(inputs, engines, onnx, weights, preset, backend, precision, steps, seed, colorfix, batch, threads, out) -> None:  # noqa: ANN001
     """Restore aligned face crops: files, folders or glob patterns (default: a demo face)."""
     from interlcm.engines.runtime import RestoreOptions, Restorer, open_backend, restore_files
+    from interlcm.files import FilesError, make_folder
     from interlcm.imageio import demo_image_path, list_images
 
     if not inputs:
@@ -41,6 +42,7 @@ def restore(inputs, engines, onnx, weights, preset, backend, precision, steps, s
         click.echo(f"no input given: restoring the embedded demo face {inputs[0]}")
     try:
         paths = list_images(inputs)
+        make_folder(out)  # --out a file, read-only or uncreatable: one sentence before any work
         opened = open_backend(
             backend, weights=weights, onnx=onnx, engines=engines, preset=preset,
             steps=int(steps), precision=precision, threads=threads,
@@ -53,7 +55,10 @@ def restore(inputs, engines, onnx, weights, preset, backend, precision, steps, s
                    "(get real weights with `interlcm-weights download`)")
     options = RestoreOptions(steps=int(steps), seed=seed, colorfix=colorfix, batch=batch)
     restorer = Restorer(opened.backend, opened.config, options)
-    report = restore_files(restorer, paths, out)
+    try:
+        report = restore_files(restorer, paths, out)
+    except FilesError as exc:  # disk full or the like while writing: nothing half-written stays
+        raise click.ClickException(str(exc)) from None
     _print_summary(restorer, report, len(paths))
     if report.failed:
         sys.exit(1)
@@ -67,6 +72,8 @@ def _print_summary(restorer, report, total: int) -> None:  # noqa: ANN001
         click.echo("time per stage (s, total over all images):")
         for name, secs in sorted(timed.seconds.items(), key=lambda kv: -kv[1]):
             click.echo(f"  {name:<18} {secs:8.3f}  ({timed.calls[name]} calls)")
+    for note in report.notes:
+        click.echo(f"note: {note}")
     for path, reason in report.failed:
         click.echo(f"failed: {path}: {reason}", err=True)
 
