@@ -28,11 +28,12 @@ from pathlib import Path
 
 import torch
 
-from interlcm.benchmarks.backends import ComponentClock, ReleaseStyle
+from interlcm.benchmarks.backends import ReleaseStyle
 from interlcm.benchmarks.flops import ComponentFlops, PeakProbe, count_flops, matmul_peak
 from interlcm.benchmarks.measure import CpuMeter, PeakRss, Stats, environment
 from interlcm.components import BY_NAME, DEFAULT_COMPONENTS
 from interlcm.config import PresetConfig, get_preset
+from interlcm.engines.backend import TimedBackend, open_backend
 
 # torch: this project's torch path; torch-release: the same at fp32 with the SE's image
 # embedding recomputed every step, as the released code runs it.
@@ -201,27 +202,28 @@ class _Opened:
     device: str
     description: str
     load_s: float
-    close: Callable[[], None] = lambda: None
 
 
 def _load_models(settings: BenchSettings, cfg: PresetConfig, device: str):  # noqa: ANN202 - InterLCMModels
-    from interlcm.pipeline import build_random
+    from interlcm.models.container import build_random
 
     if settings.weights is None:
         models = build_random(cfg, seed=settings.seed)
     else:
-        from interlcm.weights import load_models, variant_for_steps
+        from interlcm.choices import variant_for_steps
+        from interlcm.weights import load_models
 
-        models = load_models(settings.weights, variant_for_steps(settings.steps), resolution=cfg.resolution)
+        models = load_models(settings.weights, variant_for_steps(settings.steps).name, resolution=cfg.resolution)
     return models.to(device)
 
 
 @functools.lru_cache(maxsize=4)
 def _content_hash(root: Path, steps: int) -> str:
     """The weights folder's content hash (reads every file: seconds for sd15, so once per run)."""
-    from interlcm.weights import variant_for_steps, weights_digest
+    from interlcm.choices import variant_for_steps
+    from interlcm.weights import weights_digest
 
-    return weights_digest(root, variant_for_steps(steps))
+    return weights_digest(root, variant_for_steps(steps).name)
 
 
 def _weights_identity(settings: BenchSettings, models) -> tuple[bool, str]:  # noqa: ANN001
@@ -231,36 +233,25 @@ def _weights_identity(settings: BenchSettings, models) -> tuple[bool, str]:  # n
     return models.origin.startswith("random"), f"{models.origin}, content sha256 {ident}"
 
 
-def _open_onnxruntime(folder: Path, precision: str, threads: int, names: list[str]) -> _Opened:
-    from interlcm.engines.ort import OrtBackend
+def _open_exported(stack: contextlib.ExitStack, kind: str, folder: Path | None, engines: Path | None,
+                   precision: str, threads: int, names: list[str]) -> _Opened:
+    """ONNX Runtime or TensorRT through `open_backend`, closed when `stack` closes."""
+    if kind == "tensorrt":
+        from interlcm.engines.ort import cuda_device_count
+        from interlcm.engines.trt import PRECISION
 
+        devices, why = cuda_device_count()
+        if not devices:
+            raise _Skip(f"TensorRT needs an NVIDIA GPU: {why}")
+        if engines is None:
+            raise _Skip("the tensorrt rows need --engines DIR (build them with `interlcm-trt build`)")
+        if precision != PRECISION:
+            raise _Skip(f"TensorRT engines are built {PRECISION} only (strongly typed, from the {PRECISION} ONNX files)")
     start = time.perf_counter()
-    backend = OrtBackend(folder, precision=precision, provider="auto", threads=threads)
-    for name in names:  # sessions now, so the first run measures running, not loading
-        backend.session(name)
-    load_s = time.perf_counter() - start
-    desc = f"onnxruntime {precision} on {backend.running_on} ({backend.reason}), intra-op threads: {threads}"
-    return _Opened(backend, backend.device.type, desc, load_s)
-
-
-def _open_tensorrt(engines: Path | None, precision: str, names: list[str]) -> _Opened:
-    from interlcm.engines.ort import cuda_device_count
-
-    devices, why = cuda_device_count()
-    if not devices:
-        raise _Skip(f"TensorRT needs an NVIDIA GPU: {why}")
-    if engines is None:
-        raise _Skip("the tensorrt rows need --engines DIR (build them with `interlcm-trt build`)")
-    from interlcm.engines.trt import PRECISION, TrtBackend
-
-    if precision != PRECISION:
-        raise _Skip(f"TensorRT engines are built {PRECISION} only (strongly typed, from the {PRECISION} ONNX files)")
-    start = time.perf_counter()
-    backend = TrtBackend(engines, components=names)
-    backend.__enter__()
-    load_s = time.perf_counter() - start
-    return _Opened(backend, "cuda", f"tensorrt {PRECISION} engines from {engines}", load_s,
-                   close=lambda: backend.__exit__(None, None, None))
+    opened = stack.enter_context(open_backend(kind, onnx=folder, engines=engines, precision=precision,
+                                              threads=threads, components=names))
+    desc = opened.description + (f", intra-op threads: {threads}" if kind == "onnxruntime" else "")
+    return _Opened(opened.backend, opened.device.type, desc, time.perf_counter() - start)
 
 
 class _Skip(Exception):
@@ -270,7 +261,7 @@ class _Skip(Exception):
 # --- measuring one row -----------------------------------------------------------------------------
 
 
-def _timed_runs(settings: BenchSettings, work: Callable[[], object], clock: ComponentClock,
+def _timed_runs(settings: BenchSettings, work: Callable[[], object], clock: TimedBackend,
                 row: RowResult, log: Log) -> tuple[list[float], list[list[tuple[str, float]]]]:
     """warmup + runs repetitions of `work`; fills the row's first-run and CPU fields."""
     e2e, per_run, cores, others = [], [], [], []
@@ -343,7 +334,7 @@ def _measure(settings: BenchSettings, cfg: PresetConfig, opened: _Opened, row: R
              release: bool, log: Log) -> None:
     from interlcm.engines.runtime import RestoreOptions, Restorer
 
-    clock = ComponentClock(opened.backend)
+    clock = TimedBackend(opened.backend)
     row.device, row.description, row.load_s = opened.device, opened.description, opened.load_s
     row.threads = settings.threads
     if opened.device == "cuda":
@@ -356,7 +347,7 @@ def _measure(settings: BenchSettings, cfg: PresetConfig, opened: _Opened, row: R
                 clock.run(name, **inputs)
     else:
         options = RestoreOptions(steps=settings.steps, seed=settings.seed, colorfix=settings.colorfix, batch=row.batch)
-        restorer = Restorer(ReleaseStyle(clock) if release else clock, cfg, options)
+        restorer = Restorer(ReleaseStyle(clock) if release else clock, options)
         (image_name,) = BY_NAME["se_condition"].input_names
         lq = BY_NAME["se_condition"].sample_inputs(cfg, row.batch, settings.seed)[image_name]  # (B, 3, R, R)
 
@@ -489,7 +480,7 @@ def _run(settings: BenchSettings, log: Log) -> BenchReport:
 def _torch_phase(settings: BenchSettings, cfg: PresetConfig, rows: list[RowResult], device: str,
                  log: Log) -> tuple[dict[str, ComponentFlops], bool, str]:
     """Build or load the models, count FLOPs, run the torch rows; the models die with this frame."""
-    from interlcm.pipeline import TorchBackend
+    from interlcm.engines.torch_backend import TorchBackend
 
     log(f"building {cfg.name} models ({'random weights' if settings.weights is None else settings.weights}) on {device}")
     start = time.perf_counter()
@@ -525,9 +516,9 @@ def _prepare_onnx(settings: BenchSettings, cfg: PresetConfig, log: Log, onnx_cac
     if settings.weights is None:
         tag = f"random-seed{settings.seed}"
     else:
-        from interlcm.weights import variant_for_steps
+        from interlcm.choices import variant_for_steps
 
-        tag = f"{variant_for_steps(settings.steps)}-{_content_hash(settings.weights, settings.steps)}"
+        tag = f"{variant_for_steps(settings.steps).name}-{_content_hash(settings.weights, settings.steps)}"
     request = onnx_cache.ExportRequest(
         preset=settings.preset,
         resolution=cfg.resolution,
@@ -553,33 +544,29 @@ def _run_group(settings: BenchSettings, cfg: PresetConfig, kind: str, precision:
     names = list(settings.components) or [
         n for n in DEFAULT_COMPONENTS if not n.startswith("colorfix_") or n == f"colorfix_{settings.colorfix}"
     ]
-    try:
-        if kind == "onnxruntime":
-            if onnx_info is None:
+    with contextlib.ExitStack() as stack:
+        try:
+            if kind == "onnxruntime" and onnx_info is None:
                 raise _Skip(onnx_skip or "no ONNX folder")
-            opened = _open_onnxruntime(Path(onnx_info["folder"]), precision, settings.threads, names)
+            folder = Path(onnx_info["folder"]) if kind == "onnxruntime" and onnx_info else None
+            opened = _open_exported(stack, kind, folder, settings.engines, precision, settings.threads, names)
             got = opened.backend.config.resolution
             if got != cfg.resolution:
-                raise _Skip(f"the ONNX files in {onnx_info['folder']} are for {got} px, not {cfg.resolution}")
-        else:
-            opened = _open_tensorrt(settings.engines, precision, names)
-    except _Skip as exc:
-        for row in group:
-            row.skipped = str(exc)
-        return
-    except (ImportError, FileNotFoundError, ValueError, RuntimeError) as exc:
-        for row in group:
-            row.skipped = f"{kind} could not start: {exc}"
-        return
-    try:
+                raise _Skip(f"the ONNX files in {folder} are for {got} px, not {cfg.resolution}")
+        except _Skip as exc:
+            for row in group:
+                row.skipped = str(exc)
+            return
+        except (ImportError, FileNotFoundError, ValueError, RuntimeError) as exc:
+            for row in group:
+                row.skipped = f"{kind} could not start: {exc}"
+            return
         owner = None
-        lo, _, hi = getattr(opened.backend, "batch", (1, 1, sys.maxsize))  # engines: their profile's range
+        hi = opened.backend.max_batch
         for row in group:
-            if not lo <= row.batch <= hi:
-                row.skipped = f"the engines take batch {lo} to {hi}: rebuild them with a wider profile"
+            if hi is not None and row.batch > hi:
+                row.skipped = f"the engines take batch up to {hi}: rebuild them with a wider profile"
                 continue
             row.load_shared_with, owner = owner, owner or row.label
             log(f"{row.label}: {opened.description}")
             _measure_row(settings, cfg, opened, row, release=False, log=log)
-    finally:
-        opened.close()

@@ -107,12 +107,13 @@ def ensure_onnx(cache_root: Path, request: ExportRequest, log=print) -> ExportRe
 
 def _export(request: ExportRequest, out: Path) -> None:
     """Child process: build or load the models, then export them with the project's exporter."""
+    from interlcm.choices import variant_for_steps
     from interlcm.config import get_preset
     from interlcm.export.onnx_export import export_all
-    from interlcm.pipeline import build_random
-    from interlcm.weights import WeightsIdentity, load_models, variant_for_steps
+    from interlcm.models.container import build_random
+    from interlcm.weights import WeightsIdentity, load_models
 
-    variant = variant_for_steps(request.steps)
+    variant = variant_for_steps(request.steps).name
     if request.weights is None:
         models = build_random(get_preset(request.preset).with_resolution(request.resolution), seed=request.seed)
         identity = WeightsIdentity.random(request.preset, request.seed, variant)

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from interlcm.choices import DEFAULT_VARIANT, VARIANTS
 from interlcm.cli.options import SEED
 
 
@@ -30,7 +31,10 @@ def _batch(ctx: click.Context, param: click.Parameter, value: str) -> tuple[int,
     type=click.Path(path_type=Path, exists=True, file_okay=False),
     help="Weights folder (interlcm-weights); without it, seeded random weights.",
 )
-@click.option("--variant", default="3step", show_default=True, help="Encoder pair in the weights folder.")
+@click.option(
+    "--variant", type=click.Choice(list(VARIANTS)), default=DEFAULT_VARIANT, show_default=True,
+    help="Encoder pair in the weights folder (recorded: restore refuses the export for another variant).",
+)
 @click.option("--seed", type=SEED, default=0, show_default=True, help="Seed of the random weights.")
 @click.option(
     "--fp16", is_flag=True, help="Also write fp16 graphs (fp32 islands, fp32 I/O) next to the fp32 ones."
@@ -95,11 +99,9 @@ def main(
     from interlcm.export.manifest import MANIFEST, ManifestError, load_manifest
     from interlcm.export.onnx_export import ExportError, ValidationError, export_all, validate
     from interlcm.files import FilesError, check_replaceable
-    from interlcm.pipeline import build_random
-    from interlcm.weights import VARIANT_STEPS, WeightsError, WeightsIdentity, check_identity, load_models
+    from interlcm.models.container import build_random
+    from interlcm.weights import WeightsError, WeightsIdentity, check_identity, load_models
 
-    if variant not in VARIANT_STEPS:
-        raise click.BadParameter(f"{variant!r}: choose one of {', '.join(VARIANT_STEPS)}", param_hint="--variant")
     torch.set_num_threads(threads)
     names = [n for c in components for n in c.split(",") if n] or list(DEFAULT_COMPONENTS)
     try:

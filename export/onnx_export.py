@@ -56,7 +56,7 @@ from .manifest import (
 from .trt_support import check_trt_support
 
 if TYPE_CHECKING:
-    from interlcm.pipeline import InterLCMModels
+    from interlcm.models.container import InterLCMModels
     from interlcm.weights import WeightsIdentity
 
 DEFAULT_OPSET = 17

@@ -23,6 +23,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from interlcm.choices import DEFAULT_VARIANT, VARIANTS, get_variant
 from interlcm.config import PRESETS, SD15, PresetConfig, VisualEncoderConfig, get_preset
 from interlcm.files import (
     FilesError,
@@ -34,11 +35,8 @@ from interlcm.files import (
     sha256_file,
 )
 from interlcm.files import staging_folder as _staging_folder
+from interlcm.models.container import InterLCMModels, build_random
 
-# Checkpoint variants: the number of network steps each was trained for, and the
-# suffix of its released file names (visual_encoder_<suffix>.pth).
-VARIANT_STEPS = {"3step": 3, "1step": 1, "colorization": 1, "inpainting": 1}
-VARIANT_SUFFIX = {"3step": "3step", "1step": "1step", "colorization": "colorization_1step", "inpainting": "inpainting_1step"}
 INFO_FILE = "interlcm.json"
 # Library-format subfolders: folder -> (its config file, whether it holds weights)
 MODEL_FOLDERS = {
@@ -58,29 +56,22 @@ class WeightsError(RuntimeError):
     """A weights folder or checkpoint is missing, incomplete or does not match the model."""
 
 
-def variant_for_steps(steps: int) -> str:
-    for name, n in VARIANT_STEPS.items():
-        if n == steps:
-            return name
-    raise ValueError(f"no released checkpoints for {steps}-step InterLCM: use --steps 3 or --steps 1")
-
-
 @dataclass(frozen=True)
 class WeightsIdentity:
     """Which weights a model, export folder or engine folder was made from (recorded in manifests).
 
     Two identities name the same weights when `same_weights` says so; `variant` is the encoder pair
-    (and so the step count, VARIANT_STEPS) the artifacts are meant for.
+    (and so the step count, choices.VARIANTS) the artifacts are meant for.
     """
 
     kind: Literal["random", "folder"]
     preset: str  # config.PRESETS name the architecture came from
-    variant: str  # VARIANT_STEPS key, e.g. "3step"
+    variant: str  # choices.VARIANTS key, e.g. "3step"
     seed: int | None = None  # random weights: build_random's seed
     digest: str | None = None  # folder weights: `weights_digest` over every file loaded
 
     @classmethod
-    def random(cls, preset: str, seed: int, variant: str = "3step") -> WeightsIdentity:
+    def random(cls, preset: str, seed: int, variant: str = DEFAULT_VARIANT) -> WeightsIdentity:
         return cls("random", preset, variant, seed=seed)
 
     @classmethod
@@ -89,7 +80,7 @@ class WeightsIdentity:
 
     @property
     def steps(self) -> int:
-        return VARIANT_STEPS[self.variant]
+        return get_variant(self.variant).steps
 
     def same_weights(self, other: WeightsIdentity) -> bool:
         return (self.kind, self.preset, self.seed, self.digest, self.variant) == (
@@ -107,25 +98,19 @@ class WeightsIdentity:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> WeightsIdentity:
         ident = cls(**data)
-        if ident.kind not in ("random", "folder") or ident.variant not in VARIANT_STEPS:
+        if ident.kind not in ("random", "folder") or ident.variant not in VARIANTS:
             raise ValueError(f"not a weights identity: {dict(data)}")
         return ident
 
-    def build_random(self):  # -> InterLCMModels
-        """The random models this identity names (kind "random" only)."""
-        from interlcm.pipeline import build_random
 
-        assert self.kind == "random" and self.seed is not None, self
-        return build_random(get_preset(self.preset), self.seed)
-
-
-def check_identity(recorded: WeightsIdentity, *, weights: Path | None = None, steps: int | None = None, what: str) -> None:
-    """Refuse (WeightsError, one sentence) to use `what` (made from `recorded`) with other weights or steps."""
-    if steps is not None and steps != recorded.steps:
+def check_identity(recorded: WeightsIdentity, *, weights: Path | None = None, variant: str | None = None, what: str) -> None:
+    """Refuse (WeightsError, one sentence) to use `what` (made from `recorded`) with other weights or encoders."""
+    if variant is not None and variant != recorded.variant:
+        chosen = get_variant(variant)
         raise WeightsError(
             f"{what} was exported from the {recorded.variant} encoders ({recorded.steps}-step InterLCM) but "
-            f"--steps {steps} was given: use --steps {recorded.steps}, or export the "
-            f"{variant_for_steps(steps)} encoders (`interlcm-export --variant {variant_for_steps(steps)}`)"
+            f"the {chosen.name} encoders ({chosen.steps}-step) were asked for: use --variant {recorded.variant} "
+            f"(or --steps {recorded.steps}), or export those (`interlcm-export --variant {chosen.name}`)"
         )
     if weights is not None:
         given = WeightsIdentity.of_folder(weights, recorded.variant)
@@ -137,10 +122,8 @@ def check_identity(recorded: WeightsIdentity, *, weights: Path | None = None, st
 
 
 def encoder_paths(root: Path, variant: str) -> tuple[Path, Path]:
-    if variant not in VARIANT_STEPS:
-        raise ValueError(f"unknown variant {variant!r}: choose one of {', '.join(VARIANT_STEPS)}")
-    suffix = VARIANT_SUFFIX[variant]
-    return root / f"visual_encoder_{suffix}.pth", root / f"spatial_encoder_{suffix}.pth"
+    ve, se = get_variant(variant).files
+    return root / ve, root / se
 
 
 # --- state dicts ------------------------------------------------------------------------------
@@ -220,9 +203,7 @@ def init_weights(out: Path, preset: str, seed: int = 0, force: bool = False) -> 
 def _write_random(tmp: Path, cfg: PresetConfig, preset: str, seed: int) -> None:
     from diffusers import LCMScheduler
 
-    from interlcm.pipeline import build_random
-
-    for variant_index, variant in enumerate(VARIANT_STEPS):
+    for variant_index, variant in enumerate(VARIANTS):
         # one random SE/VE pair per variant, so variants differ like the released ones do
         models = build_random(cfg, seed + variant_index)
         ve_path, se_path = encoder_paths(tmp, variant)
@@ -367,7 +348,7 @@ def _quiet_transformers() -> None:
     hf_logging.disable_progress_bar()
 
 
-def load_models(root: Path, variant: str = "3step", resolution: int | None = None):  # -> InterLCMModels
+def load_models(root: Path, variant: str = DEFAULT_VARIANT, resolution: int | None = None) -> InterLCMModels:
     """Load InterLCM from a weights folder, with one-line errors for anything that does not fit."""
     from diffusers import AutoencoderKL, LCMScheduler, UNet2DConditionModel
     from transformers import CLIPVisionModel
@@ -375,7 +356,6 @@ def load_models(root: Path, variant: str = "3step", resolution: int | None = Non
     from interlcm.models.clip import ClipImageEncoder
     from interlcm.models.spatial_encoder import build_spatial_encoder
     from interlcm.models.visual_encoder import VisualEncoder
-    from interlcm.pipeline import InterLCMModels
 
     root = Path(root)
     ve_path, se_path = encoder_paths(root, variant)
