@@ -203,7 +203,7 @@ def make_folder(folder: Path, option: str = "--out") -> Path:
     return folder
 
 
-def check_replaceable(folder: Path, marker: str, what: str, option: str = "--out") -> None:
+def check_replaceable(folder: Path, marker: str, what: str, option: str = "--out", action: str = "replace") -> None:
     """Refuse (FilesError) to replace or clear `folder` unless it is missing, empty or ours.
 
     Ours means it holds `marker`, the file this command writes into every folder it makes
@@ -217,14 +217,14 @@ def check_replaceable(folder: Path, marker: str, what: str, option: str = "--out
         raise FilesError(f"{option} {folder} is not a folder: choose a new folder path")
     here = Path.cwd().resolve()
     if folder.resolve() == here or folder.resolve() in here.parents:
-        raise FilesError(f"refusing to replace {option} {folder}: it holds the current folder; choose a new folder")
+        raise FilesError(f"refusing to {action} {option} {folder}: it holds the current folder; choose a new folder")
     with os_errors(f"cannot read {option} {folder}"):
         visible = [p.name for p in folder.iterdir() if _temp_owner(p.name) is None]
     if not visible or (folder / marker).is_file():
         return
     shown = ", ".join(sorted(visible)[:3]) + (", ..." if len(visible) > 3 else "")
     raise FilesError(
-        f"refusing to replace {option} {folder}: it is not {what} written by interlcm (no {marker}; "
+        f"refusing to {action} {option} {folder}: it is not {what} written by interlcm (no {marker}; "
         f"it holds {shown}); choose a new or empty folder"
     )
 
