@@ -210,6 +210,7 @@ def reference_models(opened: OpenedBackend, weights: Path | None = None) -> Inte
     identity = opened.identity
     if identity is None:
         raise ValueError(f"{opened.description} does not record its weights: re-export it with --force")
+    check_identity(identity, weights=weights, what="the export")  # `check --onnx A --weights B`: refused
     if weights is not None:
         return load_models(weights, identity.variant, opened.config.resolution).eval()
     if identity.kind != "random":

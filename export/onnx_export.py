@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import os
 import shutil
 import tempfile
 import time
@@ -39,7 +40,7 @@ import torch
 
 from interlcm.components import BY_NAME, DEFAULT_COMPONENTS, Component, get_component
 from interlcm.config import PresetConfig
-from interlcm.files import folder_lock
+from interlcm.files import TEMP_PREFIX, clean_stale_temporaries, folder_lock
 
 from .manifest import (
     FORMAT,
@@ -481,8 +482,7 @@ def _export_locked(models, out_dir, comps, precisions, batch, opset, force, prog
     from tqdm import tqdm
 
     cfg = models.config
-    for stale in out_dir.glob(".export-*"):  # scratch left by an interrupted run (we hold the lock)
-        shutil.rmtree(stale, ignore_errors=True)
+    clean_stale_temporaries(out_dir)  # scratch left by an interrupted run
     identity = identity or models.identity
     if identity is None:
         raise ExportError("the weights' identity is unknown: pass identity=WeightsIdentity.of_folder(weights, variant)")
@@ -499,7 +499,7 @@ def _export_locked(models, out_dir, comps, precisions, batch, opset, force, prog
         if not todo:
             continue
         start = time.perf_counter()
-        with tempfile.TemporaryDirectory(dir=out_dir, prefix=".export-") as scratch:
+        with tempfile.TemporaryDirectory(dir=out_dir, prefix=f"{TEMP_PREFIX}{os.getpid()}-export-") as scratch:
             written = export_component(comp, models, todo, Path(scratch), batch, opset)
             for precision, (path, data) in written.items():
                 entry = FileEntry(

@@ -219,7 +219,7 @@ def check_replaceable(folder: Path, marker: str, what: str, option: str = "--out
     if folder.resolve() == here or folder.resolve() in here.parents:
         raise FilesError(f"refusing to {action} {option} {folder}: it holds the current folder; choose a new folder")
     with os_errors(f"cannot read {option} {folder}"):
-        visible = [p.name for p in folder.iterdir() if _temp_owner(p.name) is None]
+        visible = [p.name for p in folder.iterdir() if _temp_owner(p.name) is None and p.name != LOCK_FILE]
     if not visible or (folder / marker).is_file():
         return
     shown = ", ".join(sorted(visible)[:3]) + (", ..." if len(visible) > 3 else "")

@@ -115,7 +115,7 @@ def test_reexport_skips_up_to_date(exported, tiny_models):
     export_all(tiny_models, out, DEFAULT_COMPONENTS, ("fp32", "fp16"), batch=BATCH, progress=False)
     assert time.perf_counter() - start < 0.2 * first
     assert {p.name: p.stat().st_mtime_ns for p in out.glob("*.onnx")} == mtimes
-    assert not list(out.glob(".export-*"))  # no scratch left behind
+    assert not list(out.glob(".interlcm-tmp-*"))  # no scratch left behind
 
 
 def test_changed_recipe_or_force_reexports(exported, tiny_models, tmp_path):
@@ -168,7 +168,7 @@ def test_interrupted_export_leaves_nothing_complete(tiny_models, tmp_path, monke
     monkeypatch.setattr(ox, "_save", crash)
     with pytest.raises(KeyboardInterrupt):
         export_all(tiny_models, tmp_path, ["se_condition"], ("fp32",), batch=BATCH, progress=False)
-    assert not list(tmp_path.glob("*.onnx")) and not list(tmp_path.glob(".export-*"))
+    assert not list(tmp_path.glob("*.onnx")) and not list(tmp_path.glob(".interlcm-tmp-*"))
     assert not (tmp_path / MANIFEST).exists() or not json.loads((tmp_path / MANIFEST).read_text())["entries"]
 
 
