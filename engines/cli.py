@@ -99,8 +99,13 @@ def _print_summary(restorer, report, total: int) -> None:  # noqa: ANN001
               help="auto: rebuild stale engines; never: refuse them; always: rebuild everything.")
 def build(onnx, out, components, opt_level, timing_cache, rebuild) -> None:  # noqa: ANN001
     """Build fp16 TensorRT engines from an export folder (needs an NVIDIA GPU)."""
-    from interlcm.engines.trt import EngineError, build_engines, check_cuda
+    from interlcm.engines.trt import INDEX_FILE, EngineError, build_engines, check_cuda
+    from interlcm.files import FilesError, check_replaceable
 
+    try:
+        check_replaceable(out, INDEX_FILE, "an engine folder", action="build into")  # never into others' files
+    except FilesError as exc:
+        raise click.ClickException(str(exc)) from None
     ok, why = check_cuda()
     if not ok:
         raise click.ClickException(f"cannot build TensorRT engines here: {why}")

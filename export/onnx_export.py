@@ -40,7 +40,7 @@ import torch
 
 from interlcm.components import BY_NAME, DEFAULT_COMPONENTS, Component, get_component
 from interlcm.config import PresetConfig
-from interlcm.files import TEMP_PREFIX, clean_stale_temporaries, folder_lock
+from interlcm.files import TEMP_PREFIX, clean_stale_temporaries, folder_lock, os_errors
 
 from .manifest import (
     FORMAT,
@@ -474,7 +474,8 @@ def export_all(
         raise ExportError(f"unknown precision {bad}: choose fp32 and/or fp16")
     comps = [get_component(c) for c in components]
     out_dir = Path(out_dir)
-    with folder_lock(out_dir, "another export"):  # two exports into one folder: the second fails cleanly
+    # two exports into one folder: the second fails cleanly; disk full or the like: one sentence
+    with folder_lock(out_dir, "another export"), os_errors(f"cannot write the export folder {out_dir}"):
         return _export_locked(models, out_dir, comps, precisions, batch, opset, force, progress, identity)
 
 
