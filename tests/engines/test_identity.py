@@ -44,6 +44,8 @@ def test_same_identity_passes_and_another_seed_does_not(tmp_path, tiny_weights):
     check_identity(folder, weights=tiny_weights, variant="3step", what="x")  # the same weights: accepted
     with pytest.raises(WeightsError, match="1step encoders"):
         check_identity(folder, variant="1step", what="x")
+    with pytest.raises(WeightsError, match="was made from random tiny weights, seed 0, 3step, not from --weights"):
+        check_identity(WeightsIdentity.random("tiny", 0), weights=tiny_weights, what="x")
     assert not WeightsIdentity.random("tiny", 0).same_weights(WeightsIdentity.random("tiny", 1))
 
 
