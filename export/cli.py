@@ -8,6 +8,7 @@ import click
 
 from interlcm.choices import DEFAULT_VARIANT, VARIANTS
 from interlcm.cli.options import SEED
+from interlcm.config import PRESETS
 
 
 def _batch(ctx: click.Context, param: click.Parameter, value: str) -> tuple[int, int, int]:
@@ -21,7 +22,7 @@ def _batch(ctx: click.Context, param: click.Parameter, value: str) -> tuple[int,
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option(
     "--preset",
-    type=click.Choice(["tiny", "sd15"]),
+    type=click.Choice(list(PRESETS)),
     default="sd15",
     show_default=True,
     help="Architecture for random weights (ignored with --weights).",

@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from interlcm.cli.options import SEED
+from interlcm.config import PRESETS
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -38,7 +39,7 @@ def download(out: Path, variants: tuple[str, ...]) -> None:
 
 
 @main.command()
-@click.option("--preset", type=click.Choice(["tiny", "sd15"]), default="tiny", show_default=True)
+@click.option("--preset", type=click.Choice(list(PRESETS)), default="tiny", show_default=True)
 @click.option("--seed", type=SEED, default=0, show_default=True)
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Weights folder to create.")
 @click.option("--force", is_flag=True, help="Replace OUT if it is empty or a weights folder (never anything else).")

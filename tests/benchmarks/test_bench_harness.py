@@ -10,9 +10,10 @@ import pytest
 import torch
 
 from interlcm.benchmarks.backends import ReleaseStyle
-from interlcm.benchmarks.harness import BenchSettings, run_benchmark
+from interlcm.benchmarks.harness import run_benchmark
 from interlcm.benchmarks.measure import CpuMeter, PeakRss, Stats
 from interlcm.benchmarks.report import plot, render, write_json
+from interlcm.benchmarks.schema import BenchSettings
 from interlcm.engines.backend import TimedBackend
 from interlcm.engines.torch_backend import TorchBackend
 from interlcm.sampler import SamplerSettings, restore
