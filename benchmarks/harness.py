@@ -41,7 +41,7 @@ from interlcm.engines.ort import cuda_device_count
 from interlcm.engines.runtime import RestoreOptions, Restorer
 from interlcm.engines.torch_backend import TorchBackend
 from interlcm.models.container import build_random
-from interlcm.weights import load_models, weights_identity
+from interlcm.weights import load_models, weights_digest
 
 Log = Callable[[str], None]
 
@@ -75,7 +75,7 @@ def _load_models(settings: BenchSettings, cfg: PresetConfig, device: str):  # no
 def _content_hash(root: Path, steps: int) -> str:
     """The weights folder's content hash (reads every file: seconds for sd15, so once per run)."""
 
-    return weights_identity(root, variant_for_steps(steps).name)
+    return weights_digest(root, variant_for_steps(steps).name)
 
 
 def _weights_identity(settings: BenchSettings, models) -> tuple[bool, str]:  # noqa: ANN001

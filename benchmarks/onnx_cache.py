@@ -10,14 +10,13 @@ components, precisions and batch range.
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
+from interlcm.files import FilesError, atomic_write_text, check_replaceable, replace_folder, staging_folder
 
 MARKER = "bench-export.json"
 
@@ -90,24 +89,19 @@ def ensure_onnx(cache_root: Path, request: ExportRequest, log=print) -> ExportRe
     why = exporter_available()
     if why:
         raise ExportUnavailable(why)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}."))
     log(f"exporting {', '.join(request.components)} ({', '.join(request.precisions)}) to {folder} "
         "(once; sd15 takes a few minutes and ~7 GB of RAM)")
     start = time.perf_counter()
     try:
-        proc = subprocess.run([sys.executable, "-m", __name__, json.dumps(asdict(request)), str(tmp)], check=False)
-        if proc.returncode != 0:
-            raise RuntimeError(f"ONNX export for the benchmark failed (exit code {proc.returncode}); see the messages above")
-        (tmp / MARKER).write_text(json.dumps(asdict(request), indent=2) + "\n")
-        if folder.exists():
-            if not (folder / MARKER).is_file():
-                raise RuntimeError(f"{folder} exists but is not a benchmark export cache ({MARKER} missing): move it away")
-            shutil.rmtree(folder)
-        os.replace(tmp, folder)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+        check_replaceable(folder, MARKER, "a benchmark export cache", option="cache folder")  # before the export
+        with staging_folder(folder) as tmp:  # also removes the temporaries of killed runs
+            proc = subprocess.run([sys.executable, "-m", __name__, json.dumps(asdict(request)), str(tmp)], check=False)
+            if proc.returncode != 0:
+                raise RuntimeError(f"ONNX export for the benchmark failed (exit code {proc.returncode}); see the messages above")
+            atomic_write_text(tmp / MARKER, json.dumps(asdict(request), indent=2) + "\n")
+            replace_folder(tmp, folder, MARKER, "a benchmark export cache")
+    except FilesError as exc:
+        raise RuntimeError(str(exc)) from None
     return ExportResult(folder, cached=False, seconds=time.perf_counter() - start)
 
 
@@ -117,13 +111,17 @@ def _export(request: ExportRequest, out: Path) -> None:
     from interlcm.config import get_preset
     from interlcm.export.onnx_export import export_all
     from interlcm.models.container import build_random
-    from interlcm.weights import load_models
+    from interlcm.weights import WeightsIdentity, load_models
 
+    variant = variant_for_steps(request.steps).name
     if request.weights is None:
         models = build_random(get_preset(request.preset).with_resolution(request.resolution), seed=request.seed)
+        identity = WeightsIdentity.random(request.preset, request.seed, variant)
     else:
-        models = load_models(Path(request.weights), variant_for_steps(request.steps).name, resolution=request.resolution)
-    export_all(models, out, components=request.components, precisions=request.precisions, batch=request.batch)
+        models = load_models(Path(request.weights), variant, resolution=request.resolution)
+        identity = WeightsIdentity.of_folder(Path(request.weights), variant)
+    export_all(models, out, components=request.components, precisions=request.precisions, batch=request.batch,
+               identity=identity)
 
 
 if __name__ == "__main__":

@@ -9,7 +9,6 @@ variant, and closes everything it opened on exit.
 
 from __future__ import annotations
 
-import re
 import time
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
@@ -25,7 +24,7 @@ from interlcm.config import PresetConfig, get_preset
 from interlcm.engines.ort import OrtBackend, cuda_device_count
 from interlcm.engines.torch_backend import TorchBackend
 from interlcm.models.container import InterLCMModels, build_random
-from interlcm.weights import load_models
+from interlcm.weights import WeightsIdentity, check_identity, load_models
 
 
 class Backend(Protocol):
@@ -91,6 +90,7 @@ class OpenedBackend:
     weights: str  # where the weights came from: "random, seed N" or the folder and its identity
     variant: str  # the encoder pair it runs (interlcm.choices.VARIANTS)
     manifest: object | None = None  # the export manifest (ONNX Runtime) the backend was opened from
+    identity: WeightsIdentity | None = None  # typed `weights`; None for a weights folder run by torch (not hashed)
 
     @property
     def config(self) -> PresetConfig:
@@ -106,13 +106,7 @@ class OpenedBackend:
 
     @property
     def random_weights(self) -> bool:
-        return random_seed(self.weights) is not None
-
-
-def random_seed(weights: str) -> int | None:
-    """The seed of seeded random weights ("random, seed N"), or None for real ones."""
-    match = re.fullmatch(r"random, seed (\d+)", weights or "")
-    return int(match.group(1)) if match else None
+        return self.identity is not None and self.identity.kind == "random"
 
 
 @contextmanager
@@ -162,8 +156,13 @@ def _open(kind: str, why: str, *, weights, onnx, engines, preset, variant, preci
         from interlcm.engines.trt import TrtBackend  # here: TensorRT is an optional dependency
 
         trt_backend = TrtBackend(engines, components=components).__enter__()  # closed by open_backend's exit
+        recorded = trt_backend._index.get("identity")  # the export manifest's identity, when the index records it
+        identity = WeightsIdentity.from_dict(recorded) if recorded else None
+        if identity is not None:
+            check_identity(identity, weights=weights, variant=variant, what=f"the engine folder {engines}")
         return OpenedBackend(trt_backend, f"tensorrt engines from {engines} ({why})",
-                             weights=str(trt_backend._index.get("weights", "unknown")), variant=variant)
+                             weights=str(trt_backend._index.get("weights", "unknown")), variant=variant,
+                             identity=identity)
     if kind == "onnxruntime":
         if onnx is None:
             raise ValueError("the onnxruntime backend needs --onnx DIR (make it with `interlcm-export`)")
@@ -172,7 +171,10 @@ def _open(kind: str, why: str, *, weights, onnx, engines, preset, variant, preci
             ort_backend.session(name)
         desc = f"onnxruntime {precision} on {ort_backend.running_on} from {onnx} ({why}; {ort_backend.reason})"
         manifest = ort_backend.manifest
-        return OpenedBackend(ort_backend, desc, weights=manifest.weights, variant=variant, manifest=manifest)
+        # --onnx A with --weights B, or an export of one variant run as another: refused, not ignored
+        check_identity(manifest.identity, weights=weights, variant=variant, what=f"the ONNX folder {onnx}")
+        return OpenedBackend(ort_backend, desc, weights=manifest.weights, variant=variant, manifest=manifest,
+                             identity=manifest.identity)
     return _open_torch(weights=weights, preset=preset, variant=variant, why=why, threads=threads)
 
 
@@ -199,14 +201,18 @@ def _open_torch(*, weights: Path | None, preset: str | None, variant: str, why: 
         models = build_random(get_preset(preset or "tiny"), seed=0)
     models.to(device)
     desc = f"torch fp32 on {device}, {models.config.name} preset, weights: {models.origin} ({why})"
-    return OpenedBackend(TorchBackend(models, device), desc, weights=models.origin, variant=variant)
+    return OpenedBackend(TorchBackend(models, device), desc, weights=models.origin, variant=variant,
+                         identity=models.identity)
 
 
 def reference_models(opened: OpenedBackend, weights: Path | None = None) -> InterLCMModels:
     """The torch models an export/engine folder was made from: its weights, or its random preset."""
+    identity = opened.identity
+    if identity is None:
+        raise ValueError(f"{opened.description} does not record its weights: re-export it with --force")
+    check_identity(identity, weights=weights, what="the export")  # `check --onnx A --weights B`: refused
     if weights is not None:
-        return load_models(weights, opened.variant).eval()
-    seed = random_seed(opened.weights)
-    if seed is None:
-        raise ValueError(f"the export was made from weights {opened.weights!r}: pass them with --weights DIR")
-    return build_random(opened.config, seed)
+        return load_models(weights, identity.variant, opened.config.resolution).eval()
+    if identity.kind != "random":
+        raise ValueError(f"the export was made from {identity.describe()}: pass those weights with --weights DIR")
+    return build_random(opened.config, identity.seed)

@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from interlcm.choices import BACKENDS, COLORFIXES, PRECISIONS, STEPS, VARIANTS
+from interlcm.cli.options import SEED
 from interlcm.config import PRESETS
 
 _PATH = click.Path(path_type=Path)
@@ -48,7 +49,7 @@ def _backend_args(backend, weights, onnx, engines, preset, precision, variant, s
 @main.command()
 @click.argument("inputs", nargs=-1)
 @backend_options
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=SEED, default=0, show_default=True)
 @click.option("--colorfix", type=click.Choice(COLORFIXES), help="Colour fix (default: the variant's).")
 @click.option("--batch", type=click.IntRange(1, 63), default=1, show_default=True, help="Faces per batch.")
 @click.option("--timing/--no-timing", default=False, show_default=True,
@@ -73,6 +74,7 @@ def restore(inputs, engines, onnx, weights, preset, backend, precision, variant,
     """
     from interlcm.engines.backend import open_backend
     from interlcm.engines.runtime import RestoreOptions, Restorer, restore_files
+    from interlcm.files import make_folder
     from interlcm.imageio import demo_image_path, list_images
     from interlcm.video import is_video
 
@@ -91,6 +93,7 @@ def restore(inputs, engines, onnx, weights, preset, backend, precision, variant,
     out = Path(out)
     try:
         paths = list_images(inputs) if inputs else []
+        make_folder(out)  # --out a file, read-only or uncreatable: one sentence before any work
         with open_backend(**backend_args) as opened:
             click.echo(f"backend: {opened.description}")
             if opened.random_weights:
@@ -101,7 +104,7 @@ def restore(inputs, engines, onnx, weights, preset, backend, precision, variant,
                 upsample = (bg_upsampler, bg_tile, face_upsample)
                 video_failed = _restore_videos(restorer, videos, out, weights, upsample, save_frames)
             report = restore_files(restorer, paths, out)
-    except (ValueError, RuntimeError, FileNotFoundError) as exc:
+    except (ValueError, RuntimeError, FileNotFoundError) as exc:  # incl. FilesError: disk full while writing
         raise click.ClickException(str(exc)) from None
     if paths:
         _print_summary(restorer, report, len(paths))
@@ -200,6 +203,8 @@ def _print_summary(restorer, report, total: int) -> None:  # noqa: ANN001
         click.echo("time per stage (s, total over all images):")
         for name, secs in sorted(timed.seconds.items(), key=lambda kv: -kv[1]):
             click.echo(f"  {name:<18} {secs:8.3f}  ({timed.counts[name]} calls)")
+    for note in report.notes:
+        click.echo(f"note: {note}")
     for path, reason in report.failed:
         click.echo(f"failed: {path}: {reason}", err=True)
 
@@ -214,8 +219,13 @@ def _print_summary(restorer, report, total: int) -> None:  # noqa: ANN001
               help="auto: rebuild stale engines; never: refuse them; always: rebuild everything.")
 def build(onnx, out, components, opt_level, timing_cache, rebuild) -> None:  # noqa: ANN001
     """Build fp16 TensorRT engines from an export folder (needs an NVIDIA GPU)."""
-    from interlcm.engines.trt import EngineError, build_engines, check_cuda
+    from interlcm.engines.trt import INDEX_FILE, EngineError, build_engines, check_cuda
+    from interlcm.files import FilesError, check_replaceable
 
+    try:
+        check_replaceable(out, INDEX_FILE, "an engine folder", action="build into")  # never into others' files
+    except FilesError as exc:
+        raise click.ClickException(str(exc)) from None
     ok, why = check_cuda()
     if not ok:
         raise click.ClickException(f"cannot build TensorRT engines here: {why}")
@@ -236,7 +246,7 @@ def build(onnx, out, components, opt_level, timing_cache, rebuild) -> None:  # n
 @click.option("--variant", type=click.Choice(list(VARIANTS)), help="Encoder pair (default: the one --steps implies).")
 @click.option("--steps", type=click.Choice([str(n) for n in STEPS]), default=str(STEPS[0]), show_default=True)
 @click.option("--batch", type=click.IntRange(1, 63), default=1, show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=SEED, default=0, show_default=True)
 def check(engines, onnx, weights, precision, variant, steps, batch, seed) -> None:  # noqa: ANN001
     """Compare a backend with the torch reference stage by stage, on the demo face."""
     from interlcm.engines.backend import open_backend, reference_models

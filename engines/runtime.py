@@ -58,6 +58,7 @@ class Restorer:
 class RestoreReport:
     written: list[Path] = field(default_factory=list)
     failed: list[tuple[Path, str]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # e.g. "x.gif: has 3 frames ...; only the first was used"
     seconds: float = 0.0
 
 
@@ -92,7 +93,7 @@ def restore_files(
     with tqdm(total=len(paths), unit="img", disable=not progress, desc="restoring") as bar:
         for path in paths:
             try:
-                pending.append((path, read_image(path, restorer.config.resolution)))
+                pending.append((path, read_image(path, restorer.config.resolution, notes=report.notes)))
             except ImageReadError as exc:
                 report.failed.append((path, str(exc)))
                 bar.update(1)

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import click
 
+from interlcm.choices import DEFAULT_VARIANT, VARIANTS
+from interlcm.cli.options import SEED
 from interlcm.config import PRESETS
 
 
@@ -42,8 +44,11 @@ def _dims(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]) ->
     type=click.Path(path_type=Path, exists=True, file_okay=False),
     help="Weights folder (interlcm-weights); without it, seeded random weights.",
 )
-@click.option("--variant", default="3step", show_default=True, help="Encoder pair in the weights folder.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random weights.")
+@click.option(
+    "--variant", type=click.Choice(list(VARIANTS)), default=DEFAULT_VARIANT, show_default=True,
+    help="Encoder pair in the weights folder (recorded: restore refuses the export for another variant).",
+)
+@click.option("--seed", type=SEED, default=0, show_default=True, help="Seed of the random weights.")
 @click.option(
     "--fp16", is_flag=True, help="Also write fp16 graphs (fp32 islands, fp32 I/O) next to the fp32 ones."
 )
@@ -68,8 +73,11 @@ def _dims(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]) ->
     "height and width (default 64:640:2048), parsenet's size (512:512:512). OPT is traced; the engine "
     "profile uses all three. Pass the same values to --validate-only.",
 )
-@click.option("--resolution", type=int, help="Face crop size in pixels (default: the preset's).")
-@click.option("--opset", type=int, default=17, show_default=True)
+@click.option(
+    "--resolution", type=click.IntRange(min=1), help="Face crop size in pixels, a multiple of 64 (default: the preset's)."
+)
+# 17: the first with LayerNormalization; 20: the newest the TorchScript exporter writes
+@click.option("--opset", type=click.IntRange(17, 20), default=17, show_default=True)
 @click.option("--force", is_flag=True, help="Re-export files that are up to date.")
 @click.option("--no-validate", is_flag=True, help="Skip the ONNX Runtime vs torch check after export.")
 @click.option(
@@ -85,7 +93,7 @@ def _dims(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]) ->
     multiple=True,
     help="Batch sizes to validate at (repeatable); default: the profile's min and one other than the traced.",
 )
-@click.option("--threads", type=int, default=2, show_default=True, help="torch and ONNX Runtime threads.")
+@click.option("--threads", type=click.IntRange(min=1), default=2, show_default=True, help="torch and ONNX Runtime threads.")
 @click.option("--out", type=click.Path(path_type=Path), help="Output folder.")
 def main(
     preset: str,
@@ -114,11 +122,12 @@ def main(
 
     from interlcm.components import DEFAULT_COMPONENTS
     from interlcm.config import get_preset
-    from interlcm.export.manifest import ManifestError, load_manifest
+    from interlcm.export.manifest import MANIFEST, ManifestError, load_manifest
     from interlcm.export.onnx_export import ExportError, ValidationError, export_all, validate
     from interlcm.faces.networks import FACE_NETWORKS
+    from interlcm.files import FilesError, check_replaceable
     from interlcm.models.container import build_random
-    from interlcm.weights import WeightsError, load_models, weights_identity
+    from interlcm.weights import WeightsError, WeightsIdentity, check_identity, load_models
 
     torch.set_num_threads(threads)
     names = [n for c in components for n in c.split(",") if n] or list(DEFAULT_COMPONENTS)
@@ -127,29 +136,30 @@ def main(
         if validate_dir is not None:
             manifest = load_manifest(validate_dir)
             faces = [n for n in dict.fromkeys(e.component for e in manifest.entries) if n in FACE_NETWORKS]
-            cfg = manifest.config
-            if weights is None and not manifest.weights.startswith("random, seed "):
-                raise click.ClickException(
-                    f"{validate_dir} was exported from weights {manifest.weights}: pass --weights"
-                )
-            seed = int(manifest.weights.removeprefix("random, seed ")) if weights is None else seed
-            resolution = cfg.resolution
+            cfg, identity, variant = manifest.config, manifest.identity, manifest.identity.variant
+            if identity.kind == "folder" and weights is None:
+                raise click.ClickException(f"{validate_dir} was exported from {identity.describe()}: pass --weights DIR")
+            check_identity(identity, weights=weights, what=str(validate_dir))
+            seed, resolution = identity.seed, cfg.resolution
         else:
             cfg = get_preset(preset)
             if out is None:
                 raise click.UsageError("--out is required (or --validate-only DIR)")
+            check_replaceable(out, MANIFEST, "an export folder")  # exports add to ours, never to others'
+        identity = WeightsIdentity.of_folder(weights, variant) if weights is not None else WeightsIdentity.random(
+            cfg.name, seed, variant
+        )
         if "realesrgan" in names:  # the upsampler has its own weights: exported on its own
-            models, identity = _upsampler_models(names, cfg, weights, seed)
+            models = _upsampler_models(names, cfg, weights, seed)
         elif weights is not None:
-            models, identity = load_models(weights, variant, resolution), weights_identity(weights, variant)
+            models = load_models(weights, variant, resolution)
         else:
-            cfg = cfg.with_resolution(resolution) if resolution else cfg
-            models = build_random(cfg, seed, faces=faces)
-            identity = models.origin
+            models = build_random(cfg.with_resolution(resolution) if resolution else cfg, seed, faces=faces)
+        models.config.with_resolution(models.config.resolution)  # ValueError for a size the networks cannot take
         if validate_dir is None:
             precisions = ("fp32", "fp16") if fp16 else ("fp32",)
             export_all(
-                models, out, names, precisions, batch=batch, opset=opset, force=force, weights=identity, dims=dims
+                models, out, names, precisions, batch=batch, opset=opset, force=force, identity=identity, dims=dims
             )
         if validate_dir is not None or not no_validate:
             chosen = names if components or validate_dir is None else None
@@ -162,7 +172,7 @@ def main(
                 dims=dims,
             )
             click.echo("all outputs within tolerance")
-    except (ExportError, ValidationError, ManifestError, WeightsError, ValueError) as exc:
+    except (ExportError, ValidationError, ManifestError, WeightsError, FilesError, ValueError) as exc:
         raise click.ClickException(str(exc)) from None
 
 
@@ -174,10 +184,8 @@ def _upsampler_models(names, cfg, weights, seed):  # noqa: ANN001, ANN202
     if names != ["realesrgan"]:
         raise click.UsageError("export realesrgan on its own: --components realesrgan, into its own --out folder")
     if weights is None:
-        models = build_random_upsampler(cfg, seed)
-        return models, models.origin
-    models = load_upsampler(weights, load_models(weights).config)
-    return models, models.origin
+        return build_random_upsampler(cfg, seed)
+    return load_upsampler(weights, load_models(weights).config)
 
 
 if __name__ == "__main__":

@@ -16,9 +16,10 @@ from typing import Any
 
 from interlcm.config import PresetConfig
 from interlcm.files import atomic_write_text, sha256_file  # noqa: F401 - re-exported
+from interlcm.weights import WeightsIdentity
 
 MANIFEST = "manifest.json"
-FORMAT = 1
+FORMAT = 2  # 2: `identity` (typed weights identity) recorded
 PRECISIONS = ("fp32", "fp16")
 
 
@@ -60,9 +61,10 @@ class Manifest:
     resolution: int
     opset: int
     batch: tuple[int, int, int]  # (min, opt, max) of the dynamic batch axis
-    weights: str  # "random, seed N" or the weights folder's identity hash
+    weights: str  # human-readable: identity.describe()
     versions: dict[str, str]
     entries: list[FileEntry] = field(default_factory=list)
+    identity: WeightsIdentity | None = None  # which weights and encoder variant; always written by export_all
 
     @property
     def config(self) -> PresetConfig:
@@ -96,6 +98,7 @@ class Manifest:
         d = json.loads(text)
         d["batch"] = tuple(d["batch"])
         d["entries"] = [FileEntry.from_dict(e) for e in d["entries"]]
+        d["identity"] = WeightsIdentity.from_dict(d["identity"]) if d.get("identity") else None
         return cls(**d)
 
     def save(self, root: Path) -> None:
@@ -127,7 +130,37 @@ def read_manifest(root: Path) -> Manifest:
         raise ManifestError(
             f"{path} has format {m.format}, this version reads {FORMAT}: re-export with --force"
         )
+    if m.identity is None:
+        raise ManifestError(f"{path} does not record which weights it was made from: re-export with --force")
+    _check_consistent(path, m)
     return m
+
+
+def _check_consistent(path: Path, m: Manifest) -> None:
+    """An edited manifest whose resolution or tensor shapes disagree with its preset is refused here."""
+    from interlcm.components import get_component
+
+    try:
+        cfg = m.config
+    except (TypeError, KeyError, ValueError) as exc:
+        raise ManifestError(f"{path} has an invalid preset ({exc}): re-export with --force") from None
+    if m.resolution != cfg.resolution:
+        raise ManifestError(
+            f"{path} says resolution {m.resolution} but its preset says {cfg.resolution} (edited?): re-export with --force"
+        )
+    for e in m.entries:
+        comp = get_component(e.component)
+        for kind, shapes, infos in (
+            ("inputs", comp.input_shapes(cfg, 1), e.inputs),
+            ("outputs", comp.output_shapes(cfg, 1), e.outputs),
+        ):
+            want = {n: ["batch", *shape[1:]] for n, shape in shapes.items()}
+            have = {t.name: list(t.shape) for t in infos}
+            if have != want:
+                raise ManifestError(
+                    f"{path}: {e.component} {kind} {have} disagree with the {cfg.name} preset at {cfg.resolution} px "
+                    f"({want}) (edited?): re-export with --force"
+                )
 
 
 def load_manifest(root: Path | str, verify: bool = True) -> Manifest:

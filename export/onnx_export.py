@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import os
 import shutil
 import tempfile
 import time
@@ -39,6 +40,7 @@ import torch
 
 from interlcm.components import BY_NAME, DEFAULT_COMPONENTS, Component, get_component
 from interlcm.config import PresetConfig
+from interlcm.files import TEMP_PREFIX, clean_stale_temporaries, folder_lock, os_errors
 
 from .manifest import (
     FORMAT,
@@ -56,6 +58,7 @@ from .trt_support import check_trt_support
 
 if TYPE_CHECKING:
     from interlcm.models.container import InterLCMModels
+    from interlcm.weights import WeightsIdentity
 
 DEFAULT_OPSET = 17
 RECIPE_VERSION = 1  # bump when the export steps change: files made by older code are redone
@@ -407,7 +410,7 @@ def export_component(
 
 
 def _open_manifest(
-    out_dir: Path, cfg: PresetConfig, opset: int, batch: tuple, weights: str, precisions
+    out_dir: Path, cfg: PresetConfig, opset: int, batch: tuple, identity: WeightsIdentity, precisions
 ) -> Manifest:
     fresh = Manifest(
         FORMAT,
@@ -415,8 +418,9 @@ def _open_manifest(
         cfg.resolution,
         opset,
         tuple(batch),
-        weights,
+        identity.describe(),
         versions(precisions),
+        identity=identity,
     )
     if not (out_dir / MANIFEST).is_file():
         return fresh
@@ -424,11 +428,11 @@ def _open_manifest(
         old = read_manifest(out_dir)
     except ManifestError:
         return fresh
-    same_folder_kind = (old.preset, old.opset, tuple(old.batch), old.weights) == (
+    same_folder_kind = (old.preset, old.opset, tuple(old.batch), old.identity) == (
         fresh.preset,
         fresh.opset,
         fresh.batch,
-        fresh.weights,
+        fresh.identity,
     )
     if same_folder_kind:
         old.versions = {**old.versions, **fresh.versions}
@@ -456,7 +460,7 @@ def export_all(
     opset: int = DEFAULT_OPSET,
     force: bool = False,
     progress: bool = True,
-    weights: str | None = None,
+    identity: WeightsIdentity | None = None,
     dims: Mapping[str, tuple[int, int, int]] | None = None,
 ) -> Manifest:
     """Export `components` x `precisions` into `out_dir` and return the updated manifest.
@@ -470,7 +474,6 @@ def export_all(
     place; the manifest is rewritten (atomically) after every file, so an
     interrupted export leaves the finished files listed and nothing else.
     """
-    from tqdm import tqdm
 
     lo, opt, hi = batch
     if not 1 <= lo <= opt <= hi:
@@ -486,13 +489,22 @@ def export_all(
         comps = [get_component(c).with_dims(dims or {}) for c in components]
     except ValueError as exc:
         raise ExportError(str(exc)) from None
-    cfg = models.config
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for stale in out_dir.glob(".export-*"):  # scratch left by an interrupted run
-        shutil.rmtree(stale, ignore_errors=True)
-    weights = weights or models.origin
-    manifest = _open_manifest(out_dir, cfg, opset, batch, weights, precisions)
+    # two exports into one folder: the second fails cleanly; disk full or the like: one sentence
+    with folder_lock(out_dir, "another export"), os_errors(f"cannot write the export folder {out_dir}"):
+        return _export_locked(models, out_dir, comps, precisions, batch, opset, force, progress, identity)
+
+
+def _export_locked(models, out_dir, comps, precisions, batch, opset, force, progress, identity) -> Manifest:  # noqa: ANN001
+    from tqdm import tqdm
+
+    cfg = models.config
+    clean_stale_temporaries(out_dir)  # scratch left by an interrupted run
+    identity = identity or models.identity
+    if identity is None:
+        raise ExportError("the weights' identity is unknown: pass identity=WeightsIdentity.of_folder(weights, variant)")
+    weights = json.dumps(identity.to_dict(), sort_keys=True)  # part of every file's key
+    manifest = _open_manifest(out_dir, cfg, opset, batch, identity, precisions)
     bar = tqdm(comps, disable=not progress, unit="component", dynamic_ncols=True)
     for comp in bar:
         bar.set_description(comp.name)
@@ -504,7 +516,7 @@ def export_all(
         if not todo:
             continue
         start = time.perf_counter()
-        with tempfile.TemporaryDirectory(dir=out_dir, prefix=".export-") as scratch:
+        with tempfile.TemporaryDirectory(dir=out_dir, prefix=f"{TEMP_PREFIX}{os.getpid()}-export-") as scratch:
             written = export_component(comp, models, todo, Path(scratch), batch, opset)
             for precision, (path, data) in written.items():
                 entry = FileEntry(

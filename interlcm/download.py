@@ -51,8 +51,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import tempfile
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterable, Sequence
@@ -65,7 +63,14 @@ from typing import IO, Any
 from interlcm.choices import VARIANTS
 from interlcm.faces.networks import FACE_NETWORKS
 from interlcm.faces.networks import FOLDER as FACE_FOLDER
-from interlcm.files import atomic_write_bytes, sha256_file
+from interlcm.files import (
+    FilesError,
+    atomic_open,
+    atomic_write_bytes,
+    clean_stale_temporaries,
+    make_folder,
+    sha256_file,
+)
 
 log = logging.getLogger(__name__)
 
@@ -173,13 +178,16 @@ def download_weights(
     """
     chosen = _check_variants(variants)
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     fetch = fetch_url or _urlopen
     hub = hf_download or partial(_hub_download, progress=progress)
-    # Release files first: small, so a broken network shows up before gigabytes of LCM.
     release = released_files(chosen) + (list(FACE_FILES) if faces else []) + ([REALESRGAN] if realesrgan else [])
-    paths = [_ensure_released(spec, out, fetch, progress) for spec in release]
-    paths += [_ensure_hub_file(spec, out, hub) for spec in HUB_FILES]
+    try:
+        make_folder(out)
+        # Release files first: small, so a broken network shows up before gigabytes of LCM.
+        paths = [_ensure_released(spec, out, fetch, progress) for spec in release]
+        paths += [_ensure_hub_file(spec, out, hub) for spec in HUB_FILES]
+    except FilesError as exc:  # disk full, read-only, --out a file: one sentence
+        raise DownloadError(str(exc)) from None
     return paths
 
 
@@ -271,17 +279,12 @@ def _keep_existing(spec: ReleasedFile, target: Path, out: Path) -> bool:
 
 def _download_url(spec: ReleasedFile, target: Path, fetch: FetchUrl, progress: bool) -> str:
     """Stream ``spec.url`` into ``target`` through a temp file; returns the sha256."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    # The temp file sits next to the target so os.replace stays on one filesystem
-    # (an atomic rename); a crash leaves a dot-file, never a truncated target.
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
-    try:
-        with os.fdopen(fd, "wb") as sink:
-            digest, size = _stream(spec, target, fetch, sink, progress)
+    # A temporary next to the target, renamed over it once complete and checked: a crash
+    # leaves one of our temporaries (removed by the next run), never a truncated target.
+    clean_stale_temporaries(target.parent)
+    with atomic_open(target) as sink:
+        digest, size = _stream(spec, target, fetch, sink, progress)
         _check_download(spec, target, digest, size)
-        os.replace(tmp, target)
-    finally:
-        Path(tmp).unlink(missing_ok=True)  # no-op after a successful replace
     return digest
 
 

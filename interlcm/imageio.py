@@ -16,7 +16,8 @@ Conventions, chosen once here so the rest of the code never has to think about t
   Pillow itself (it keeps the high byte, within one 8-bit level of exact).
 * Non-square images are centre-cropped to a square before resizing: the model expects aligned
   face crops, which are square, and a crop keeps the face proportions that a stretch would not.
-* Multi-frame files (animated WebP, multi-page TIFF, GIF) use their first frame.
+* Multi-frame files (animated GIF and WebP, multi-page TIFF) use their first frame, and say so: the
+  readers take a ``notes`` list and append one line per such file for the caller to print.
 """
 
 from __future__ import annotations
@@ -24,7 +25,6 @@ from __future__ import annotations
 import glob
 import io
 import os
-import uuid
 from collections.abc import Iterable, Sequence
 from importlib.resources import files
 from pathlib import Path
@@ -32,6 +32,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image, ImageOps
+
+from interlcm.files import atomic_open
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -47,7 +49,7 @@ __all__ = [
 ]
 
 #: Extensions (lower case) that :func:`list_images` treats as images.
-IMAGE_EXTENSIONS: frozenset[str] = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"})
+IMAGE_EXTENSIONS: frozenset[str] = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif"})
 
 _WRITE_FORMATS: dict[str, tuple[str, dict[str, object]]] = {
     ".png": ("PNG", {"compress_level": 6}),
@@ -67,20 +69,22 @@ class ImageReadError(ValueError):
 # --------------------------------------------------------------------------- reading
 
 
-def read_image(path: str | os.PathLike[str], resolution: int) -> torch.Tensor:
+def read_image(
+    path: str | os.PathLike[str], resolution: int, *, notes: list[str] | None = None
+) -> torch.Tensor:
     """Read an image file as a float32 ``(3, resolution, resolution)`` tensor in ``[-1, 1]``.
 
     Accepts any file Pillow opens (PNG, JPEG, WebP, BMP, TIFF, ...) in any common mode (see the
     module docstring for how alpha, palettes, CMYK and 16-bit data are converted). EXIF orientation
     is applied, a non-square image is centre-cropped to a square, then it is resized with bicubic
     filtering. Raises :class:`ImageReadError` for a missing file, a folder, a file that is not an
-    image or is truncated, and a zero-size image.
+    image or is truncated, and a zero-size image. A multi-frame file adds a line to ``notes``.
     """
     if isinstance(resolution, bool) or not isinstance(resolution, int) or resolution <= 0:
         raise ValueError(f"resolution must be a positive int, got {resolution!r}")
     path = Path(path)
     _check_is_file(path)
-    rgb = _load_rgb(path)
+    rgb = _load_rgb(path, notes)
     rgb = _centre_crop_square(rgb)
     if rgb.size != (resolution, resolution):
         rgb = rgb.resize((resolution, resolution), Image.Resampling.BICUBIC)
@@ -88,19 +92,20 @@ def read_image(path: str | os.PathLike[str], resolution: int) -> torch.Tensor:
     return torch.from_numpy(array).permute(2, 0, 1).contiguous() / 127.5 - 1.0
 
 
-def read_rgb(path: str | os.PathLike[str]) -> np.ndarray:
+def read_rgb(path: str | os.PathLike[str], *, notes: list[str] | None = None) -> np.ndarray:
     """Read a whole photo as an ``(H, W, 3)`` uint8 RGB array: EXIF orientation applied, no crop or resize.
 
-    Modes are converted as :func:`read_image` converts them; failures raise :class:`ImageReadError`.
+    Modes are converted as :func:`read_image` converts them; failures raise :class:`ImageReadError`;
+    a multi-frame file adds a line to ``notes``.
     """
     path = Path(path)
     _check_is_file(path)
-    return np.asarray(_load_rgb(path), dtype=np.uint8).copy()
+    return np.asarray(_load_rgb(path, notes), dtype=np.uint8).copy()
 
 
 def decode_rgb(data: bytes, name: str) -> np.ndarray:
     """Decode image file bytes (from any filesystem) as :func:`read_rgb` reads a file; ``name`` is for messages."""
-    return np.asarray(_load_rgb(Path(name), io.BytesIO(data)), dtype=np.uint8).copy()
+    return np.asarray(_load_rgb(Path(name), source=io.BytesIO(data)), dtype=np.uint8).copy()
 
 
 def _check_is_file(path: Path) -> None:
@@ -110,11 +115,17 @@ def _check_is_file(path: Path) -> None:
         raise ImageReadError(f"{path}: no such file")
 
 
-def _load_rgb(path: Path, source: io.BytesIO | None = None) -> Image.Image:
-    """Open `path` (or the bytes in `source`), fully decode and convert to 8-bit RGB; failures are ImageReadError."""
+def _load_rgb(path: Path, notes: list[str] | None = None, source: io.BytesIO | None = None) -> Image.Image:
+    """Open `path` (or the bytes in `source`), fully decode and convert to 8-bit RGB; failures are ImageReadError.
+
+    A multi-frame file (animation, pages) uses its first frame and says so in `notes`.
+    """
     try:
         with Image.open(path if source is None else source) as img:
             img.load()  # decode now, so a truncated file fails here and not in a later resize
+            frames = getattr(img, "n_frames", 1)
+            if frames > 1 and notes is not None:
+                notes.append(f"{path}: has {frames} frames (animation or pages); only the first was used")
             if img.width == 0 or img.height == 0:
                 raise ImageReadError(f"{path}: image has zero size ({img.width}x{img.height})")
             return _to_rgb8(ImageOps.exif_transpose(img), path)
@@ -212,19 +223,8 @@ def write_image(path: str | os.PathLike[str], image: torch.Tensor, *, overwrite:
     pixels = Image.fromarray(to_uint8(image), "RGB")
     if not overwrite and path.exists():
         raise FileExistsError(f"{path}: already exists (pass overwrite=True to replace it)")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.tmp")
-    try:
-        # os.open with 0o666 honours the umask, unlike tempfile's 0o600, so outputs stay readable.
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
-        with os.fdopen(fd, "wb") as handle:
-            pixels.save(handle, format=fmt, **options)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with atomic_open(path) as handle:  # temporary + fsync + rename, umask honoured (interlcm.files)
+        pixels.save(handle, format=fmt, **options)
     return path
 
 

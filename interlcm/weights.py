@@ -24,21 +24,28 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
-import tempfile
 from collections.abc import Mapping
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import nn
 
 from interlcm.choices import DEFAULT_VARIANT, VARIANTS, get_variant
-from interlcm.config import SD15, PresetConfig, VisualEncoderConfig, get_preset, get_upsampler
+from interlcm.config import PRESETS, SD15, PresetConfig, VisualEncoderConfig, get_preset, get_upsampler
 from interlcm.faces.networks import FACE_NETWORKS, load_network, random_network, save_network
 from interlcm.faces.networks import FOLDER as FACE_FOLDER
-from interlcm.files import sha256_file
+from interlcm.files import (
+    FilesError,
+    atomic_save,
+    atomic_write_text,
+    check_replaceable,
+    os_errors,
+    replace_folder,
+    sha256_file,
+)
+from interlcm.files import staging_folder as _staging_folder
 from interlcm.models.container import InterLCMModels, build_random
 
 INFO_FILE = "interlcm.json"
@@ -61,6 +68,71 @@ class WeightsError(RuntimeError):
     """A weights folder or checkpoint is missing, incomplete or does not match the model."""
 
 
+@dataclass(frozen=True)
+class WeightsIdentity:
+    """Which weights a model, export folder or engine folder was made from (recorded in manifests).
+
+    Two identities name the same weights when `same_weights` says so; `variant` is the encoder pair
+    (and so the step count, choices.VARIANTS) the artifacts are meant for.
+    """
+
+    kind: Literal["random", "folder"]
+    preset: str  # config.PRESETS name the architecture came from
+    variant: str  # choices.VARIANTS key, e.g. "3step"
+    seed: int | None = None  # random weights: build_random's seed
+    digest: str | None = None  # folder weights: `weights_digest` over every file loaded
+
+    @classmethod
+    def random(cls, preset: str, seed: int, variant: str = DEFAULT_VARIANT) -> WeightsIdentity:
+        return cls("random", preset, variant, seed=seed)
+
+    @classmethod
+    def of_folder(cls, root: Path, variant: str) -> WeightsIdentity:
+        return cls("folder", read_info(Path(root)).get("preset", SD15.name), variant, digest=weights_digest(root, variant))
+
+    @property
+    def steps(self) -> int:
+        return get_variant(self.variant).steps
+
+    def same_weights(self, other: WeightsIdentity) -> bool:
+        return (self.kind, self.preset, self.seed, self.digest, self.variant) == (
+            other.kind, other.preset, other.seed, other.digest, other.variant,
+        )
+
+    def describe(self) -> str:
+        if self.kind == "random":
+            return f"random {self.preset} weights, seed {self.seed}, {self.variant}"
+        return f"{self.preset} weights folder with content hash {self.digest}, {self.variant}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> WeightsIdentity:
+        ident = cls(**data)
+        if ident.kind not in ("random", "folder") or ident.variant not in VARIANTS:
+            raise ValueError(f"not a weights identity: {dict(data)}")
+        return ident
+
+
+def check_identity(recorded: WeightsIdentity, *, weights: Path | None = None, variant: str | None = None, what: str) -> None:
+    """Refuse (WeightsError, one sentence) to use `what` (made from `recorded`) with other weights or encoders."""
+    if variant is not None and variant != recorded.variant:
+        chosen = get_variant(variant)
+        raise WeightsError(
+            f"{what} was exported from the {recorded.variant} encoders ({recorded.steps}-step InterLCM) but "
+            f"the {chosen.name} encoders ({chosen.steps}-step) were asked for: use --variant {recorded.variant} "
+            f"(or --steps {recorded.steps}), or export those (`interlcm-export --variant {chosen.name}`)"
+        )
+    if weights is not None:
+        given = WeightsIdentity.of_folder(weights, recorded.variant)
+        if not given.same_weights(recorded):
+            raise WeightsError(
+                f"{what} was made from {recorded.describe()}, not from --weights {weights} ({given.describe()}): "
+                "drop --weights, or export those weights first (`interlcm-export --weights ...`)"
+            )
+
+
 def encoder_paths(root: Path, variant: str) -> tuple[Path, Path]:
     ve, se = get_variant(variant).files
     return root / ve, root / se
@@ -76,15 +148,7 @@ def save_params_ema(module: nn.Module, path: Path) -> None:
 
 
 def atomic_torch_save(obj: Any, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    atomic_save(Path(path), lambda tmp: torch.save(obj, tmp))
 
 
 def read_params_ema(path: Path) -> Mapping[str, torch.Tensor]:
@@ -127,40 +191,48 @@ def load_state_strict(module: nn.Module, state: Mapping[str, torch.Tensor], sour
 
 
 def init_weights(out: Path, preset: str, seed: int = 0, force: bool = False) -> Path:
-    """Write a complete weights folder with seeded random weights for `preset` (face networks included)."""
+    """Write a complete weights folder with seeded random weights for `preset` (face networks and
+    the upsampler included).
+
+    It is written in a temporary folder beside OUT and renamed into place; `force` replaces OUT
+    only if it is empty or a weights folder (holds INFO_FILE).
+    """
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise WeightsError(f"--out {out} is a file, not a folder: choose a folder path")
+    if out.is_dir() and any(out.iterdir()) and not force:
+        raise WeightsError(f"{out} already exists and is not empty: choose another --out or pass --force")
+    cfg = get_preset(preset)
+    try:
+        check_replaceable(out, INFO_FILE, "a weights folder")  # before minutes of work, and again at the end
+        with _staging_folder(out) as tmp, os_errors(f"cannot write the weights folder {out}"):
+            _write_random(tmp, cfg, preset, seed)
+            replace_folder(tmp, out, INFO_FILE, "a weights folder")
+    except FilesError as exc:
+        raise WeightsError(str(exc)) from None
+    return out
+
+
+def _write_random(tmp: Path, cfg: PresetConfig, preset: str, seed: int) -> None:
     from diffusers import LCMScheduler
 
     from interlcm.models.rrdbnet import build_random_rrdbnet
 
-    out = Path(out)
-    if out.exists() and any(out.iterdir()) and not force:
-        raise WeightsError(f"{out} already exists and is not empty: choose another --out or pass --force")
-    cfg = get_preset(preset)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent if out.parent.exists() else None, prefix=f".{out.name}."))
-    try:
-        for variant_index, variant in enumerate(VARIANTS):
-            # one random SE/VE pair per variant, so variants differ like the released ones do
-            models = build_random(cfg, seed + variant_index)
-            ve_path, se_path = encoder_paths(tmp, variant)
-            save_params_ema(models.visual_encoder, ve_path)
-            save_params_ema(models.spatial_encoder, se_path)
-            if variant_index == 0:
-                models.unet.save_pretrained(tmp / "lcm" / "unet")
-                models.vae.save_pretrained(tmp / "lcm" / "vae")
-                LCMScheduler(**cfg.scheduler).save_pretrained(tmp / "lcm" / "scheduler")
-                models.clip.model.save_pretrained(tmp / "clip")
-                save_params_ema(build_random_rrdbnet(get_upsampler(cfg.name), seed), tmp / REALESRGAN_FILE)
-        for index, (name, face) in enumerate(FACE_NETWORKS.items()):
-            save_network(random_network(name, seed * 1000 + 10 + index), face.path(tmp))
-        write_info(tmp, cfg, origin=f"random, preset {preset}, seed {seed}")
-        if out.exists():
-            shutil.rmtree(out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(tmp, out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return out
+    for variant_index, variant in enumerate(VARIANTS):
+        # one random SE/VE pair per variant, so variants differ like the released ones do
+        models = build_random(cfg, seed + variant_index)
+        ve_path, se_path = encoder_paths(tmp, variant)
+        save_params_ema(models.visual_encoder, ve_path)
+        save_params_ema(models.spatial_encoder, se_path)
+        if variant_index == 0:
+            models.unet.save_pretrained(tmp / "lcm" / "unet")
+            models.vae.save_pretrained(tmp / "lcm" / "vae")
+            LCMScheduler(**cfg.scheduler).save_pretrained(tmp / "lcm" / "scheduler")
+            models.clip.model.save_pretrained(tmp / "clip")
+            save_params_ema(build_random_rrdbnet(get_upsampler(cfg.name), seed), tmp / REALESRGAN_FILE)
+    for index, (name, face) in enumerate(FACE_NETWORKS.items()):
+        save_network(random_network(name, seed * 1000 + 10 + index), face.path(tmp))
+    write_info(tmp, cfg, origin=f"random, preset {preset}, seed {seed}")
 
 
 def write_info(root: Path, cfg: PresetConfig, origin: str) -> None:
@@ -171,7 +243,7 @@ def write_info(root: Path, cfg: PresetConfig, origin: str) -> None:
         "visual_encoder": cfg.to_dict()["visual_encoder"],
         "spatial_encoder": cfg.spatial_encoder,
     }
-    (root / INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")
+    atomic_write_text(root / INFO_FILE, json.dumps(info, indent=2) + "\n")
 
 
 def read_info(root: Path) -> dict[str, Any]:
@@ -226,7 +298,7 @@ def _check_recorded_hashes(root: Path) -> list[str]:
     ]
 
 
-def weights_identity(root: Path, variant: str) -> str:
+def weights_digest(root: Path, variant: str) -> str:
     """A short hash over every file the model is loaded from (names and contents)."""
     h = hashlib.sha256()
     files = sorted(
@@ -251,6 +323,43 @@ def _public(config: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in config.items() if not k.startswith("_")}
 
 
+def safetensors_problem(path: Path) -> str | None:
+    """Why a .safetensors file is unusable (truncated, bad header), or None: reads only its header.
+
+    Layout: 8-byte little-endian header length N, N bytes of JSON {name: {data_offsets: [b, e]}},
+    then the data; the last tensor's end must be exactly the file's end.
+    """
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(8)
+        n = int.from_bytes(head, "little") if len(head) == 8 else -1
+        if n < 2 or 8 + n > size:
+            return f"truncated or not a safetensors file ({size} bytes, header claims {max(n, 0)})"
+        try:
+            header = json.loads(f.read(n))
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            return "not a safetensors file (its header is not JSON)"
+    ends = [v["data_offsets"][1] for k, v in header.items() if k != "__metadata__" and isinstance(v, dict)]
+    want = 8 + n + max(ends, default=0)
+    if want != size:
+        return f"truncated ({size} bytes, its header describes {want})"
+    return None
+
+
+def _preset_mismatch(cfg: PresetConfig) -> str | None:
+    """The first architecture setting of the files that differs from their recorded preset's, if any."""
+    ref = PRESETS.get(cfg.name)
+    if ref is None:
+        return None
+    ref_dict, ours = ref.to_dict(), cfg.to_dict()
+    for part in ("clip", "visual_encoder", "unet", "vae"):
+        for key, want in ref_dict[part].items():
+            have = ours[part].get(key, want)
+            if json.dumps(have) != json.dumps(want):  # tuples and lists compare equal through JSON
+                return f"{part} {key} {have} in the files, {want} in {cfg.name}"
+    return None
+
+
 def _quiet_transformers() -> None:
     from transformers.utils import logging as hf_logging
 
@@ -273,6 +382,11 @@ def load_models(root: Path, variant: str = DEFAULT_VARIANT, resolution: int | No
         if not (root / sub).is_dir():
             raise WeightsError(f"missing folder {root / sub}: {LAYOUT_HELP}")
     info = read_info(root)
+    for sub, (_, has_weights) in MODEL_FOLDERS.items():
+        for path in sorted((root / sub).glob("*.safetensors")) if has_weights else ():
+            problem = safetensors_problem(path)
+            if problem:
+                raise WeightsError(f"{path} is {problem}: download it again (or re-create the folder)")
     _quiet_transformers()
     try:
         unet = UNet2DConditionModel.from_pretrained(root / "lcm", subfolder="unet")
@@ -304,6 +418,12 @@ def load_models(root: Path, variant: str = DEFAULT_VARIANT, resolution: int | No
         scheduler=_public(scheduler.config),
     )
     faces = {name: load_network(name, f.path(root)) for name, f in FACE_NETWORKS.items() if f.path(root).is_file()}
+    mismatch = _preset_mismatch(cfg)
+    if mismatch:
+        raise WeightsError(
+            f"{root / INFO_FILE} says preset {cfg.name!r} but the files are another size ({mismatch}): "
+            "fix its \"preset\" or re-create the folder with `interlcm-weights init` / `download`"
+        )
     ve = VisualEncoder(cfg.visual_encoder, cfg.clip_tokens, cfg.clip_width)
     load_state_strict(ve, read_params_ema(ve_path), ve_path)
     se = build_spatial_encoder(cfg.unet, cfg.spatial_encoder)

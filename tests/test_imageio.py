@@ -463,3 +463,29 @@ def test_demo_asset_loads() -> None:
     # The face is in the middle: skin tones (red > blue) around the centre.
     red, _, blue = to_uint8(read_image(path, 256))[128, 128]
     assert int(red) > int(blue) + 30
+
+
+# --------------------------------------------------------------------------- GIF and multi-frame files
+
+
+def test_single_frame_gif_is_listed_and_read(tmp_path: Path) -> None:
+    Image.new("RGB", (8, 8), (255, 0, 0)).save(tmp_path / "face.gif")
+    assert list_images(tmp_path) == [tmp_path / "face.gif"]
+    notes: list[str] = []
+    _assert_close(_pixel(read_image(tmp_path / "face.gif", 8, notes=notes)), (255, 0, 0), tol=2)
+    assert notes == []  # one frame: nothing to say
+
+
+@pytest.mark.parametrize("suffix", [".gif", ".webp", ".tiff"])
+def test_multi_frame_files_use_the_first_frame_and_say_so(tmp_path: Path, suffix: str) -> None:
+    frames = [Image.new("RGB", (8, 8), colour) for colour in ((255, 0, 0), (0, 0, 255), (0, 255, 0))]
+    path = tmp_path / f"anim{suffix}"
+    lossless = {"lossless": True} if suffix == ".webp" else {}
+    frames[0].save(path, save_all=True, append_images=frames[1:], **lossless)
+    notes: list[str] = []
+    _assert_close(_pixel(read_image(path, 8, notes=notes)), (255, 0, 0), tol=2)
+    assert notes == [f"{path}: has 3 frames (animation or pages); only the first was used"]
+    from interlcm.imageio import read_rgb
+
+    read_rgb(path, notes=notes)
+    assert len(notes) == 2

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from interlcm.cli.options import SEED
 from interlcm.config import PRESETS
 
 
@@ -46,9 +47,9 @@ def download(out: Path, variants: tuple[str, ...], faces: bool, realesrgan: bool
 
 @main.command()
 @click.option("--preset", type=click.Choice(list(PRESETS)), default="tiny", show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=SEED, default=0, show_default=True)
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Weights folder to create.")
-@click.option("--force", is_flag=True, help="Replace OUT if it exists.")
+@click.option("--force", is_flag=True, help="Replace OUT if it is empty or a weights folder (never anything else).")
 def init(preset: str, seed: int, out: Path, force: bool) -> None:
     """Write a weights folder with seeded random weights (same layout as the download, face networks included)."""
     from interlcm.weights import WeightsError, init_weights

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 from diffusers import AutoencoderKL, ControlNetModel, UNet2DConditionModel
@@ -13,6 +14,9 @@ from interlcm.config import PresetConfig
 from interlcm.models.clip import ClipImageEncoder
 from interlcm.models.spatial_encoder import build_spatial_encoder
 from interlcm.models.visual_encoder import VisualEncoder
+
+if TYPE_CHECKING:
+    from interlcm.weights import WeightsIdentity  # interlcm.weights imports this module
 
 
 @dataclass
@@ -28,6 +32,7 @@ class InterLCMModels:
     origin: str  # "random, seed N" or the weights folder and its identity
     # face detector / parser networks by component name (interlcm.faces.networks), when loaded
     faces: dict[str, nn.Module] = field(default_factory=dict)
+    identity: WeightsIdentity | None = None  # typed origin; None for a folder until hashed (WeightsIdentity.of_folder)
 
     def modules(self) -> dict[str, nn.Module]:
         return {
@@ -84,4 +89,11 @@ def build_random(cfg: PresetConfig, seed: int = 0, faces: Iterable[str] = ()) ->
         vae=seeded(5, lambda: AutoencoderKL(**cfg.vae)),
         origin=f"random, seed {seed}",
         faces={name: random_network(name, seed * 1000 + 10 + list(FACE_NETWORKS).index(name)) for name in faces},
+        identity=_random_identity(cfg.name, seed),
     ).eval()
+
+
+def _random_identity(preset: str, seed: int) -> WeightsIdentity:
+    from interlcm.weights import WeightsIdentity
+
+    return WeightsIdentity.random(preset, seed)

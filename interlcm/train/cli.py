@@ -29,11 +29,10 @@ import click
 @click.option("--out", type=click.Path(path_type=Path, file_okay=False), help="Run folder (overrides `out`).")
 def main(config_path: Path | None, overrides: tuple[str, ...], resume: Path | None, out: Path | None) -> None:
     """Train VE and SE through the frozen LCM chain; EMA weights go to OUT/weights in the released format."""
-    import torch
-
+    from interlcm.files import FilesError, describe_os_error
     from interlcm.train.config import TrainConfig, apply_overrides, read_config_file
     from interlcm.train.losses import PerceptualWeightsError
-    from interlcm.train.trainer import Trainer
+    from interlcm.train.trainer import Trainer, read_checkpoint
     from interlcm.weights import WeightsError
 
     if config_path is None and resume is None:
@@ -44,14 +43,16 @@ def main(config_path: Path | None, overrides: tuple[str, ...], resume: Path | No
         if config_path is not None:
             data = read_config_file(config_path)
         else:
-            data = torch.load(resume, map_location="cpu", weights_only=True)["config"]
+            data = read_checkpoint(resume)["config"]
         if out is not None:
             overrides = (*overrides, f"out={out}")
         cfg = TrainConfig.from_dict(apply_overrides(data, overrides))
         trainer = Trainer(cfg, resume=resume)
         weights = trainer.fit()
-    except (ValueError, FileNotFoundError, WeightsError, PerceptualWeightsError) as exc:
+    except (ValueError, FileNotFoundError, WeightsError, PerceptualWeightsError, FilesError) as exc:
         raise click.ClickException(str(exc)) from None
+    except OSError as exc:  # e.g. disk full while linking or writing the run folder's weights
+        raise click.ClickException(describe_os_error(exc, f"cannot write the run folder {out or 'OUT'}")) from None
     click.echo(f"trained to step {trainer.step}; EMA weights ({cfg.variant}) in {weights}")
 
 

@@ -132,17 +132,23 @@ class TrainConfig:
 def read_config_file(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise FileNotFoundError(f"training config {path} does not exist")
-    text = path.read_text()
-    if path.suffix == ".toml":
-        try:
-            import tomllib
-        except ModuleNotFoundError:  # Python 3.10
-            import tomli as tomllib  # type: ignore[no-redef]
-        data = tomllib.loads(text)
-    elif path.suffix in (".yaml", ".yml"):
-        data = yaml.safe_load(text) or {}
-    else:
+    if path.suffix not in (".toml", ".yaml", ".yml"):
         raise ValueError(f"training config {path} must be .yaml, .yml or .toml")
+    try:
+        text = path.read_text()
+        if path.suffix == ".toml":
+            try:
+                import tomllib
+            except ModuleNotFoundError:  # Python 3.10
+                import tomli as tomllib  # type: ignore[no-redef]
+            data = tomllib.loads(text)
+        else:
+            data = yaml.safe_load(text) or {}
+    except (UnicodeDecodeError, yaml.YAMLError, ValueError) as exc:  # tomllib.TOMLDecodeError is a ValueError
+        where = getattr(exc, "problem_mark", None)
+        at = f" at line {where.line + 1}, column {where.column + 1}" if where is not None else ""
+        reason = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ValueError(f"training config {path} cannot be parsed{at} ({reason}): fix the file") from None
     if not isinstance(data, dict):
         raise ValueError(
             f"training config {path} must be a mapping of keys to values, got {type(data).__name__}"

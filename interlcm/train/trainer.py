@@ -22,6 +22,7 @@ import math
 import os
 import random
 import resource
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import replace
@@ -34,6 +35,7 @@ import torch.distributed as dist
 from torch import nn
 
 from interlcm.engines.torch_backend import TorchBackend
+from interlcm.files import atomic_write_text, check_replaceable, make_folder
 from interlcm.models.container import InterLCMModels
 from interlcm.sampler import SamplerSettings, restore
 from interlcm.schedule import inference_steps_for, make_noise, make_schedule
@@ -53,6 +55,7 @@ TRAINABLE = ("visual_encoder", "spatial_encoder")
 FROZEN = ("clip", "unet", "vae")
 CHECKPOINTED = ("spatial_encoder", "unet", "vae_decoder")  # components recomputed in backward
 CHECKPOINT_FORMAT = 1
+RUN_MARKER = "interlcm-train.json"  # written into every run folder: marks it as ours, and as used
 
 
 class EMA:
@@ -159,6 +162,7 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
 
         self.dataset: FaceDataset | None = None
+        self.resumed_from: Path | None = None
         if resume is not None:
             self.load_checkpoint(Path(resume))
 
@@ -279,6 +283,7 @@ class Trainer:
         from tqdm import tqdm
 
         cfg = self.cfg
+        self._claim_out()
         self._open_dataset()
         batches = self._batches()
         log_path = self.out / "train_log.jsonl"
@@ -302,6 +307,22 @@ class Trainer:
         bar.close()
         return self.out / "weights"
 
+    def _claim_out(self) -> None:
+        """Refuse an OUT holding other files, or another run unless resuming; then mark it as this run's."""
+        if self.rank != 0:
+            return
+        make_folder(self.out)  # a file, read-only or uncreatable: FilesError, one sentence
+        check_replaceable(self.out, RUN_MARKER, "a training run folder", action="write into")
+        if self.resumed_from is None:
+            done = sorted((self.out / "checkpoints").glob("step_*.pt"))
+            if done or (self.out / RUN_MARKER).is_file():
+                how = f"continue it with --resume {done[-1]}" if done else "it has no checkpoint to resume"
+                raise ValueError(
+                    f"{self.out} already holds a training run ({how}): choose a new --out so nothing is overwritten"
+                )
+        marker = {"config": self.cfg.to_dict(), "resumed_from": str(self.resumed_from or ""), "step": self.step}
+        atomic_write_text(self.out / RUN_MARKER, json.dumps(marker, indent=1) + "\n")
+
     def _open_dataset(self) -> None:
         if self.dataset is not None:
             return
@@ -314,6 +335,10 @@ class Trainer:
             self.cfg.seed,
             self.cfg.hflip,
         )
+        if self.rank == 0 and self.dataset.skipped:
+            shown = "; ".join(reason for _, reason in self.dataset.skipped[:3])
+            more = f" (+{len(self.dataset.skipped) - 3} more)" if len(self.dataset.skipped) > 3 else ""
+            print(f"note: skipping {len(self.dataset.skipped)} unusable training image(s): {shown}{more}", file=sys.stderr)
         per_batch = self.cfg.batch_size * self.world
         if len(self.dataset) < per_batch:
             raise ValueError(
@@ -426,11 +451,7 @@ class Trainer:
             p.unlink()
 
     def load_checkpoint(self, path: Path) -> None:
-        if not path.is_file():
-            raise FileNotFoundError(f"checkpoint {path} does not exist")
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        if state.get("format") != CHECKPOINT_FORMAT:
-            raise ValueError(f"{path} is not an interlcm-train checkpoint (format {state.get('format')!r})")
+        state = read_checkpoint(path)
         saved = state["config"]
         for key in ("weights", "variant", "perceptual_channels", "disc_channels", "disc_layers"):
             if saved.get(key) != self.cfg.to_dict()[key]:
@@ -448,6 +469,31 @@ class Trainer:
         self.scaler.load_state_dict(state["scaler"])
         _set_rng_state(state["rng"])
         self.step = int(state["step"])
+        self.resumed_from = path
+
+
+def read_checkpoint(path: Path) -> dict[str, Any]:
+    """A checkpoint written by `save_checkpoint`, or a ValueError naming what `path` is instead."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # truncated zip, foreign pickle, not a torch file: all mean "unusable"
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ValueError(
+            f"cannot read checkpoint {path} ({first}): it is truncated or not a torch file; "
+            "resume from an earlier OUT/checkpoints/step_N.pt"
+        ) from None
+    if isinstance(state, dict) and "params_ema" in state:
+        raise ValueError(
+            f"{path} is an encoder weights file, not a training checkpoint: --resume takes "
+            "OUT/checkpoints/step_N.pt (to start from trained weights, point `weights:` at their folder)"
+        )
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        found = state.get("format") if isinstance(state, dict) else type(state).__name__
+        raise ValueError(f"{path} is not an interlcm-train checkpoint (format {found!r}): resume from OUT/checkpoints/step_N.pt")
+    return state
 
 
 # --- helpers ------------------------------------------------------------------------------------------

@@ -204,16 +204,22 @@ def test_onnx_with_other_tensor_names_is_refused(fake_trt, fake_export, tmp_path
 
 def _real_manifest_export(write_fake_export, root, cfg, components):
     """The fake "ONNX" files under a real interlcm.export.manifest manifest.json."""
+    from interlcm.components import get_component
     from interlcm.export.manifest import FORMAT, FileEntry, Manifest, TensorInfo
+    from interlcm.weights import WeightsIdentity
+
+    def infos(shapes):  # noqa: ANN001, ANN202 - the manifest's shapes: "batch", then the preset's
+        return [TensorInfo(n, ["batch", *s[1:]], "float32") for n, s in shapes.items()]
 
     fake = write_fake_export(root, cfg, components)
     entries = [
         FileEntry(e.component, "fp16", e.file, e.sha256,
-                  inputs=[TensorInfo(t.name, ["batch"], "float32") for t in e.inputs],
-                  outputs=[TensorInfo(t.name, ["batch"], "float32") for t in e.outputs])
+                  inputs=infos(get_component(e.component).input_shapes(cfg, 1)),
+                  outputs=infos(get_component(e.component).output_shapes(cfg, 1)))
         for e in fake.entries
     ]
-    Manifest(FORMAT, cfg.to_dict(), cfg.resolution, 17, (1, 2, 4), "random, seed 0", {}, entries).save(root)
+    identity = WeightsIdentity.random(cfg.name, 0)
+    Manifest(FORMAT, cfg.to_dict(), cfg.resolution, 17, (1, 2, 4), identity.describe(), {}, entries, identity).save(root)
 
 
 def test_build_reads_the_real_manifest_format(fake_trt, write_fake_export, tmp_path, tiny_cfg):

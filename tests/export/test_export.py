@@ -17,6 +17,7 @@ from interlcm.components import BY_NAME, DEFAULT_COMPONENTS
 from interlcm.export.manifest import MANIFEST, ManifestError, load_manifest
 from interlcm.export.onnx_export import ValidationError, compare, export_all, ort_session, validate
 from interlcm.export.trt_support import check_trt_support
+from interlcm.weights import WeightsIdentity
 
 BATCH = (1, 1, 3)  # traced at 1; validated at 1 and 2
 
@@ -43,7 +44,8 @@ def test_every_component_and_precision_in_manifest(exported, tiny_cfg):
         (c, p) for c in DEFAULT_COMPONENTS for p in ("fp32", "fp16")
     }
     assert m.config == tiny_cfg and m.batch == BATCH and m.opset == 17
-    assert m.weights == "random, seed 0" and {"torch", "onnx", "exporter"} <= set(m.versions)
+    assert m.identity == WeightsIdentity.random("tiny", 0, "3step") and m.weights == m.identity.describe()
+    assert {"torch", "onnx", "exporter"} <= set(m.versions)
     unet = m.entry("unet", "fp16")
     assert [t.name for t in unet.inputs] == list(BY_NAME["unet"].input_names)
     assert unet.outputs[0].shape == ["batch", 4, tiny_cfg.latent_size, tiny_cfg.latent_size]
@@ -113,7 +115,7 @@ def test_reexport_skips_up_to_date(exported, tiny_models):
     export_all(tiny_models, out, DEFAULT_COMPONENTS, ("fp32", "fp16"), batch=BATCH, progress=False)
     assert time.perf_counter() - start < 0.2 * first
     assert {p.name: p.stat().st_mtime_ns for p in out.glob("*.onnx")} == mtimes
-    assert not list(out.glob(".export-*"))  # no scratch left behind
+    assert not list(out.glob(".interlcm-tmp-*"))  # no scratch left behind
 
 
 def test_changed_recipe_or_force_reexports(exported, tiny_models, tmp_path):
@@ -166,7 +168,7 @@ def test_interrupted_export_leaves_nothing_complete(tiny_models, tmp_path, monke
     monkeypatch.setattr(ox, "_save", crash)
     with pytest.raises(KeyboardInterrupt):
         export_all(tiny_models, tmp_path, ["se_condition"], ("fp32",), batch=BATCH, progress=False)
-    assert not list(tmp_path.glob("*.onnx")) and not list(tmp_path.glob(".export-*"))
+    assert not list(tmp_path.glob("*.onnx")) and not list(tmp_path.glob(".interlcm-tmp-*"))
     assert not (tmp_path / MANIFEST).exists() or not json.loads((tmp_path / MANIFEST).read_text())["entries"]
 
 

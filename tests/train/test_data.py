@@ -11,7 +11,7 @@ from PIL import Image
 from skimage import data
 from torch.utils.data import DataLoader
 
-from interlcm.train.data import FaceDataset, find_images, load_rgb
+from interlcm.train.data import FaceDataset, TrainingImageError, find_images, load_rgb
 from interlcm.train.degradations import DegradationConfig
 
 RES = 64
@@ -105,28 +105,44 @@ def test_workers_give_the_same_batches_as_the_main_process(faces: Path) -> None:
 
 def test_empty_folder_is_a_one_line_error(tmp_path: Path) -> None:
     (tmp_path / "readme.txt").write_text("no faces here")
-    with pytest.raises(FileNotFoundError, match="no .png/.jpg/.jpeg/.webp images found under") as err:
+    with pytest.raises(FileNotFoundError, match=r"no \..* images found under") as err:
         FaceDataset(tmp_path)
     assert "\n" not in str(err.value)
     with pytest.raises(FileNotFoundError, match="does not exist"):
         FaceDataset(tmp_path / "missing")
 
 
-def test_unreadable_file_is_named(tmp_path: Path) -> None:
-    (tmp_path / "broken.png").write_bytes(b"definitely not a png")
+def test_bad_images_are_skipped_and_reported_up_front(tmp_path: Path, faces: Path) -> None:
+    """Text named .png, a zero-byte file and a non-square photo: left out and listed, not a crash."""
+    Image.open(faces / "a.png").save(tmp_path / "good.png")
+    (tmp_path / "text.png").write_text("definitely not a png")
+    (tmp_path / "empty.jpg").write_bytes(b"")
+    Image.fromarray(data.astronaut()[:80, :60]).save(tmp_path / "wide.png")
     ds = FaceDataset(tmp_path, resolution=RES)
-    with pytest.raises(OSError, match="broken.png"):
-        ds[0]
+    assert [p.name for p in ds.paths] == ["good.png"]
+    reasons = dict((p.name, why) for p, why in ds.skipped)
+    assert set(reasons) == {"text.png", "empty.jpg", "wide.png"} and "60x80" in reasons["wide.png"]
+    assert ds[0]["hq"].shape == (3, RES, RES)
+
+
+def test_a_truncated_image_is_replaced_by_the_next_readable_one(tmp_path: Path, faces: Path, capfd) -> None:
+    whole = (faces / "a.png").read_bytes()
+    (tmp_path / "a_cut.png").write_bytes(whole[: len(whole) // 2])  # header intact: passes the up-front check
+    (tmp_path / "b.png").write_bytes(whole)
+    ds = FaceDataset(tmp_path, resolution=RES, hflip=False, degradation=DegradationConfig())
+    assert len(ds) == 2
+    assert torch.equal(ds[0]["hq"], ds[1]["hq"])  # the next readable image, deterministically
+    assert "a_cut.png" in capfd.readouterr().err
 
 
 def test_truncated_file_is_named(tmp_path: Path, faces: Path) -> None:
     whole = (faces / "a.png").read_bytes()
     (tmp_path / "cut.png").write_bytes(whole[: len(whole) // 2])
-    with pytest.raises(OSError, match="cut.png"):
+    with pytest.raises(TrainingImageError, match="cut.png"):
         load_rgb(tmp_path / "cut.png", RES)
 
 
 def test_non_square_faces_are_rejected(tmp_path: Path) -> None:
     Image.fromarray(data.astronaut()[:80, :60]).save(tmp_path / "wide.png")
-    with pytest.raises(ValueError, match=r"wide.png is 60x80"):
+    with pytest.raises(TrainingImageError, match=r"wide.png is 60x80"):
         load_rgb(tmp_path / "wide.png", RES)
