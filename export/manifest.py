@@ -150,11 +150,12 @@ def _check_consistent(path: Path, m: Manifest) -> None:
         )
     for e in m.entries:
         comp = get_component(e.component)
+        axes = comp.dynamic_axes()  # named as the export names them: batch, and run-time dims
         for kind, shapes, infos in (
             ("inputs", comp.input_shapes(cfg, 1), e.inputs),
             ("outputs", comp.output_shapes(cfg, 1), e.outputs),
         ):
-            want = {n: ["batch", *shape[1:]] for n, shape in shapes.items()}
+            want = {n: [axes[n].get(i, d) for i, d in enumerate(shape)] for n, shape in shapes.items()}
             have = {t.name: list(t.shape) for t in infos}
             if have != want:
                 raise ManifestError(

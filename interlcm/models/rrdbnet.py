@@ -13,12 +13,16 @@ Input and output are RGB in [0, 1] (the output is not clamped: the caller clamps
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
 from interlcm.config import PresetConfig, RRDBConfig, get_upsampler
+
+if TYPE_CHECKING:
+    from interlcm.weights import WeightsIdentity
 
 _SLOPE = 0.2  # LeakyReLU slope everywhere in the release
 _RESIDUAL = 0.2  # the release scales every dense and RRDB residual by 0.2
@@ -109,6 +113,7 @@ class UpsamplerModels:
     config: PresetConfig  # the InterLCM preset whose upsampler this is (interlcm.config.UPSAMPLERS)
     realesrgan: RRDBNet
     origin: str  # "random, seed N" or the checkpoint it was loaded from
+    identity: WeightsIdentity | None = None  # random ones: their preset and seed; loaded: the caller's
 
     def eval(self) -> UpsamplerModels:
         self.realesrgan.eval().requires_grad_(False)
@@ -120,4 +125,7 @@ class UpsamplerModels:
 
 
 def build_random_upsampler(cfg: PresetConfig, seed: int = 0) -> UpsamplerModels:
-    return UpsamplerModels(cfg, build_random_rrdbnet(get_upsampler(cfg.name), seed), f"random, seed {seed}")
+    from interlcm.weights import WeightsIdentity  # interlcm.weights builds these: imported when used
+
+    net = build_random_rrdbnet(get_upsampler(cfg.name), seed)
+    return UpsamplerModels(cfg, net, f"random, seed {seed}", WeightsIdentity.random(cfg.name, seed))
