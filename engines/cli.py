@@ -41,7 +41,7 @@ def restore(inputs, engines, onnx, weights, preset, backend, precision, steps, s
         paths = list_images(inputs)
         opened = open_backend(
             backend, weights=weights, onnx=onnx, engines=engines, preset=preset,
-            steps=int(steps), precision=precision, threads=threads,
+            steps=int(steps), precision=precision, threads=threads, batch=batch,
         )
     except (ValueError, RuntimeError, FileNotFoundError) as exc:
         raise click.ClickException(str(exc)) from None
@@ -94,16 +94,21 @@ def build(onnx, out, components, opt_level, timing_cache, rebuild) -> None:  # n
 
 
 @main.command()
-@click.option("--engines", type=_PATH, help="TensorRT engine folder to check.")
+@click.option("--engines", type=_PATH, help="TensorRT engine folder to check (fp16).")
 @click.option("--onnx", type=_PATH, help="ONNX folder to check (ONNX Runtime).")
-@click.option("--weights", type=_PATH, help="Weights the export was made from (default: the manifest's random preset).")
-@click.option("--precision", type=click.Choice(["fp32", "fp16"]), default="fp32", show_default=True)
+@click.option("--weights", type=_PATH,
+              help="Weights the export was made from (default: the random preset the export or engines record).")
+@click.option("--precision", type=click.Choice(["fp32", "fp16"]), default="fp32", show_default=True,
+              help="ONNX files to check (engines are always fp16).")
 @click.option("--steps", type=click.Choice(["3", "1"]), default="3", show_default=True)
 @click.option("--batch", type=click.IntRange(1, 63), default=1, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 def check(engines, onnx, weights, precision, steps, batch, seed) -> None:  # noqa: ANN001
-    """Compare a backend with the torch reference stage by stage, on the demo face."""
-    from interlcm.engines.parity import compare_traces, format_table
+    """Compare a backend with the torch reference stage by stage, on the demo face; exit 1 on any failure.
+
+    Each stage is judged by the tolerance of the component that produced it (components.py).
+    """
+    from interlcm.engines.parity import ParityError, compare_traces, format_table, require
     from interlcm.engines.runtime import RestoreOptions, Restorer, open_backend, reference_models
     from interlcm.imageio import demo_image_path, read_image
     from interlcm.pipeline import TorchBackend
@@ -111,10 +116,12 @@ def check(engines, onnx, weights, precision, steps, batch, seed) -> None:  # noq
 
     if (engines is None) == (onnx is None):
         raise click.UsageError("give exactly one of --engines or --onnx")
+    precision = "fp16" if engines else precision
     try:
-        opened = open_backend("tensorrt" if engines else "onnxruntime", onnx=onnx, engines=engines, precision=precision)
-        models = reference_models(opened, weights)
-    except (ValueError, RuntimeError) as exc:
+        opened = open_backend("tensorrt" if engines else "onnxruntime", onnx=onnx, engines=engines,
+                              precision=precision, batch=batch)
+        models = reference_models(opened.backend.weights, opened.config, weights, int(steps))
+    except (ValueError, RuntimeError, FileNotFoundError) as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(f"checking {opened.description}\nagainst torch fp32, weights: {models.origin}")
     lq = read_image(demo_image_path(), opened.config.resolution)[None].repeat(batch, 1, 1, 1)
@@ -122,7 +129,13 @@ def check(engines, onnx, weights, precision, steps, batch, seed) -> None:  # noq
     ours, ref = Trace(), Trace()
     Restorer(opened.backend, opened.config, options).restore(lq, ours)
     Restorer(TorchBackend(models), models.config, options).restore(lq, ref)
-    click.echo(format_table(compare_traces(ours, ref)))
+    rows = compare_traces(ours, ref, precision)
+    click.echo(format_table(rows))
+    try:
+        require(rows, f"{'engines ' + str(engines) if engines else f'{precision} ONNX {onnx}'} vs torch")
+    except ParityError as exc:
+        raise click.ClickException(f"{exc}\nwrong --weights, or a broken export/build: re-export or rebuild") from None
+    click.echo(f"all {len(rows)} stages within tolerance")
 
 
 if __name__ == "__main__":

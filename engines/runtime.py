@@ -145,6 +145,7 @@ def open_backend(
     steps: int = 3,
     precision: str = "fp32",
     threads: int | None = None,
+    batch: int | None = None,
 ) -> OpenedBackend:
     """Open the backend the user asked for, or the best one `auto` can run here, saying why."""
     if kind not in BACKENDS:
@@ -158,7 +159,7 @@ def open_backend(
             raise ValueError("the tensorrt backend needs --engines DIR (build them with `interlcm-trt build`)")
         from interlcm.engines.trt import TrtBackend
 
-        backend = TrtBackend(engines)
+        backend = TrtBackend(engines, batch=batch)  # a batch over the profile's max fails here, in one line
         backend.__enter__()
         return OpenedBackend(backend, backend.config, f"tensorrt engines from {engines} ({why})")
     if kind == "onnxruntime":
@@ -204,17 +205,25 @@ def _open_torch(*, weights, preset, steps, why, threads) -> OpenedBackend:  # no
     return OpenedBackend(TorchBackend(models, device), models.config, desc)
 
 
-def reference_models(opened: OpenedBackend, weights: Path | None = None):  # -> InterLCMModels
-    """The torch models an export/engine folder was made from: its weights, or its random preset."""
+def reference_models(recorded: str, config: PresetConfig, weights: Path | None = None, steps: int = 3):
+    """The torch models an export or engine folder was made from (-> InterLCMModels).
+
+    `recorded` is the weights identity the folder records (export manifest, engine index):
+    "random, seed N" rebuilds those random weights for `config`; anything else needs the
+    weights folder, whose identity must then match.
+    """
     import re
 
     from interlcm.pipeline import build_random
-    from interlcm.weights import load_models
+    from interlcm.weights import load_models, variant_for_steps, weights_identity
 
     if weights is not None:
-        return load_models(weights).eval()
-    recorded = getattr(getattr(opened.backend, "manifest", None), "weights", "")
+        variant = variant_for_steps(steps)
+        if not recorded.startswith("random") and weights_identity(weights, variant) != recorded:
+            raise ValueError(f"{weights} ({variant}) is not the weights the folder was made from "
+                             f"(it records {recorded!r}): pass those with --weights")
+        return load_models(weights, variant, config.resolution).eval()
     match = re.fullmatch(r"random, seed (\d+)", recorded or "")
     if not match:
-        raise ValueError(f"the export was made from weights {recorded!r}: pass them with --weights DIR")
-    return build_random(opened.config, int(match.group(1)))
+        raise ValueError(f"the folder was made from weights {recorded!r}: pass them with --weights DIR")
+    return build_random(config, int(match.group(1)))

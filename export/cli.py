@@ -87,8 +87,10 @@ def main(
 
     from interlcm.components import DEFAULT_COMPONENTS
     from interlcm.config import get_preset
+    from interlcm.engines.parity import ParityError
     from interlcm.export.manifest import ManifestError, load_manifest
-    from interlcm.export.onnx_export import ExportError, ValidationError, export_all, validate
+    from interlcm.export.onnx_export import ExportError, export_all
+    from interlcm.export.validate import validate
     from interlcm.pipeline import build_random
     from interlcm.weights import WeightsError, load_models, weights_identity
 
@@ -123,7 +125,7 @@ def main(
             chosen = names if components or validate_dir is None else None
             validate(validate_dir or out, models, components=chosen, batches=validate_batches or None, echo=click.echo)
             click.echo("all outputs within tolerance")
-    except (ExportError, ValidationError, ManifestError, WeightsError, ValueError) as exc:
+    except (ExportError, ParityError, ManifestError, WeightsError, ValueError) as exc:
         raise click.ClickException(str(exc)) from None
 
 

@@ -27,13 +27,25 @@ class SamplerSettings:
     guidance_scale: float = 8.0  # the release's value; the UNet sees w = guidance_scale - 1 = 7
     guidance_dim: int = 256  # the UNet's time_cond_proj_dim
     colorfix: str = "wavelet"  # wavelet (paper), adain or none
+    # one `denoise_step` call (SE + UNet in one graph) per step instead of `spatial_encoder` then `unet`:
+    # no residual tensors cross between engines; the backend must have that component
+    fused_step: bool = False
 
 
 class Trace(dict):
-    """Optional record of every intermediate, keyed by stage (for parity tests and `check`)."""
+    """Optional record of every intermediate, keyed by stage (for parity tests and `check`).
 
-    def add(self, key: str, value: torch.Tensor) -> None:
+    `components[stage]` names the component whose output the stage is, so a comparison
+    can judge each stage by that component's tolerance (engines/parity.py).
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.components: dict[str, str] = {}
+
+    def add(self, key: str, value: torch.Tensor, component: str) -> None:
         self[key] = value.detach().clone()
+        self.components[key] = component
 
 
 def restore(
@@ -50,7 +62,7 @@ def restore(
             f"noise has shape {tuple(noise.shape)} but {len(steps)} steps and batch {lq.shape[0]} need "
             f"({len(steps)}, {lq.shape[0]}, ...): draw it with make_noise for this schedule and batch"
         )
-    record = trace.add if trace is not None else (lambda key, value: None)
+    record = trace.add if trace is not None else (lambda key, value, component: None)
     batch = lq.shape[0]
 
     # 1. Image-only work, once per image: visual context c_v, the SE's view of the LQ
@@ -60,26 +72,38 @@ def restore(
     cond = backend.run("se_condition", image=lq)["cond"]
     z0 = backend.run("vae_encoder", image=lq)["latent"]
     guidance = guidance_embedding(settings.guidance_scale, settings.guidance_dim, batch).to(z0)
-    for key, value in (("tokens", tokens), ("context", context), ("cond", cond), ("z0_lq", z0)):
-        record(key, value)
+    for key, value, component in (
+        ("tokens", tokens, "clip"),
+        ("context", context, "visual_encoder"),
+        ("cond", cond, "se_condition"),
+        ("z0_lq", z0, "vae_encoder"),
+    ):
+        record(key, value, component)
 
     # 2. The remaining LCM steps: noise the current estimate to t, predict eps with
     #    the SE-conditioned UNet, then apply the LCM boundary condition.
     for k, step in enumerate(steps):
         z_t = step.sqrt_alpha * z0 + step.sqrt_one_minus_alpha * noise[k].to(z0)
         t = torch.full((batch,), float(step.timestep), device=z0.device)
-        residuals = backend.run("spatial_encoder", sample=z_t, timestep=t, context=context, cond=cond)
-        eps = backend.run("unet", sample=z_t, timestep=t, context=context, guidance=guidance, **residuals)["eps"]
+        if settings.fused_step:
+            eps_from = "denoise_step"
+            eps = backend.run(eps_from, sample=z_t, timestep=t, context=context, guidance=guidance, cond=cond)["eps"]
+        else:
+            residuals = backend.run("spatial_encoder", sample=z_t, timestep=t, context=context, cond=cond)
+            eps = backend.run("unet", sample=z_t, timestep=t, context=context, guidance=guidance, **residuals)["eps"]
+            eps_from = "unet"
+            record(f"step{k + 1}.residuals_mid", residuals["res_12"], "spatial_encoder")
         x0 = (z_t - step.sqrt_one_minus_alpha * eps) / step.sqrt_alpha
         z0 = step.c_out * x0 + step.c_skip * z_t
-        record(f"step{k + 1}.residuals_mid", residuals["res_12"])
-        record(f"step{k + 1}.eps", eps)
-        record(f"step{k + 1}.z0", z0)
+        record(f"step{k + 1}.eps", eps, eps_from)
+        record(f"step{k + 1}.z0", z0, eps_from)  # the LCM update is exact arithmetic on eps
 
     # 3. Decode and pull the colours back towards the input.
     image = backend.run("vae_decoder", latent=z0)["image"]
-    record("decoded", image)
+    record("decoded", image, "vae_decoder")
+    last = "vae_decoder"
     if settings.colorfix != "none":
-        image = backend.run(f"colorfix_{settings.colorfix}", decoded=image, reference=lq)["image"]
-    record("image", image)
+        last = f"colorfix_{settings.colorfix}"
+        image = backend.run(last, decoded=image, reference=lq)["image"]
+    record("image", image, last)
     return image
