@@ -495,9 +495,8 @@ def build_engines(
         previous = _read_index(index_path) if index_path.is_file() else None
     except EngineError:
         previous = None  # unreadable or another format: rewritten below
-    same_kind = previous and (PresetConfig.from_dict(previous["config"]), list(previous["batch"]),
-                              previous.get("weights")) == (cfg, list(batch), manifest.weights)
-    if same_kind:
+    if previous is not None and (PresetConfig.from_dict(previous["config"]), list(previous["batch"]),
+                                 previous.get("weights")) == (cfg, list(batch), manifest.weights):
         records = {**previous.get("engines", {}), **records}  # keep engines built by earlier partial runs
     _write_json(index_path, {
         "format": BUILD_FORMAT,
