@@ -23,6 +23,7 @@ class RestoreOptions:
     colorfix: str = "wavelet"
     batch: int = 1
     guidance_scale: float = 8.0
+    fused_step: bool = False  # SE + UNet as one `denoise_step` call per step (the backend must have it)
 
 
 class TimedBackend:
@@ -57,6 +58,7 @@ class Restorer:
             guidance_scale=options.guidance_scale,
             guidance_dim=config.guidance_dim,
             colorfix=options.colorfix,
+            fused_step=options.fused_step,
         )
 
     def noise(self, batch: int) -> torch.Tensor:

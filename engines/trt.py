@@ -606,8 +606,8 @@ class TrtBackend:
     pay nothing; a call from another torch stream makes the engine stream wait for it, and it
     for the engine stream, with events (no host synchronisation). `synchronize()` waits.
 
-    Not done yet: CUDA-graph capture of the step chain (the sampler's shapes are static
-    per batch, so capturing SE+UNet per (step, batch) is the natural next step).
+    CUDA graphs: `engines/cuda_graph.py` captures the sampler's whole step chain on
+    `self.stream` per batch size; `run` is capturable (no host sync, static buffers).
     """
 
     def __init__(
@@ -647,6 +647,10 @@ class TrtBackend:
     @property
     def max_batch(self) -> int:
         return self.batch[2]
+
+    def has(self, component: str) -> bool:
+        """Whether the folder has an engine for `component` (e.g. the fused denoise_step)."""
+        return component in self._index.get("engines", {})
 
     # lifecycle
 

@@ -7,6 +7,7 @@ component and tensor names of `interlcm.components`.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -32,6 +33,10 @@ class SamplerSettings:
     fused_step: bool = False
 
 
+# (z0, context, cond, guidance, noise) -> z0 after every step: stage 2 as one call
+StepChain = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
 class Trace(dict):
     """Optional record of every intermediate, keyed by stage (for parity tests and `check`).
 
@@ -54,8 +59,13 @@ def restore(
     noise: torch.Tensor,  # (N - 1, B, C, h, w) from schedule.make_noise
     settings: SamplerSettings,
     trace: Trace | None = None,
+    chain: StepChain | None = None,
 ) -> torch.Tensor:
-    """Restore a batch of LQ faces; returns (B, 3, H, W) images in about [-1, 1]."""
+    """Restore a batch of LQ faces; returns (B, 3, H, W) images in about [-1, 1].
+
+    `chain` replaces stage 2 (`denoise` over every step) by a callable with the same
+    result, e.g. TensorRT's CUDA-graph replay (engines/trt.py `TrtBackend.step_chain`).
+    """
     steps = settings.schedule.steps
     if noise.shape[0] != len(steps) or noise.shape[1] != lq.shape[0]:
         raise ValueError(
@@ -80,9 +90,40 @@ def restore(
     ):
         record(key, value, component)
 
-    # 2. The remaining LCM steps: noise the current estimate to t, predict eps with
-    #    the SE-conditioned UNet, then apply the LCM boundary condition.
-    for k, step in enumerate(steps):
+    # 2. The remaining LCM steps (a CUDA-graph replay of them, when the caller passes one).
+    if chain is not None:
+        if trace is not None:
+            raise ValueError("a replayed step chain records no intermediates: trace without chain")
+        z0 = chain(z0, context, cond, guidance, noise)
+    else:
+        z0 = denoise(backend, z0, context, cond, guidance, noise, settings, record)
+
+    # 3. Decode and pull the colours back towards the input.
+    image = backend.run("vae_decoder", latent=z0)["image"]
+    record("decoded", image, "vae_decoder")
+    last = "vae_decoder"
+    if settings.colorfix != "none":
+        last = f"colorfix_{settings.colorfix}"
+        image = backend.run(last, decoded=image, reference=lq)["image"]
+    record("image", image, last)
+    return image
+
+
+def denoise(
+    backend: Backend,
+    z0: torch.Tensor,  # (B, C, h, w) the LQ latent: the first LCM step's output
+    context: torch.Tensor,  # (B, 77, 768) visual context c_v
+    cond: torch.Tensor,  # the SE's view of the LQ image
+    guidance: torch.Tensor,  # (B, guidance_dim) embedding of w
+    noise: torch.Tensor,  # (N - 1, B, C, h, w)
+    settings: SamplerSettings,
+    record: Callable[[str, torch.Tensor, str], None] = lambda key, value, component: None,
+) -> torch.Tensor:
+    """Stage 2: for each remaining step, noise the current estimate to t, predict eps with the
+    SE-conditioned UNet, then apply the LCM boundary condition. Only torch arithmetic and
+    `backend.run`, all on the caller's stream: capturable as one CUDA graph."""
+    batch = z0.shape[0]
+    for k, step in enumerate(settings.schedule.steps):
         z_t = step.sqrt_alpha * z0 + step.sqrt_one_minus_alpha * noise[k].to(z0)
         t = torch.full((batch,), float(step.timestep), device=z0.device)
         if settings.fused_step:
@@ -97,13 +138,4 @@ def restore(
         z0 = step.c_out * x0 + step.c_skip * z_t
         record(f"step{k + 1}.eps", eps, eps_from)
         record(f"step{k + 1}.z0", z0, eps_from)  # the LCM update is exact arithmetic on eps
-
-    # 3. Decode and pull the colours back towards the input.
-    image = backend.run("vae_decoder", latent=z0)["image"]
-    record("decoded", image, "vae_decoder")
-    last = "vae_decoder"
-    if settings.colorfix != "none":
-        last = f"colorfix_{settings.colorfix}"
-        image = backend.run(last, decoded=image, reference=lq)["image"]
-    record("image", image, last)
-    return image
+    return z0

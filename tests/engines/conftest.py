@@ -360,3 +360,20 @@ def fake_export(tmp_path, tiny_cfg, monkeypatch):
     manifest = write_fake_export(root, tiny_cfg, list(DEFAULT_COMPONENTS))
     monkeypatch.setattr(trt_mod, "_load_manifest", lambda onnx_dir: manifest)
     return SimpleNamespace(root=root, manifest=manifest)
+
+
+@pytest.fixture(scope="session")
+def real_engines(tiny_models, tmp_path_factory):
+    """Real fp16 engines of the tiny preset (with the fused step), batch 1..4; skips without CUDA and TensorRT."""
+    from interlcm.components import DEFAULT_COMPONENTS
+    from interlcm.engines import trt as trt_mod
+    from interlcm.export.onnx_export import export_all
+
+    ok, why = trt_mod.check_cuda()
+    if not ok:
+        pytest.skip(f"needs CUDA and TensorRT: {why}")
+    onnx_dir = tmp_path_factory.mktemp("onnx")
+    export_all(tiny_models, onnx_dir, [*DEFAULT_COMPONENTS, "denoise_step"], ("fp16",), batch=(1, 2, 4), progress=False)
+    out = tmp_path_factory.mktemp("engines")
+    trt_mod.build_engines(onnx_dir, out, opt_level=2)
+    return out

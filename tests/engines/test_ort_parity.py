@@ -9,8 +9,6 @@ the SE residuals); fp16 must also keep the output image above 35 dB PSNR (77 mea
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 import numpy as np
 import pytest
 import torch
@@ -24,15 +22,11 @@ from interlcm.sampler import Trace
 FP16_MIN_PSNR = 35.0  # dB, output image in [-1, 1]; measured 77 dB on tiny
 
 
-def _traces(backend, tiny_models, lq, colorfix="wavelet", steps=3, precision="fp32", fused=False):
+def _traces(backend, tiny_models, lq, colorfix="wavelet", steps=3, precision="fp32"):
     options = RestoreOptions(steps=steps, seed=3, colorfix=colorfix)
     ours, ref = Trace(), Trace()
-    restorer = Restorer(backend, tiny_models.config, options)
-    reference = Restorer(TorchBackend(tiny_models), tiny_models.config, options)
-    if fused:
-        restorer.settings = reference.settings = replace(restorer.settings, fused_step=True)
-    out = restorer.restore(lq, ours)
-    expected = reference.restore(lq, ref)
+    out = Restorer(backend, tiny_models.config, options).restore(lq, ours)
+    expected = Restorer(TorchBackend(tiny_models), tiny_models.config, options).restore(lq, ref)
     return out, expected, compare_traces(ours, ref, precision)
 
 
@@ -174,3 +168,56 @@ def test_onnxruntime_and_onnxruntime_gpu_together_are_refused(monkeypatch):
     monkeypatch.setattr(ort, "_installed_distributions", lambda: {"onnxruntime", "onnxruntime-gpu"})
     with pytest.raises(RuntimeError, match="both onnxruntime and onnxruntime-gpu are installed"):
         ort.pick_providers("cpu")
+
+
+# --- the fused step (SE + UNet in one `denoise_step` call) ---------------------------------------
+
+
+def _restore(backend, tiny_models, lq, fused):
+    trace = Trace()
+    options = RestoreOptions(steps=3, seed=3, fused_step=fused)
+    Restorer(backend, tiny_models.config, options).restore(lq, trace)
+    return trace
+
+
+def test_fused_step_matches_the_two_call_path_on_torch(tiny_models, lq_photo):
+    """One `denoise_step` call per step instead of SE then UNet: same eps, latents and image."""
+    calls = []
+
+    class Counting(TorchBackend):
+        def run(self, component, **inputs):
+            calls.append(component)
+            return super().run(component, **inputs)
+
+    two_call = _restore(Counting(tiny_models), tiny_models, lq_photo, fused=False)
+    fused = _restore(Counting(tiny_models), tiny_models, lq_photo, fused=True)
+    assert calls.count("denoise_step") == 3 and calls.count("unet") == 3 and calls.count("spatial_encoder") == 3
+    assert "step1.residuals_mid" not in fused and fused.components["step1.eps"] == "denoise_step"
+    rows = require(compare_traces(two_call, fused, "fp32"), "two-call vs fused torch")
+    assert len(rows) == 4 + 2 * 3 + 2
+
+
+@pytest.fixture(scope="module")
+def onnx_with_fused_step(tiny_onnx, tiny_models, tmp_path_factory):
+    import shutil
+
+    from interlcm.export.onnx_export import export_all
+
+    out = tmp_path_factory.mktemp("onnx_fused") / "onnx"
+    shutil.copytree(tiny_onnx, out)
+    export_all(tiny_models, out, ["denoise_step"], ("fp32",), batch=(1, 2, 4), progress=False)
+    return out
+
+
+@pytest.mark.slow  # exports the fused graph (an SE + UNet trace): about 30 s here
+def test_fused_step_matches_torch_on_onnxruntime(onnx_with_fused_step, tiny_models, lq_photo):
+    from interlcm.engines.ort import OrtBackend
+
+    backend = OrtBackend(onnx_with_fused_step, "fp32", provider="cpu")
+    assert backend.has("denoise_step") and not OrtBackend(onnx_with_fused_step, "fp16", provider="cpu").has(
+        "denoise_step")
+    ours = _restore(backend, tiny_models, lq_photo, fused=True)
+    ref = _restore(TorchBackend(tiny_models), tiny_models, lq_photo, fused=False)  # the two-call torch path
+    require(compare_traces(ours, _restore(TorchBackend(tiny_models), tiny_models, lq_photo, fused=True), "fp32"),
+            "fused ORT vs fused torch")
+    require(compare_traces(ref, ours, "fp32"), "two-call torch vs fused ORT")

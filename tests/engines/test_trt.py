@@ -473,49 +473,31 @@ def test_check_cuda_says_why_not(monkeypatch):
 # --- real engines (GPU) -------------------------------------------------------------------------
 
 
-def _require_gpu_trt():
-    ok, why = trt_mod.check_cuda()
-    if not ok:
-        pytest.skip(f"needs CUDA and TensorRT: {why}")
-
-
-@pytest.fixture(scope="module")
-def real_engines(tiny_models, tmp_path_factory):
-    _require_gpu_trt()
-    from interlcm.export.onnx_export import export_all
-
-    onnx_dir = tmp_path_factory.mktemp("onnx")
-    export_all(tiny_models, onnx_dir, DEFAULT_COMPONENTS, ("fp16",), batch=(1, 2, 4), progress=False)
-    out = tmp_path_factory.mktemp("engines")
-    build_engines(onnx_dir, out, opt_level=2)
-    return out
-
-
 @pytest.mark.trt
 @pytest.mark.gpu
 @pytest.mark.parametrize("name", DEFAULT_COMPONENTS)
 def test_engine_matches_torch_per_component(real_engines, tiny_models, name):
+    """Each fp16 engine against torch fp32 at a batch other than the profile's opt, within its fp16 tolerance."""
+    from interlcm.engines.parity import compare, require, tolerance
+
     component = get_component(name)
-    cfg = tiny_models.config
-    inputs = component.sample_inputs(cfg, 2)
-    module = component.build(tiny_models).eval()
+    inputs = component.sample_inputs(tiny_models.config, 3)
     with torch.no_grad():
-        ref = module(*inputs.values())
+        ref = component.build(tiny_models).eval()(*inputs.values())
     ref = ref if isinstance(ref, (tuple, list)) else (ref,)
     with TrtBackend(real_engines) as backend:
         out = backend.run(name, **{k: v.cuda() for k, v in inputs.items()})
         backend.synchronize()
-    for spec, expected in zip(component.outputs, ref):
-        got = out[spec.name].float().cpu()
-        scale = expected.abs().max().item()
-        err = (got - expected).abs().max().item()
-        assert err <= component.tol_fp16.rel * scale + component.tol_fp16.abs, (name, spec.name, err, scale)
+        rows = [compare((name, spec.name), out[spec.name], expected, tolerance(name, "fp16"))
+                for spec, expected in zip(component.outputs, ref)]
+    require(rows, f"{name} engine vs torch")
 
 
 @pytest.mark.trt
 @pytest.mark.gpu
 def test_engines_restore_like_torch(real_engines, tiny_models, lq_photo):
-    from interlcm.engines.parity import compare_traces, format_table
+    """Every stage of the sampler within its component's fp16 tolerance, and the image above 35 dB."""
+    from interlcm.engines.parity import compare_traces, format_table, require
     from interlcm.pipeline import TorchBackend
     from interlcm.sampler import SamplerSettings, Trace, restore
     from interlcm.schedule import make_noise, make_schedule
@@ -528,8 +510,8 @@ def test_engines_restore_like_torch(real_engines, tiny_models, lq_photo):
     with TrtBackend(real_engines) as backend:
         restore(backend, lq_photo.cuda(), noise.cuda(), settings, ours)
         backend.synchronize()
-    rows = compare_traces(ours, ref)
-    image = next(r for r in rows if r.stage == "image")
+    rows = require(compare_traces(ours, ref, "fp16"), "TensorRT vs torch")
+    image = next(r for r in rows if r.name == "image")
     assert image.psnr > 35.0, format_table(rows)
 
 
