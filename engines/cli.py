@@ -7,6 +7,9 @@ from pathlib import Path
 
 import click
 
+from interlcm.choices import BACKENDS, COLORFIXES, PRECISIONS, STEPS, VARIANTS
+from interlcm.config import PRESETS
+
 _PATH = click.Path(path_type=Path)
 
 
@@ -20,51 +23,63 @@ def main() -> None:
 @click.option("--engines", type=_PATH, help="TensorRT engine folder (interlcm-trt build).")
 @click.option("--onnx", type=_PATH, help="ONNX folder (interlcm-export).")
 @click.option("--weights", type=_PATH, help="Weights folder (interlcm-weights) for the torch backend.")
-@click.option("--preset", type=click.Choice(["tiny", "sd15"]), help="Random weights of this size (no download).")
-@click.option("--backend", type=click.Choice(["auto", "tensorrt", "onnxruntime", "torch"]), default="auto", show_default=True)
-@click.option("--precision", type=click.Choice(["fp32", "fp16"]), default="fp32", show_default=True, help="ONNX files to run.")
-@click.option("--steps", type=click.Choice(["3", "1"]), default="3", show_default=True, help="3-step (paper) or 1-step model.")
+@click.option("--preset", type=click.Choice(list(PRESETS)), help="Random weights of this size (no download).")
+@click.option("--backend", type=click.Choice(BACKENDS), default=BACKENDS[0], show_default=True)
+@click.option("--precision", type=click.Choice(PRECISIONS), default=PRECISIONS[0], show_default=True, help="ONNX files to run.")
+@click.option("--variant", type=click.Choice(list(VARIANTS)), help="Encoder pair (default: the one --steps implies).")
+@click.option("--steps", type=click.Choice([str(n) for n in STEPS]), default=str(STEPS[0]), show_default=True,
+              help="3-step (paper) or 1-step model.")
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--colorfix", type=click.Choice(["wavelet", "adain", "none"]), default="wavelet", show_default=True)
+@click.option("--colorfix", type=click.Choice(COLORFIXES), help="Colour fix (default: the variant's).")
 @click.option("--batch", type=click.IntRange(1, 63), default=1, show_default=True, help="Faces per batch.")
 @click.option("--threads", type=int, help="CPU threads (default: all cores).")
+@click.option("--timing/--no-timing", default=False, show_default=True,
+              help="Time every stage (synchronises the device after each call).")
 @click.option("--out", type=_PATH, default=Path("outputs/restored"), show_default=True)
-def restore(inputs, engines, onnx, weights, preset, backend, precision, steps, seed, colorfix, batch, threads, out) -> None:  # noqa: ANN001
+def restore(inputs, engines, onnx, weights, preset, backend, precision, variant, steps, seed, colorfix, batch,  # noqa: ANN001
+            threads, timing, out) -> None:
     """Restore aligned face crops: files, folders or glob patterns (default: a demo face)."""
-    from interlcm.engines.runtime import RestoreOptions, Restorer, open_backend, restore_files
+    from interlcm.engines.backend import open_backend
+    from interlcm.engines.runtime import RestoreOptions, Restorer, restore_files
     from interlcm.imageio import demo_image_path, list_images
 
+    chosen = _variant(variant, steps)
     if not inputs:
         inputs = (str(demo_image_path()),)
         click.echo(f"no input given: restoring the embedded demo face {inputs[0]}")
+    options = RestoreOptions(steps=chosen.steps, seed=seed, colorfix=colorfix or chosen.colorfix, batch=batch)
     try:
         paths = list_images(inputs)
-        opened = open_backend(
-            backend, weights=weights, onnx=onnx, engines=engines, preset=preset,
-            steps=int(steps), precision=precision, threads=threads, batch=batch,
-        )
+        with open_backend(backend, weights=weights, onnx=onnx, engines=engines, preset=preset, variant=chosen.name,
+                          precision=precision, threads=threads, batch=batch) as opened:
+            click.echo(f"backend: {opened.description}")
+            if opened.random_weights:
+                click.echo("note: random weights: the output shows the pipeline runs, not a restoration "
+                           "(get real weights with `interlcm-weights download`)")
+            restorer = Restorer(opened.backend, options, timing=timing)
+            report = restore_files(restorer, paths, out)
     except (ValueError, RuntimeError, FileNotFoundError) as exc:
         raise click.ClickException(str(exc)) from None
-    click.echo(f"backend: {opened.description}")
-    if "random" in opened.description:
-        click.echo("note: random weights: the output shows the pipeline runs, not a restoration "
-                   "(get real weights with `interlcm-weights download`)")
-    options = RestoreOptions(steps=int(steps), seed=seed, colorfix=colorfix, batch=batch)
-    restorer = Restorer(opened.backend, opened.config, options)
-    report = restore_files(restorer, paths, out)
     _print_summary(restorer, report, len(paths))
     if report.failed:
         sys.exit(1)
 
 
+def _variant(variant: str | None, steps: str):  # noqa: ANN202 - interlcm.choices.Variant
+    """--variant wins; else the variant --steps implies."""
+    from interlcm.choices import get_variant, variant_for_steps
+
+    return get_variant(variant) if variant else variant_for_steps(int(steps))
+
+
 def _print_summary(restorer, report, total: int) -> None:  # noqa: ANN001
-    timed = restorer.backend
     click.echo(f"restored {len(report.written)}/{total} image(s) in {report.seconds:.2f} s -> "
                f"{report.written[0].parent if report.written else '-'}")
-    if timed.seconds:
+    timed = restorer.timings
+    if timed is not None and timed.seconds:
         click.echo("time per stage (s, total over all images):")
         for name, secs in sorted(timed.seconds.items(), key=lambda kv: -kv[1]):
-            click.echo(f"  {name:<18} {secs:8.3f}  ({timed.calls[name]} calls)")
+            click.echo(f"  {name:<18} {secs:8.3f}  ({timed.counts[name]} calls)")
     for path, reason in report.failed:
         click.echo(f"failed: {path}: {reason}", err=True)
 
@@ -97,38 +112,41 @@ def build(onnx, out, components, opt_level, timing_cache, rebuild) -> None:  # n
 @click.option("--engines", type=_PATH, help="TensorRT engine folder to check (fp16).")
 @click.option("--onnx", type=_PATH, help="ONNX folder to check (ONNX Runtime).")
 @click.option("--weights", type=_PATH,
-              help="Weights the export was made from (default: the random preset the export or engines record).")
-@click.option("--precision", type=click.Choice(["fp32", "fp16"]), default="fp32", show_default=True,
+              help="Weights the export was made from (default: the random weights the export or engines record).")
+@click.option("--precision", type=click.Choice(PRECISIONS), default=PRECISIONS[0], show_default=True,
               help="ONNX files to check (engines are always fp16).")
-@click.option("--steps", type=click.Choice(["3", "1"]), default="3", show_default=True)
+@click.option("--variant", type=click.Choice(list(VARIANTS)), help="Encoder pair (default: the one --steps implies).")
+@click.option("--steps", type=click.Choice([str(n) for n in STEPS]), default=str(STEPS[0]), show_default=True)
 @click.option("--batch", type=click.IntRange(1, 63), default=1, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
-def check(engines, onnx, weights, precision, steps, batch, seed) -> None:  # noqa: ANN001
+def check(engines, onnx, weights, precision, variant, steps, batch, seed) -> None:  # noqa: ANN001
     """Compare a backend with the torch reference stage by stage, on the demo face; exit 1 on any failure.
 
     Each stage is judged by the tolerance of the component that produced it (components.py).
     """
+    from interlcm.engines.backend import open_backend, reference_models
     from interlcm.engines.parity import ParityError, compare_traces, format_table, require
-    from interlcm.engines.runtime import RestoreOptions, Restorer, open_backend, reference_models
+    from interlcm.engines.runtime import RestoreOptions, Restorer
+    from interlcm.engines.torch_backend import TorchBackend
     from interlcm.imageio import demo_image_path, read_image
-    from interlcm.pipeline import TorchBackend
     from interlcm.sampler import Trace
 
     if (engines is None) == (onnx is None):
         raise click.UsageError("give exactly one of --engines or --onnx")
     precision = "fp16" if engines else precision
+    chosen = _variant(variant, steps)
+    options = RestoreOptions(steps=chosen.steps, seed=seed, colorfix=chosen.colorfix)
     try:
-        opened = open_backend("tensorrt" if engines else "onnxruntime", onnx=onnx, engines=engines,
-                              precision=precision, batch=batch)
-        models = reference_models(opened.backend.weights, opened.config, weights, int(steps))
-    except (ValueError, RuntimeError, FileNotFoundError) as exc:
+        with open_backend("tensorrt" if engines else "onnxruntime", onnx=onnx, engines=engines, precision=precision,
+                          variant=chosen.name, batch=batch) as opened:
+            models = reference_models(opened, weights)
+            click.echo(f"checking {opened.description}\nagainst torch fp32, weights: {models.origin}")
+            lq = read_image(demo_image_path(), opened.config.resolution)[None].repeat(batch, 1, 1, 1)
+            ours, ref = Trace(), Trace()
+            Restorer(opened.backend, options).restore(lq, ours)
+            Restorer(TorchBackend(models), options).restore(lq, ref)
+    except (ValueError, RuntimeError) as exc:
         raise click.ClickException(str(exc)) from None
-    click.echo(f"checking {opened.description}\nagainst torch fp32, weights: {models.origin}")
-    lq = read_image(demo_image_path(), opened.config.resolution)[None].repeat(batch, 1, 1, 1)
-    options = RestoreOptions(steps=int(steps), seed=seed)
-    ours, ref = Trace(), Trace()
-    Restorer(opened.backend, opened.config, options).restore(lq, ours)
-    Restorer(TorchBackend(models), models.config, options).restore(lq, ref)
     rows = compare_traces(ours, ref, precision)
     click.echo(format_table(rows))
     try:

@@ -37,29 +37,22 @@ def _time(restore: Callable[[], torch.Tensor], repeat: int) -> float:
 
 @contextmanager
 def _backends(onnx: Path, engines: Path | None) -> Iterator[dict[str, object]]:
-    """name -> opened backend (or the reason it could not open), closed on exit."""
-    from interlcm.engines.ort import OrtBackend
-    from interlcm.engines.runtime import reference_models
-    from interlcm.engines.trt import TrtBackend
-    from interlcm.pipeline import TorchBackend
+    """name -> opened backend (or the one-line reason it could not open), all closed on exit."""
+    from interlcm.engines.backend import open_backend, reference_models
+    from interlcm.engines.torch_backend import TorchBackend
 
-    opened: dict[str, object] = {}
-    ort = OrtBackend(onnx, "fp16", provider="cuda")
-    models = reference_models(ort.weights, ort.config).to("cuda")
-    opened["torch fp32"] = TorchBackend(models, "cuda")
-    opened["onnxruntime fp16"] = ort
-    trt = None
-    if engines is not None:
-        try:
-            trt = TrtBackend(engines).__enter__()
-            opened["tensorrt fp16"] = trt
-        except RuntimeError as exc:
-            opened["tensorrt fp16"] = str(exc)
-    try:
+    with contextlib.ExitStack() as stack:
+        ort = stack.enter_context(open_backend("onnxruntime", onnx=onnx, precision="fp16"))
+        opened: dict[str, object] = {
+            "torch fp32": TorchBackend(reference_models(ort).to("cuda"), "cuda"),
+            "onnxruntime fp16": ort.backend,
+        }
+        if engines is not None:
+            try:
+                opened["tensorrt fp16"] = stack.enter_context(open_backend("tensorrt", engines=engines)).backend
+            except RuntimeError as exc:
+                opened["tensorrt fp16"] = str(exc)
         yield opened
-    finally:
-        if trt is not None:
-            trt.close()
 
 
 def _restorer(backend, config, face: torch.Tensor, batch: int, fused: bool, graph: bool) -> Callable[[], torch.Tensor]:  # noqa: ANN001
@@ -70,8 +63,8 @@ def _restorer(backend, config, face: torch.Tensor, batch: int, fused: bool, grap
     from interlcm.engines.runtime import RestoreOptions, Restorer
     from interlcm.sampler import restore
 
-    settings = Restorer(backend, config, RestoreOptions(batch=batch, fused_step=fused)).settings
-    noise = Restorer(backend, config, RestoreOptions(batch=batch)).noise(batch).cuda()
+    restorer = Restorer(backend, RestoreOptions(batch=batch, fused_step=fused))
+    settings, noise = restorer.settings, restorer.noise(batch).cuda()
     lq = face.repeat(batch, 1, 1, 1).cuda()
     stream = getattr(backend, "stream", None)  # TensorRT's dedicated stream; torch and ORT use the current one
     chain = GraphedStepChain(backend, settings, stream) if graph else None

@@ -174,6 +174,7 @@ class OrtBackend:
     """
 
     name = "onnxruntime"
+    max_batch: int | None = None  # the graphs have a dynamic batch axis
 
     def __init__(
         self,
@@ -240,6 +241,9 @@ class OrtBackend:
     def synchronize(self) -> None:
         if self.stream is not None:
             self.stream.synchronize()
+
+    def close(self) -> None:
+        self._sessions.clear()
 
 
 def _check_inputs(component: str, entry, inputs: dict[str, torch.Tensor]) -> None:

@@ -610,6 +610,8 @@ class TrtBackend:
     `self.stream` per batch size; `run` is capturable (no host sync, static buffers).
     """
 
+    name = "tensorrt"
+
     def __init__(
         self,
         engine_dir: str | Path,
@@ -619,7 +621,6 @@ class TrtBackend:
         onnx_dir: str | Path | None = None,
         share_memory: bool = True,
         copy_outputs: bool = False,
-        batch: int | None = None,
     ):
         self.engine_dir = Path(engine_dir)
         self.device = torch.device(device)
@@ -634,23 +635,20 @@ class TrtBackend:
         lo, opt, hi = index["batch"]
         self.batch = (int(lo), int(opt), int(hi))
         self.weights: str = index["weights"]  # identity of the weights the export was made from
-        if batch is not None and not lo <= batch <= hi:
-            raise EngineError(f"batch {batch} is outside the engines' profile {lo}..{hi} ({self.engine_dir}): "
-                              f"use --batch {min(max(batch, lo), hi)}, or re-export and rebuild with "
-                              f"`interlcm-export --batch {lo}:{opt}:{max(batch, hi)}`")
         self._index = index
         self._runtime: trt.Runtime | None = None
         self._loaded: dict[str, _Loaded] = {}
         self._shared_memory: torch.Tensor | None = None
         self.stream: torch.cuda.Stream | None = None
 
-    @property
-    def max_batch(self) -> int:
-        return self.batch[2]
-
     def has(self, component: str) -> bool:
         """Whether the folder has an engine for `component` (e.g. the fused denoise_step)."""
         return component in self._index.get("engines", {})
+
+    @property
+    def max_batch(self) -> int:
+        """The engines' optimisation profile ends here."""
+        return self.batch[2]
 
     # lifecycle
 

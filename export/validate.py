@@ -23,7 +23,7 @@ from .manifest import load_manifest
 from .onnx_export import json_normal
 
 if TYPE_CHECKING:
-    from interlcm.pipeline import InterLCMModels
+    from interlcm.models.container import InterLCMModels
 
 
 

@@ -1,7 +1,8 @@
 """InterLCM's restoration loop (Algorithm 1 of the paper, as released), written once.
 
 Every backend (torch, ONNX Runtime, TensorRT) runs this same function; it talks
-to the networks only through `Backend.run(component, **tensors)`, with the
+to the networks only through `run(component, **tensors)` (`ComponentRunner`; the
+full backend interface is `interlcm.engines.backend.Backend`), with the
 component and tensor names of `interlcm.components`.
 """
 
@@ -13,10 +14,11 @@ from typing import Protocol
 
 import torch
 
+from interlcm.choices import COLORFIXES, GUIDANCE_SCALE, check_colorfix
 from interlcm.schedule import Schedule, guidance_embedding
 
 
-class Backend(Protocol):
+class ComponentRunner(Protocol):
     """Runs one named component on named tensors and returns its named outputs."""
 
     def run(self, component: str, **inputs: torch.Tensor) -> dict[str, torch.Tensor]: ...
@@ -25,12 +27,15 @@ class Backend(Protocol):
 @dataclass(frozen=True)
 class SamplerSettings:
     schedule: Schedule
-    guidance_scale: float = 8.0  # the release's value; the UNet sees w = guidance_scale - 1 = 7
+    guidance_scale: float = GUIDANCE_SCALE  # the UNet sees w = guidance_scale - 1
     guidance_dim: int = 256  # the UNet's time_cond_proj_dim
-    colorfix: str = "wavelet"  # wavelet (paper), adain or none
+    colorfix: str = COLORFIXES[0]  # one of interlcm.choices.COLORFIXES; wavelet is the paper's
     # one `denoise_step` call (SE + UNet in one graph) per step instead of `spatial_encoder` then `unet`:
     # no residual tensors cross between engines; the backend must have that component
     fused_step: bool = False
+
+    def __post_init__(self) -> None:
+        check_colorfix(self.colorfix)  # fail before the chain runs, not after
 
 
 # (z0, context, cond, guidance, noise) -> z0 after every step: stage 2 as one call
@@ -54,7 +59,7 @@ class Trace(dict):
 
 
 def restore(
-    backend: Backend,
+    backend: ComponentRunner,
     lq: torch.Tensor,  # (B, 3, H, W) aligned faces in [-1, 1]
     noise: torch.Tensor,  # (N - 1, B, C, h, w) from schedule.make_noise
     settings: SamplerSettings,
@@ -64,7 +69,7 @@ def restore(
     """Restore a batch of LQ faces; returns (B, 3, H, W) images in about [-1, 1].
 
     `chain` replaces stage 2 (`denoise` over every step) by a callable with the same
-    result, e.g. TensorRT's CUDA-graph replay (engines/trt.py `TrtBackend.step_chain`).
+    result, e.g. a CUDA-graph replay of it (engines/cuda_graph.py `GraphedStepChain`).
     """
     steps = settings.schedule.steps
     if noise.shape[0] != len(steps) or noise.shape[1] != lq.shape[0]:
@@ -110,7 +115,7 @@ def restore(
 
 
 def denoise(
-    backend: Backend,
+    backend: ComponentRunner,
     z0: torch.Tensor,  # (B, C, h, w) the LQ latent: the first LCM step's output
     context: torch.Tensor,  # (B, 77, 768) visual context c_v
     cond: torch.Tensor,  # the SE's view of the LQ image

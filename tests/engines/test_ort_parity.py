@@ -16,7 +16,7 @@ import torch
 from interlcm.components import BY_NAME
 from interlcm.engines.parity import ParityError, compare_traces, format_table, require
 from interlcm.engines.runtime import RestoreOptions, Restorer
-from interlcm.pipeline import TorchBackend
+from interlcm.engines.torch_backend import TorchBackend
 from interlcm.sampler import Trace
 
 FP16_MIN_PSNR = 35.0  # dB, output image in [-1, 1]; measured 77 dB on tiny
@@ -25,8 +25,8 @@ FP16_MIN_PSNR = 35.0  # dB, output image in [-1, 1]; measured 77 dB on tiny
 def _traces(backend, tiny_models, lq, colorfix="wavelet", steps=3, precision="fp32"):
     options = RestoreOptions(steps=steps, seed=3, colorfix=colorfix)
     ours, ref = Trace(), Trace()
-    out = Restorer(backend, tiny_models.config, options).restore(lq, ours)
-    expected = Restorer(TorchBackend(tiny_models), tiny_models.config, options).restore(lq, ref)
+    out = Restorer(backend, options).restore(lq, ours)
+    expected = Restorer(TorchBackend(tiny_models), options).restore(lq, ref)
     return out, expected, compare_traces(ours, ref, precision)
 
 
@@ -176,7 +176,7 @@ def test_onnxruntime_and_onnxruntime_gpu_together_are_refused(monkeypatch):
 def _restore(backend, tiny_models, lq, fused):
     trace = Trace()
     options = RestoreOptions(steps=3, seed=3, fused_step=fused)
-    Restorer(backend, tiny_models.config, options).restore(lq, trace)
+    Restorer(backend, options).restore(lq, trace)
     return trace
 
 

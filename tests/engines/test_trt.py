@@ -498,7 +498,7 @@ def test_engine_matches_torch_per_component(real_engines, tiny_models, name):
 def test_engines_restore_like_torch(real_engines, tiny_models, lq_photo):
     """Every stage of the sampler within its component's fp16 tolerance, and the image above 35 dB."""
     from interlcm.engines.parity import compare_traces, format_table, require
-    from interlcm.pipeline import TorchBackend
+    from interlcm.engines.torch_backend import TorchBackend
     from interlcm.sampler import SamplerSettings, Trace, restore
     from interlcm.schedule import make_noise, make_schedule
 
@@ -556,16 +556,6 @@ def test_a_refused_tensor_address_stops_the_run(engines, fake_trt, tiny_cfg, mon
         with pytest.raises(EngineError, match="is not 256-byte aligned"):
             TrtBackend._set_address(loaded, "image", odd)
     assert not any(c[0] == "execute_async_v3" for ctx in fake_trt.contexts for c in ctx.calls)
-
-
-def test_batch_above_the_profile_is_refused_when_the_backend_opens(engines, fake_trt):
-    with pytest.raises(EngineError) as exc:
-        TrtBackend(engines, device="cpu", batch=8)
-    message = str(exc.value)
-    assert "\n" not in message and message.startswith("batch 8 is outside the engines' profile 1..4")
-    assert "--batch 4" in message and "interlcm-export --batch 1:2:8" in message
-    assert not fake_trt.contexts  # refused before loading anything
-    assert TrtBackend(engines, device="cpu", batch=4).max_batch == 4
 
 
 def test_the_index_records_the_exports_weights_identity(engines, fake_export):

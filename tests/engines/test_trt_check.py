@@ -30,25 +30,33 @@ def test_check_fails_with_a_table_against_other_weights(tiny_onnx, tmp_path):
     assert "Traceback" not in result.output
 
 
-def test_engines_know_their_weights_so_check_needs_no_weights_folder(fake_trt, fake_export, tmp_path, tiny_cfg):
-    from interlcm.engines.runtime import reference_models
-    from interlcm.engines.trt import TrtBackend, build_engines
+def test_engines_know_their_weights_so_check_needs_no_weights_folder(fake_trt, fake_export, tmp_path, tiny_cfg,
+                                                                    monkeypatch):
+    from functools import partialmethod
+
+    from interlcm.engines import trt as trt_mod
+    from interlcm.engines.backend import open_backend, reference_models
 
     engines = tmp_path / "engines"
-    build_engines(fake_export.root, engines)
-    backend = TrtBackend(engines, device="cpu")
-    models = reference_models(backend.weights, backend.config)
+    trt_mod.build_engines(fake_export.root, engines)
+    monkeypatch.setattr(trt_mod.TrtBackend, "__init__", partialmethod(trt_mod.TrtBackend.__init__, device="cpu"))
+    with open_backend("tensorrt", engines=engines) as opened:
+        assert opened.weights == "random, seed 0"
+        models = reference_models(opened)  # no --weights: rebuilt from the identity the engines record
     assert models.origin == "random, seed 0" and models.config == tiny_cfg
 
 
-def test_batch_over_the_engine_profile_is_one_line_at_open(fake_trt, fake_export, tmp_path):
-    from interlcm.engines.trt import build_engines
+def test_batch_over_the_engine_profile_is_one_line_at_open(fake_trt, fake_export, tmp_path, monkeypatch):
+    from functools import partialmethod
+
+    from interlcm.engines import trt as trt_mod
 
     engines = tmp_path / "engines"
-    build_engines(fake_export.root, engines)
+    trt_mod.build_engines(fake_export.root, engines)
+    monkeypatch.setattr(trt_mod.TrtBackend, "__init__", partialmethod(trt_mod.TrtBackend.__init__, device="cpu"))
     result = CliRunner().invoke(main, ["restore", "--engines", str(engines), "--backend", "tensorrt",
                                        "--batch", "8", "--out", str(tmp_path / "out")])
     assert result.exit_code == 1
     errors = [line for line in result.output.splitlines() if line.startswith("Error:")]
-    assert len(errors) == 1 and errors[0].startswith("Error: batch 8 is outside the engines' profile 1..4")
-    assert "Traceback" not in result.output
+    assert len(errors) == 1 and errors[0].startswith("Error: --batch 8 is above the tensorrt backend's limit of 4")
+    assert "Traceback" not in result.output and not (tmp_path / "out").exists()

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from interlcm.engines.cuda_graph import GraphedStepChain
-from interlcm.pipeline import TorchBackend
+from interlcm.engines.torch_backend import TorchBackend
 from interlcm.sampler import SamplerSettings, denoise, restore
 from interlcm.schedule import make_noise, make_schedule
 
