@@ -5,8 +5,9 @@ STAMP  := $(VENV)/.installed
 # CPU build of torch first, so the project's loose `torch>=` pin installs nothing more
 TORCH  ?= torch==2.13.0
 PYTEST_ARGS ?=
-# ONNX Runtime flavour: cpu here; `make gpu-check` picks trt-cu12 / trt-cu13 from nvidia-smi
-ORT_EXTRA ?= cpu
+# ONNX Runtime flavour: onnxruntime-gpu where nvidia-smi runs, else the CPU wheel (never both: they
+# break each other); `make gpu-check` then adds the TensorRT extra for the driver's CUDA
+ORT_EXTRA ?= $(shell nvidia-smi >/dev/null 2>&1 && echo gpu || echo cpu)
 
 .PHONY: install test demo lint typecheck gpu-check clean
 
