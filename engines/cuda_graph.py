@@ -29,7 +29,7 @@ from typing import Any
 
 import torch
 
-from interlcm.sampler import Backend, SamplerSettings, denoise
+from interlcm.sampler import ComponentRunner, SamplerSettings, denoise
 
 
 @dataclass
@@ -42,7 +42,7 @@ class _Captured:
 class GraphedStepChain:
     """A `sampler.StepChain`: `denoise` captured once per batch size on `stream`, then replayed."""
 
-    def __init__(self, backend: Backend, settings: SamplerSettings, stream: Any, cuda: Any = None):
+    def __init__(self, backend: ComponentRunner, settings: SamplerSettings, stream: Any, cuda: Any = None):
         self.backend, self.settings, self.stream = backend, settings, stream
         # the torch.cuda functions used; the CPU tests pass stand-ins that record the calls
         self.cuda = cuda or SimpleNamespace(CUDAGraph=torch.cuda.CUDAGraph, graph=torch.cuda.graph,
