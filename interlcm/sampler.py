@@ -77,6 +77,8 @@ def restore(
             f"noise has shape {tuple(noise.shape)} but {len(steps)} steps and batch {lq.shape[0]} need "
             f"({len(steps)}, {lq.shape[0]}, ...): draw it with make_noise for this schedule and batch"
         )
+    if chain is not None and trace is not None:
+        raise ValueError("a replayed step chain records no intermediates: trace without chain")
     record = trace.add if trace is not None else (lambda key, value, component: None)
     batch = lq.shape[0]
 
@@ -97,8 +99,6 @@ def restore(
 
     # 2. The remaining LCM steps (a CUDA-graph replay of them, when the caller passes one).
     if chain is not None:
-        if trace is not None:
-            raise ValueError("a replayed step chain records no intermediates: trace without chain")
         z0 = chain(z0, context, cond, guidance, noise)
     else:
         z0 = denoise(backend, z0, context, cond, guidance, noise, settings, record)
