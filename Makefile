@@ -5,14 +5,17 @@ STAMP  := $(VENV)/.installed
 # CPU build of torch first, so the project's loose `torch>=` pin installs nothing more
 TORCH  ?= torch==2.13.0
 PYTEST_ARGS ?=
+# ONNX Runtime flavour: onnxruntime-gpu where nvidia-smi runs, else the CPU wheel (never both: they
+# break each other); `make gpu-check` then adds the TensorRT extra for the driver's CUDA
+ORT_EXTRA ?= $(shell nvidia-smi >/dev/null 2>&1 && echo gpu || echo cpu)
 
-.PHONY: install test demo lint typecheck clean
+.PHONY: install test demo lint typecheck gpu-check clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH)"
-	$(PY) -m pip install -q -e ".[dev,ray]"
+	$(PY) -m pip install -q -e ".[dev,ray,$(ORT_EXTRA)]"
 	# the stubs' metadata depends on tensorrt, whose libraries PyPI only serves to CUDA machines
 	$(PY) -m pip install -q --no-deps tensorrt-stubs
 	touch $(STAMP)
@@ -31,6 +34,12 @@ lint: $(STAMP)
 
 typecheck: $(STAMP)
 	$(PY) -m interlcm.engines.trt_typecheck
+
+# On a machine with an NVIDIA GPU and a CUDA build of torch: installs the TensorRT extra for the driver's
+# CUDA, exports tiny and sd15 (random weights), builds engines, runs the gpu/trt tests and `check`,
+# benchmarks, and writes gpu-check/report.json + report.md (see README, "Checking a GPU machine").
+gpu-check: $(STAMP)
+	$(PY) -m interlcm.engines.gpu_check --out gpu-check
 
 clean:
 	rm -rf $(VENV) .cache outputs

@@ -161,8 +161,7 @@ def _open(kind: str, why: str, *, weights, onnx, engines, preset, variant, preci
         if identity is not None:
             check_identity(identity, weights=weights, variant=variant, what=f"the engine folder {engines}")
         return OpenedBackend(trt_backend, f"tensorrt engines from {engines} ({why})",
-                             weights=str(trt_backend._index.get("weights", "unknown")), variant=variant,
-                             identity=identity)
+                             weights=trt_backend.weights, variant=variant, identity=identity)
     if kind == "onnxruntime":
         if onnx is None:
             raise ValueError("the onnxruntime backend needs --onnx DIR (make it with `interlcm-export`)")

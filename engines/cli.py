@@ -239,18 +239,23 @@ def build(onnx, out, components, opt_level, timing_cache, rebuild) -> None:  # n
 
 
 @main.command()
-@click.option("--engines", type=_PATH, help="TensorRT engine folder to check.")
+@click.option("--engines", type=_PATH, help="TensorRT engine folder to check (fp16).")
 @click.option("--onnx", type=_PATH, help="ONNX folder to check (ONNX Runtime).")
-@click.option("--weights", type=_PATH, help="Weights the export was made from (default: the manifest's random preset).")
-@click.option("--precision", type=click.Choice(PRECISIONS), default=PRECISIONS[0], show_default=True)
+@click.option("--weights", type=_PATH,
+              help="Weights the export was made from (default: the random weights the export or engines record).")
+@click.option("--precision", type=click.Choice(PRECISIONS), default=PRECISIONS[0], show_default=True,
+              help="ONNX files to check (engines are always fp16).")
 @click.option("--variant", type=click.Choice(list(VARIANTS)), help="Encoder pair (default: the one --steps implies).")
 @click.option("--steps", type=click.Choice([str(n) for n in STEPS]), default=str(STEPS[0]), show_default=True)
 @click.option("--batch", type=click.IntRange(1, 63), default=1, show_default=True)
 @click.option("--seed", type=SEED, default=0, show_default=True)
 def check(engines, onnx, weights, precision, variant, steps, batch, seed) -> None:  # noqa: ANN001
-    """Compare a backend with the torch reference stage by stage, on the demo face."""
+    """Compare a backend with the torch reference stage by stage, on the demo face; exit 1 on any failure.
+
+    Each stage is judged by the tolerance of the component that produced it (components.py).
+    """
     from interlcm.engines.backend import open_backend, reference_models
-    from interlcm.engines.parity import compare_traces, format_table
+    from interlcm.engines.parity import ParityError, compare_traces, format_table, require
     from interlcm.engines.runtime import RestoreOptions, Restorer
     from interlcm.engines.torch_backend import TorchBackend
     from interlcm.imageio import demo_image_path, read_image
@@ -258,6 +263,7 @@ def check(engines, onnx, weights, precision, variant, steps, batch, seed) -> Non
 
     if (engines is None) == (onnx is None):
         raise click.UsageError("give exactly one of --engines or --onnx")
+    precision = "fp16" if engines else precision
     chosen = _variant(variant, steps)
     options = RestoreOptions(steps=chosen.steps, seed=seed, colorfix=chosen.colorfix)
     try:
@@ -271,7 +277,13 @@ def check(engines, onnx, weights, precision, variant, steps, batch, seed) -> Non
             Restorer(TorchBackend(models), options).restore(lq, ref)
     except (ValueError, RuntimeError) as exc:
         raise click.ClickException(str(exc)) from None
-    click.echo(format_table(compare_traces(ours, ref)))
+    rows = compare_traces(ours, ref, precision)
+    click.echo(format_table(rows))
+    try:
+        require(rows, f"{'engines ' + str(engines) if engines else f'{precision} ONNX {onnx}'} vs torch")
+    except ParityError as exc:
+        raise click.ClickException(f"{exc}\nwrong --weights, or a broken export/build: re-export or rebuild") from None
+    click.echo(f"all {len(rows)} stages within tolerance")
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})

@@ -24,6 +24,7 @@ class RestoreOptions:
     colorfix: str = COLORFIXES[0]
     batch: int = 1
     guidance_scale: float = GUIDANCE_SCALE
+    fused_step: bool = False  # SE + UNet as one `denoise_step` call per step (the backend must have it)
 
 
 class Restorer:
@@ -38,6 +39,7 @@ class Restorer:
             guidance_scale=options.guidance_scale,
             guidance_dim=self.config.guidance_dim,
             colorfix=options.colorfix,
+            fused_step=options.fused_step,
         )
 
     def noise(self, batch: int) -> torch.Tensor:

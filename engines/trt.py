@@ -15,12 +15,16 @@ Engine cache: `OUT/<component>.engine` plus a sidecar `OUT/<component>.engine.js
 holding a key, the sha256 of the parts below, and the parts themselves:
 
     onnx_sha256   the fp16 ONNX file's hash from the manifest
+    external_sha256  the hash of its external weight file (`.onnx.data`, models over 2 GB), if any
     tensorrt      the TensorRT version (an engine only loads in the version that built it)
-    gpu           the compute capability, e.g. sm_89
+    gpu           the GPU's name and compute capability, e.g. "NVIDIA H100 80GB HBM3 (sm_90)": an
+                  engine tuned on an H100 is not silently reused on an H200 of the same capability
     options       builder options: optimisation level, workspace, precision, profile shapes
 
 A stale or foreign engine is rebuilt (`rebuild="auto"`) or refused with a one-line
-reason (`rebuild="never"`); it is never silently used. Engines, sidecars, the
+reason (`rebuild="never"`); it is never silently used. The timing cache carries a
+sidecar with the TensorRT version and GPU it was measured on; a cache from another
+pair, or one TensorRT rejects, is discarded with a note and the build goes on. Engines, sidecars, the
 folder index `engines.json` and the timing cache are written atomically (temp file
 + `os.replace`), and the sidecar also records the engine's sha256, which
 `TrtBackend` checks against the bytes it deserializes.
@@ -36,6 +40,7 @@ import hashlib
 import importlib
 import json
 import logging
+import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -60,7 +65,8 @@ INDEX_FILE = "engines.json"
 TIMING_CACHE_FILE = "timing.cache"
 ENGINE_SUFFIX = ".engine"
 PRECISION = "fp16"  # engines are built from the manifest's fp16 entries, strongly typed
-BUILD_FORMAT = 1  # bump when the build procedure changes in a way that changes engines
+BUILD_FORMAT = 2  # bump when the build procedure or the cache records change (2: GPU name, external data)
+ALIGNMENT = 256  # bytes: TensorRT's requirement for every I/O tensor address
 Rebuild = Literal["auto", "never", "always"]
 Shape = tuple[int, ...]
 
@@ -106,9 +112,14 @@ def _compute_capability(device: torch.device | None = None) -> str:
     return f"sm_{major}{minor}"
 
 
-def _stream_handle(device: torch.device) -> int:
-    """torch's current CUDA stream: engines run in order with the sampler's own torch ops."""
-    return torch.cuda.current_stream(device).cuda_stream
+def gpu_identity(device: torch.device | None = None) -> str:
+    """Name and architecture of the GPU, e.g. 'NVIDIA H100 80GB HBM3 (sm_90)'; part of every cache key."""
+    return f"{torch.cuda.get_device_name(device)} ({_compute_capability(device)})"
+
+
+def _new_stream(device: torch.device) -> torch.cuda.Stream:
+    """A dedicated CUDA stream for the engines (never the legacy default stream, handle 0)."""
+    return torch.cuda.Stream(device)
 
 
 def _require_device(device: torch.device) -> None:
@@ -135,7 +146,7 @@ def check_cuda(device: int = 0) -> tuple[bool, str]:
         try:
             torch.empty(1, device=f"cuda:{device}").add_(1)
             torch.cuda.synchronize(device)
-            gpu = f"{torch.cuda.get_device_name(device)} ({_compute_capability(torch.device('cuda', device))})"
+            gpu = gpu_identity(torch.device("cuda", device))
         except Exception as exc:  # noqa: BLE001 - any CUDA failure means "not usable"
             reasons.append(f"CUDA device {device} cannot allocate ({type(exc).__name__}: {exc})")
     problem = _tensorrt_problem()
@@ -174,6 +185,25 @@ def _torch_dtype(dtype: trt.DataType) -> torch.dtype:
         raise EngineError(f"engine tensor dtype {dtype} has no torch equivalent") from None
 
 
+def aligned_empty(shape: Shape, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """An uninitialised contiguous tensor whose data starts on an ALIGNMENT-byte boundary.
+
+    torch's CUDA allocator already aligns to 512 bytes; this makes it a property of the
+    code rather than of the allocator (and holds for the CPU tensors the tests use).
+    """
+    itemsize = torch.empty((), dtype=dtype).element_size()
+    numel = math.prod(shape)
+    base = torch.empty(numel + ALIGNMENT // itemsize, dtype=dtype, device=device)
+    skip = (-base.data_ptr() % ALIGNMENT) // itemsize
+    return base[skip:skip + numel].view(shape)
+
+
+def _aligned_copy(tensor: torch.Tensor) -> torch.Tensor:
+    copy = aligned_empty(tuple(tensor.shape), tensor.dtype, tensor.device)
+    copy.copy_(tensor)
+    return copy
+
+
 # --- atomic files -------------------------------------------------------------------------------
 
 
@@ -210,6 +240,7 @@ def cache_parts(
     tensorrt_version: str,
     gpu: str,
     *,
+    external_sha256: str | None,
     opt_level: int,
     workspace: int | None,
     profile: dict[str, tuple[Shape, Shape, Shape]],
@@ -218,6 +249,7 @@ def cache_parts(
     return {
         "format": BUILD_FORMAT,
         "onnx_sha256": onnx_sha256,
+        "external_sha256": external_sha256,
         "tensorrt": tensorrt_version,
         "gpu": gpu,
         "options": {
@@ -245,6 +277,8 @@ def stale_reason(name: str, old: dict[str, Any] | None, new: dict[str, Any]) -> 
     if old.get("onnx_sha256") != new["onnx_sha256"]:
         return (f"{file} was built from another ONNX file (sha256 {str(old.get('onnx_sha256'))[:12]}, "
                 f"the manifest has {new['onnx_sha256'][:12]})")
+    if old.get("external_sha256") != new["external_sha256"]:
+        return f"{file} was built from other external weights (the ONNX file's .data changed)"
     if old.get("options") != new["options"]:
         old_opts, new_opts = old.get("options") or {}, new["options"]
         changed = sorted(k for k in {*old_opts, *new_opts} if old_opts.get(k) != new_opts.get(k))
@@ -289,8 +323,8 @@ def _build_one(
     opt_level: int,
     workspace: int | None,
     timing_cache: bytes,
-) -> tuple[memoryview, bytes]:
-    """Parse, configure and build one engine; returns (serialized engine, updated timing cache)."""
+) -> tuple[memoryview, bytes | None]:
+    """Parse, configure and build one engine; returns (serialized engine, updated timing cache or None)."""
     logger = _logger()
     builder = trt.Builder(logger)
     flags = 0
@@ -319,8 +353,7 @@ def _build_one(
     for name, (lo, opt, hi) in profile.items():
         opt_profile.set_shape(name, trt.Dims(list(lo)), trt.Dims(list(opt)), trt.Dims(list(hi)))
     config.add_optimization_profile(opt_profile)
-    cache = config.create_timing_cache(timing_cache)  # b"" starts an empty cache
-    config.set_timing_cache(cache, ignore_mismatch=False)
+    _use_timing_cache(config, timing_cache, component.name)
 
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
@@ -329,7 +362,46 @@ def _build_one(
             "a smaller --opt-level or a larger workspace sometimes helps"
         )
     # the engine stays in TensorRT's host memory (no second copy of a 2 GB UNet); the cache is small
-    return memoryview(serialized), bytes(memoryview(config.get_timing_cache().serialize()))
+    cache = config.get_timing_cache()
+    return memoryview(serialized), (bytes(memoryview(cache.serialize())) if cache is not None else None)
+
+
+def _use_timing_cache(config: trt.IBuilderConfig, data: bytes, name: str) -> None:
+    """Give the build the saved timing cache; one TensorRT refuses is dropped with a note, never fatal.
+
+    `create_timing_cache` returns None for bytes it cannot read, and `set_timing_cache` returns
+    False for a cache from another TensorRT or GPU (ignore_mismatch=False): then an empty cache
+    is used; if even that fails, the engine is built without one.
+    """
+    for attempt in (data, b"") if data else (b"",):
+        cache = config.create_timing_cache(attempt)  # b"" starts an empty cache
+        if cache is not None and config.set_timing_cache(cache, ignore_mismatch=False):
+            return
+        if attempt:
+            log.warning("%s: TensorRT rejected the saved timing cache (other version or GPU?); starting a new one",
+                        name)
+    log.warning("%s: TensorRT could not create a timing cache; building without one", name)
+
+
+def _read_timing_cache(path: Path, owner: dict[str, str]) -> bytes:
+    """The saved timing cache if its sidecar names this TensorRT and GPU; else b"" (with a note)."""
+    if not path.is_file():
+        return b""
+    try:
+        recorded = json.loads(_sidecar_path(path).read_text())
+    except (OSError, ValueError):
+        recorded = None
+    if recorded != owner:
+        log.warning("timing cache %s was measured on %s, this machine is %s: discarded", path,
+                    recorded or "an unknown TensorRT/GPU", owner)
+        return b""
+    return path.read_bytes()
+
+
+def _write_timing_cache(path: Path, data: bytes, owner: dict[str, str]) -> None:
+    _sidecar_path(path).unlink(missing_ok=True)  # never a sidecar vouching for other bytes
+    atomic_write_bytes(path, data)
+    _write_json(_sidecar_path(path), owner)
 
 
 def build_engines(
@@ -369,9 +441,10 @@ def build_engines(
     if not names:
         raise EngineError(f"{onnx_dir} has no fp16 ONNX files to build engines from: export with interlcm-export --fp16")
 
+    tensorrt_version, gpu = trt.__version__, gpu_identity()
+    owner = {"tensorrt": tensorrt_version, "gpu": gpu}
     cache_path = Path(timing_cache) if timing_cache is not None else out_dir / TIMING_CACHE_FILE
-    cache_bytes = cache_path.read_bytes() if cache_path.is_file() else b""
-    tensorrt_version, gpu = trt.__version__, _compute_capability()
+    cache_bytes = _read_timing_cache(cache_path, owner)
     built: dict[str, Path] = {}
     records: dict[str, dict[str, Any]] = {}
     for name in names:
@@ -379,8 +452,8 @@ def build_engines(
         entry = manifest.entry(name, PRECISION)
         _check_names("manifest entry", component, (t.name for t in entry.inputs), (t.name for t in entry.outputs))
         profile = component.profile(cfg, batch)  # min/opt/max = the description's shapes at batch min/opt/max
-        parts = cache_parts(entry.sha256, tensorrt_version, gpu, opt_level=opt_level, workspace=workspace,
-                            profile=profile)
+        parts = cache_parts(entry.sha256, tensorrt_version, gpu, external_sha256=entry.external_sha256,
+                            opt_level=opt_level, workspace=workspace, profile=profile)
         key = cache_key(parts)
         engine_path = out_dir / f"{name}{ENGINE_SUFFIX}"
         sidecar_path = _sidecar_path(engine_path)
@@ -395,7 +468,7 @@ def build_engines(
                 raise EngineError(f"{reason}: rebuild with `interlcm-trt build --onnx {onnx_dir} --out {out_dir}` "
                                   "(or --rebuild auto)")
             log.info("%s: building (%s)", name, reason or "rebuild='always'")
-            engine_bytes, cache_bytes = _build_one(
+            engine_bytes, new_cache = _build_one(
                 component, manifest.path(onnx_dir, name, PRECISION), profile,
                 opt_level=opt_level, workspace=workspace, timing_cache=cache_bytes,
             )
@@ -411,7 +484,9 @@ def build_engines(
                 "engine_bytes": engine_bytes.nbytes,
             }
             _write_json(sidecar_path, sidecar)
-            atomic_write_bytes(cache_path, cache_bytes)
+            if new_cache is not None:
+                cache_bytes = new_cache
+                _write_timing_cache(cache_path, cache_bytes, owner)
         built[name] = engine_path
         records[name] = {"file": engine_path.name, "key": key}
 
@@ -420,12 +495,15 @@ def build_engines(
         previous = _read_index(index_path) if index_path.is_file() else None
     except EngineError:
         previous = None  # unreadable or another format: rewritten below
-    if previous and PresetConfig.from_dict(previous["config"]) == cfg and list(previous["batch"]) == list(batch):
+    if previous is not None and (PresetConfig.from_dict(previous["config"]), list(previous["batch"]),
+                                 previous.get("weights")) == (cfg, list(batch), manifest.weights):
         records = {**previous.get("engines", {}), **records}  # keep engines built by earlier partial runs
     _write_json(index_path, {
         "format": BUILD_FORMAT,
         "config": cfg.to_dict(),
         "batch": list(batch),
+        "weights": manifest.weights,  # the export's weights, described: `check` rebuilds its torch reference
+        "identity": manifest.identity.to_dict() if manifest.identity else None,  # typed: checked at open
         "onnx_dir": str(onnx_dir.resolve()),
         "engines": records,
     })
@@ -524,11 +602,13 @@ class TrtBackend:
     the next UNet call. Callers that keep a result across images or batches (the restored
     image) must copy it (`.cpu()`, `.clone()`), or pass `copy_outputs=True`.
 
-    Streams: engines run on torch's current CUDA stream, so they are ordered with the
-    sampler's torch arithmetic without host synchronisation; `synchronize()` waits.
+    Streams: engines run on a dedicated CUDA stream (`self.stream`, never the legacy default
+    stream). Callers that run their torch arithmetic inside `with torch.cuda.stream(backend.stream)`
+    pay nothing; a call from another torch stream makes the engine stream wait for it, and it
+    for the engine stream, with events (no host synchronisation). `synchronize()` waits.
 
-    Not done yet: CUDA-graph capture of the step chain (the sampler's shapes are static
-    per batch, so capturing SE+UNet per (step, batch) is the natural next step).
+    CUDA graphs: `engines/cuda_graph.py` captures the sampler's whole step chain on
+    `self.stream` per batch size; `run` is capturable (no host sync, static buffers).
     """
 
     name = "tensorrt"
@@ -555,10 +635,16 @@ class TrtBackend:
         self.config = PresetConfig.from_dict(index["config"])
         lo, opt, hi = index["batch"]
         self.batch = (int(lo), int(opt), int(hi))
+        self.weights: str = index["weights"]  # identity of the weights the export was made from
         self._index = index
         self._runtime: trt.Runtime | None = None
         self._loaded: dict[str, _Loaded] = {}
         self._shared_memory: torch.Tensor | None = None
+        self.stream: torch.cuda.Stream | None = None
+
+    def has(self, component: str) -> bool:
+        """Whether the folder has an engine for `component` (e.g. the fused denoise_step)."""
+        return component in self._index.get("engines", {})
 
     @property
     def max_batch(self) -> int:
@@ -571,6 +657,7 @@ class TrtBackend:
         _require_device(self.device)
         _require_trt()
         try:
+            self.stream = _new_stream(self.device)
             self._load()
         except BaseException:
             self.close()
@@ -588,6 +675,7 @@ class TrtBackend:
         self._loaded.clear()
         self._runtime = None
         self._shared_memory = None
+        self.stream = None
 
     def _load(self) -> None:
         engines = self._index.get("engines", {})
@@ -596,7 +684,7 @@ class TrtBackend:
         if unknown:
             raise EngineError(f"{self.engine_dir} has no engine for {', '.join(unknown)} "
                               f"(it has: {', '.join(engines) or 'none'}): build it with `interlcm-trt build`")
-        current = {"tensorrt": trt.__version__, "gpu": _compute_capability(self.device)}
+        current = {"tensorrt": trt.__version__, "gpu": gpu_identity(self.device)}
         manifest = _load_manifest(self.onnx_dir) if self.onnx_dir is not None else None
         self._runtime = trt.Runtime(_logger())
         for name in names:
@@ -608,7 +696,8 @@ class TrtBackend:
             parts = sidecar["parts"]
             expected = {**parts, **current}
             if manifest is not None:
-                expected["onnx_sha256"] = manifest.entry(name, PRECISION).sha256
+                entry = manifest.entry(name, PRECISION)
+                expected["onnx_sha256"], expected["external_sha256"] = entry.sha256, entry.external_sha256
             reason = stale_reason(name, parts, expected)
             if reason is not None:
                 raise EngineError(f"{reason}: rebuild with `interlcm-trt build`")
@@ -672,25 +761,44 @@ class TrtBackend:
         outputs = loaded.buffers.get(batch)
         if outputs is None:
             outputs = loaded.buffers[batch] = self._allocate_outputs(loaded, batch)
-        keep = []  # contiguous copies must outlive the launch; the stream orders their reuse
+        assert self.stream is not None  # set by __enter__, like _loaded
+        caller = torch.cuda.current_stream(self.device) if self.device.type == "cuda" else None
+        if caller is not None and caller != self.stream:
+            self.stream.wait_stream(caller)  # the inputs were written on the caller's stream
+        keep = []  # copies live until the launch is enqueued; record_stream then holds them for the engine
         for meta in loaded.inputs:
             tensor = inputs[meta.name]
-            if not tensor.is_contiguous():
-                tensor = tensor.contiguous()
+            if not tensor.is_contiguous() or tensor.data_ptr() % ALIGNMENT:
+                tensor = _aligned_copy(tensor)  # a strided view, or a slice starting mid-allocation
                 keep.append(tensor)
-            context.set_tensor_address(meta.name, tensor.data_ptr())
+            self._set_address(loaded, meta.name, tensor)
         for name, buffer in outputs.items():
-            context.set_tensor_address(name, buffer.data_ptr())
-        if not context.execute_async_v3(_stream_handle(self.device)):
+            self._set_address(loaded, name, buffer)
+        if not context.execute_async_v3(self.stream.cuda_stream):
             raise EngineError(f"{component}: TensorRT failed to enqueue the engine (see its log above)")
+        for tensor in keep:
+            if caller is not None:
+                tensor.record_stream(self.stream)  # freed below, but not reused before the engine read it
         del keep
+        if caller is not None and caller != self.stream:
+            caller.wait_stream(self.stream)  # the caller reads the outputs after the engine wrote them
         if self.copy_outputs:
             return {name: buffer.clone() for name, buffer in outputs.items()}
         return dict(outputs)
 
+    @staticmethod
+    def _set_address(loaded: _Loaded, name: str, tensor: torch.Tensor) -> None:
+        address = tensor.data_ptr()
+        if address % ALIGNMENT:
+            raise EngineError(f"{loaded.component.name}: {name} at {address:#x} is not {ALIGNMENT}-byte aligned, "
+                              "as TensorRT requires")
+        if not loaded.context.set_tensor_address(name, address):
+            raise EngineError(f"{loaded.component.name}: TensorRT refused the address of {name} "
+                              f"({str(tensor.dtype).removeprefix('torch.')} {tuple(tensor.shape)} on {tensor.device})")
+
     def synchronize(self) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.current_stream(self.device).synchronize()
+        if self.stream is not None:
+            self.stream.synchronize()
 
     def _allocate_outputs(self, loaded: _Loaded, batch: int) -> dict[str, torch.Tensor]:
         expected = loaded.component.output_shapes(self.config, batch)
@@ -703,7 +811,7 @@ class TrtBackend:
                     f"component description says {expected[meta.name]} for preset {self.config.name}: "
                     "the engines were built for another preset or resolution; rebuild them"
                 )
-            out[meta.name] = torch.empty(shape, dtype=meta.dtype, device=self.device)
+            out[meta.name] = aligned_empty(shape, meta.dtype, self.device)
         return out
 
     def _check_inputs(self, loaded: _Loaded, inputs: dict[str, torch.Tensor]) -> int:

@@ -122,8 +122,10 @@ def main(
 
     from interlcm.components import DEFAULT_COMPONENTS
     from interlcm.config import get_preset
+    from interlcm.engines.parity import ParityError
     from interlcm.export.manifest import MANIFEST, ManifestError, load_manifest
-    from interlcm.export.onnx_export import ExportError, ValidationError, export_all, validate
+    from interlcm.export.onnx_export import ExportError, export_all
+    from interlcm.export.validate import validate
     from interlcm.faces.networks import FACE_NETWORKS
     from interlcm.files import FilesError, check_replaceable
     from interlcm.models.container import build_random
@@ -172,7 +174,7 @@ def main(
                 dims=dims,
             )
             click.echo("all outputs within tolerance")
-    except (ExportError, ValidationError, ManifestError, WeightsError, FilesError, ValueError) as exc:
+    except (ExportError, ParityError, ManifestError, WeightsError, FilesError, ValueError) as exc:
         raise click.ClickException(str(exc)) from None
 
 

@@ -72,22 +72,24 @@ def test_export_matches_torch_on_ort(tiny_upsampler, tmp_path):
     Tolerances are the component's (fp32 1e-4, fp16 1e-2 of the output's max |value|): fp32 only
     reassociates sums; fp16 rounds activations to 11 bits through 1 block.
     """
-    from interlcm.components import BY_NAME
-    from interlcm.export.onnx_export import compare, export_all, ort_session, validate
+    from interlcm.engines.ort import open_session
+    from interlcm.engines.parity import compare, tolerance
+    from interlcm.export.onnx_export import export_all
+    from interlcm.export.validate import validate
 
-    comp = BY_NAME["realesrgan"]
     export_all(tiny_upsampler, tmp_path, ["realesrgan"], ("fp32", "fp16"), batch=(1, 1, 2), progress=False)
     rows = validate(tmp_path, tiny_upsampler, echo=None)
-    assert {r.precision for r in rows} == {"fp32", "fp16"} and all(r.ok for r in rows)
+    assert {r.key[1] for r in rows} == {"fp32", "fp16"} and all(r.ok for r in rows)
     for precision in ("fp32", "fp16"):
-        session = ort_session(tmp_path / f"realesrgan.{precision}.onnx")
+        session = open_session(tmp_path / f"realesrgan.{precision}.onnx")
         for h, w in ((40, 96), (120, 58)):  # tile shapes other than the traced 64x64
             tile = torch.rand(1, 3, h, w, generator=torch.Generator().manual_seed(h))
             (got,) = session.run(None, {"tile": tile.numpy()})
             with torch.inference_mode():
                 ref = tiny_upsampler.realesrgan(tile).numpy()
-            row = compare(comp, precision, "upscaled", 1, got, ref)
-            assert row.ok, row.line()
+            row = compare(("realesrgan", precision, "upscaled", f"{h}x{w}"), torch.from_numpy(got),
+                          torch.from_numpy(ref), tolerance("realesrgan", precision))
+            assert row.ok, row.row(40)
 
 
 def test_init_writes_realesrgan_and_it_loads(tiny_weights, tiny_cfg, tiny_upsampler):

@@ -54,6 +54,9 @@ class FakeTensorRT:
         self.parse_errors: list[str] = []
         self.contexts: list[FakeContext] = []
         self.builds: list[str] = []  # components built, in order
+        self.unreadable_cache = False  # create_timing_cache returns None for non-empty bytes (damaged file)
+        self.mismatched_cache = False  # set_timing_cache returns False for non-empty caches (other TensorRT/GPU)
+        self.no_timing_cache = False  # create_timing_cache and get_timing_cache return None
         fake = self
 
         class Logger:
@@ -174,17 +177,21 @@ class FakeConfig:
         self.profiles.append(profile)
         return len(self.profiles) - 1
 
-    def create_timing_cache(self, data: bytes) -> FakeTimingCache:
+    def create_timing_cache(self, data: bytes) -> FakeTimingCache | None:
         self.fake.calls.append(("create_timing_cache", bytes(data)))
+        if (data and self.fake.unreadable_cache) or self.fake.no_timing_cache:
+            return None
         return FakeTimingCache(data)
 
     def set_timing_cache(self, cache: FakeTimingCache, ignore_mismatch: bool) -> bool:
         self.fake.calls.append(("set_timing_cache", ignore_mismatch))
+        if cache.data and self.fake.mismatched_cache and not ignore_mismatch:
+            return False
         self.timing_cache = cache
         return True
 
-    def get_timing_cache(self) -> FakeTimingCache:
-        return self.timing_cache
+    def get_timing_cache(self) -> FakeTimingCache | None:
+        return None if self.fake.no_timing_cache else self.timing_cache
 
 
 class FakeEngine:
@@ -247,11 +254,14 @@ class FakeContext:
 
     def set_tensor_address(self, name: str, address: int) -> bool:
         self.calls.append(("set_tensor_address", name, address))
+        if address % 256:  # TensorRT refuses I/O addresses that are not 256-byte aligned
+            return False
         self.addresses[name] = address
         return True
 
     def execute_async_v3(self, stream: int) -> bool:
         self.calls.append(("execute_async_v3", stream))
+        assert stream != 0, "enqueued on the legacy default stream"
         # what TensorRT requires before enqueueing
         missing_shape = set(self.engine.model["inputs"]) - set(self.shapes)
         missing_address = set(self.engine.names) - set(self.addresses)
@@ -271,6 +281,7 @@ class FakeManifest:
     config: Any
     batch: tuple[int, int, int]
     entries: list[SimpleNamespace]
+    weights: str = "random, seed 0"
 
     def entry(self, component: str, precision: str) -> SimpleNamespace:
         for e in self.entries:
@@ -299,7 +310,7 @@ def write_fake_export(root: Path, cfg: Any, components: list[str], batch=(1, 2, 
         data = json.dumps(model).encode()
         (root / file).write_bytes(data)
         entries.append(SimpleNamespace(
-            component=name, precision="fp16", file=file, sha256=hashlib.sha256(data).hexdigest(),
+            component=name, precision="fp16", file=file, sha256=hashlib.sha256(data).hexdigest(), external_sha256=None,
             inputs=[SimpleNamespace(name=n) for n in model["inputs"]],
             outputs=[SimpleNamespace(name=n) for n in model["outputs"]],
         ))
@@ -311,16 +322,31 @@ def write_fake_export_fixture():
     return write_fake_export
 
 
+class FakeStream:
+    """A dedicated stream's handle (not 0, the legacy default stream), counting host waits."""
+
+    cuda_stream = 0x5EED
+
+    def __init__(self) -> None:
+        self.synchronized = 0
+
+    def synchronize(self) -> None:
+        self.synchronized += 1
+
+
+FAKE_GPU = "NVIDIA L4 (sm_89)"
+
+
 @pytest.fixture
 def fake_trt(monkeypatch):
-    """engines/trt.py on the recording stand-in, a CPU 'device' and compute capability sm_89."""
+    """engines/trt.py on the recording stand-in, a CPU 'device', an L4 GPU and a dedicated stream."""
     from interlcm.engines import trt as trt_mod
 
     fake = FakeTensorRT()
     monkeypatch.setattr(trt_mod, "trt", fake)
-    monkeypatch.setattr(trt_mod, "_compute_capability", lambda device=None: "sm_89")
+    monkeypatch.setattr(trt_mod, "gpu_identity", lambda device=None: FAKE_GPU)
     monkeypatch.setattr(trt_mod, "_require_device", lambda device: None)
-    monkeypatch.setattr(trt_mod, "_stream_handle", lambda device: 0)
+    monkeypatch.setattr(trt_mod, "_new_stream", lambda device: FakeStream())
     return fake
 
 
@@ -334,3 +360,20 @@ def fake_export(tmp_path, tiny_cfg, monkeypatch):
     manifest = write_fake_export(root, tiny_cfg, list(DEFAULT_COMPONENTS))
     monkeypatch.setattr(trt_mod, "_load_manifest", lambda onnx_dir: manifest)
     return SimpleNamespace(root=root, manifest=manifest)
+
+
+@pytest.fixture(scope="session")
+def real_engines(tiny_models, tmp_path_factory):
+    """Real fp16 engines of the tiny preset (with the fused step), batch 1..4; skips without CUDA and TensorRT."""
+    from interlcm.components import DEFAULT_COMPONENTS
+    from interlcm.engines import trt as trt_mod
+    from interlcm.export.onnx_export import export_all
+
+    ok, why = trt_mod.check_cuda()
+    if not ok:
+        pytest.skip(f"needs CUDA and TensorRT: {why}")
+    onnx_dir = tmp_path_factory.mktemp("onnx")
+    export_all(tiny_models, onnx_dir, [*DEFAULT_COMPONENTS, "denoise_step"], ("fp16",), batch=(1, 2, 4), progress=False)
+    out = tmp_path_factory.mktemp("engines")
+    trt_mod.build_engines(onnx_dir, out, opt_level=2)
+    return out

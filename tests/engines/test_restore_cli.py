@@ -79,7 +79,3 @@ def test_demo_face_by_default(tmp_path, flag):
     assert (tmp_path / "o" / "face.png").is_file()
 
 
-def test_check_prints_a_stage_table(tiny_onnx):
-    result = CliRunner().invoke(main, ["check", "--onnx", str(tiny_onnx)])
-    assert result.exit_code == 0, result.output
-    assert "step3.eps" in result.output and "image" in result.output

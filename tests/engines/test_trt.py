@@ -53,27 +53,80 @@ def test_build_makes_strongly_typed_engines_with_profiles_from_the_components(fa
         assert payload["opt_level"] == 4
         sidecar = json.loads((out / f"{name}.engine.json").read_text())
         assert sidecar["key"] == cache_key(sidecar["parts"])
-        assert sidecar["parts"]["gpu"] == "sm_89" and sidecar["parts"]["tensorrt"] == "10.13.0.35"
+        assert sidecar["parts"]["gpu"] == "NVIDIA L4 (sm_89)" and sidecar["parts"]["tensorrt"] == "10.13.0.35"
         assert sidecar["parts"]["onnx_sha256"] == fake_export.manifest.entry(name, "fp16").sha256
     index = json.loads((out / "engines.json").read_text())
     assert PresetConfig.from_dict(index["config"]) == tiny_cfg and index["batch"] == [1, 2, 4]
     assert set(index["engines"]) == set(DEFAULT_COMPONENTS)
 
 
+OWNER = {"tensorrt": "10.13.0.35", "gpu": "NVIDIA L4 (sm_89)"}  # what fake_trt reports
+
+
+def _timing_cache(path, data, owner=OWNER):
+    path.write_bytes(data)
+    (path.parent / f"{path.name}.json").write_text(json.dumps(owner))
+    return path
+
+
+def _loaded_caches(fake_trt):
+    return [c[1] for c in fake_trt.calls if c[0] == "create_timing_cache"]
+
+
 def test_timing_cache_is_loaded_and_saved(fake_trt, fake_export, tmp_path):
-    cache = tmp_path / "my.cache"
-    cache.write_bytes(b"seed")
+    cache = _timing_cache(tmp_path / "my.cache", b"seed")
     build_engines(fake_export.root, tmp_path / "engines", components=["clip", "unet"], timing_cache=cache)
 
-    loaded = [c[1] for c in fake_trt.calls if c[0] == "create_timing_cache"]
-    assert loaded == [b"seed", b"seed[clip]"]  # loaded from the file, then carried from engine to engine
+    assert _loaded_caches(fake_trt) == [b"seed", b"seed[clip]"]  # from the file, then carried engine to engine
     assert ("set_timing_cache", False) in fake_trt.calls
     assert cache.read_bytes() == b"seed[clip][unet]"
+    assert json.loads((tmp_path / "my.cache.json").read_text()) == OWNER
 
 
 def test_default_timing_cache_lives_in_the_engine_folder(fake_trt, fake_export, tmp_path):
     build_engines(fake_export.root, tmp_path / "engines", components=["clip"])
     assert (tmp_path / "engines" / "timing.cache").read_bytes() == b"[clip]"
+
+
+@pytest.mark.parametrize("owner", [None, {"tensorrt": "10.13.0.35", "gpu": "NVIDIA H100 (sm_90)"},
+                                   {"tensorrt": "11.4.0.1", "gpu": "NVIDIA L4 (sm_89)"}])
+def test_timing_cache_of_another_tensorrt_or_gpu_is_discarded_with_a_note(fake_trt, fake_export, tmp_path, caplog,
+                                                                        owner):
+    cache = _timing_cache(tmp_path / "t.cache", b"old", owner) if owner else tmp_path / "t.cache"
+    if owner is None:
+        cache.write_bytes(b"old")  # no sidecar: unknown origin
+    build_engines(fake_export.root, tmp_path / "engines", components=["clip"], timing_cache=cache)
+    assert _loaded_caches(fake_trt) == [b""]
+    assert "discarded" in caplog.text
+    assert cache.read_bytes() == b"[clip]" and json.loads((tmp_path / "t.cache.json").read_text()) == OWNER
+
+
+@pytest.mark.parametrize("failure", ["unreadable_cache", "mismatched_cache"])
+def test_timing_cache_tensorrt_rejects_is_replaced_never_fatal(fake_trt, fake_export, tmp_path, caplog, failure):
+    """create_timing_cache -> None and set_timing_cache -> False both fall back to an empty cache."""
+    cache = _timing_cache(tmp_path / "t.cache", b"damaged")
+    setattr(fake_trt, failure, True)
+    build_engines(fake_export.root, tmp_path / "engines", components=["clip"], timing_cache=cache)
+    assert _loaded_caches(fake_trt) == [b"damaged", b""]
+    assert "rejected the saved timing cache" in caplog.text
+    assert cache.read_bytes() == b"[clip]"
+
+
+def test_engines_build_when_no_timing_cache_can_be_made(fake_trt, fake_export, tmp_path, caplog):
+    fake_trt.no_timing_cache = True
+    built = build_engines(fake_export.root, tmp_path / "engines", components=["clip"])
+    assert built["clip"].is_file() and "building without one" in caplog.text
+    assert not (tmp_path / "engines" / "timing.cache").exists()
+
+
+def test_engines_from_external_weights_are_rebuilt_when_the_weights_change(fake_trt, fake_export, tmp_path):
+    """Models over 2 GB keep their weights in .onnx.data: a new .data with the same graph is a new engine."""
+    out = tmp_path / "engines"
+    fake_export.manifest.entry("unet", "fp16").external_sha256 = "1" * 64
+    build_engines(fake_export.root, out, components=["unet"])
+    fake_export.manifest.entry("unet", "fp16").external_sha256 = "2" * 64
+    with pytest.raises(EngineError, match="unet.engine was built from other external weights"):
+        build_engines(fake_export.root, out, components=["unet"], rebuild="never")
 
 
 def test_up_to_date_engines_are_reused(fake_trt, fake_export, tmp_path):
@@ -101,12 +154,13 @@ def test_stale_engines_are_refused_with_never_in_one_line(fake_trt, fake_export,
     build_engines(fake_export.root, out, components=["unet"])
     fake_trt.builds.clear()
     fake_trt.__version__ = "11.4.0.1"
-    monkeypatch.setattr(trt_mod, "_compute_capability", lambda device=None: "sm_90")
+    monkeypatch.setattr(trt_mod, "gpu_identity", lambda device=None: "NVIDIA H100 (sm_90)")
     with pytest.raises(EngineError) as exc:
         build_engines(fake_export.root, out, components=["unet"], rebuild="never")
     message = str(exc.value)
     assert "\n" not in message
-    assert message.startswith("unet.engine was built for TensorRT 10.13.0.35 / sm_89, this machine has 11.4.0.1 / sm_90")
+    assert message.startswith("unet.engine was built for TensorRT 10.13.0.35 / NVIDIA L4 (sm_89), "
+                              "this machine has 11.4.0.1 / NVIDIA H100 (sm_90)")
     assert "interlcm-trt build" in message
     assert fake_trt.builds == []
 
@@ -134,7 +188,7 @@ def test_missing_or_damaged_record_is_stale(fake_trt, fake_export, tmp_path):
     build_engines(fake_export.root, out, components=["clip"])
     sidecar = out / "clip.engine.json"
     record = json.loads(sidecar.read_text())
-    record["parts"]["gpu"] = "sm_89 "  # hand-edited: the key no longer matches its parts
+    record["parts"]["gpu"] = "NVIDIA L4 (sm_89) "  # hand-edited: the key no longer matches its parts
     sidecar.write_text(json.dumps(record))
     with pytest.raises(EngineError, match="clip.engine has no cache record"):
         build_engines(fake_export.root, out, components=["clip"], rebuild="never")
@@ -143,14 +197,17 @@ def test_missing_or_damaged_record_is_stale(fake_trt, fake_export, tmp_path):
         build_engines(fake_export.root, out, components=["clip"], rebuild="never")
 
 
-@pytest.mark.parametrize("part", ["onnx_sha256", "tensorrt", "gpu", "opt_level", "workspace", "profile"])
+@pytest.mark.parametrize("part", ["onnx_sha256", "external_sha256", "tensorrt", "gpu", "opt_level", "workspace",
+                                  "profile"])
 def test_cache_key_covers_every_part(part):
-    base = {"onnx_sha256": "a" * 64, "tensorrt_version": "10.13.0.35", "gpu": "sm_89"}
+    base = {"onnx_sha256": "a" * 64, "external_sha256": None, "tensorrt_version": "10.13.0.35",
+            "gpu": "NVIDIA H100 80GB HBM3 (sm_90)"}
     options = {"opt_level": 3, "workspace": None, "profile": {"x": [(1, 4), (2, 4), (4, 4)]}}
     changed = {
         "onnx_sha256": ({"onnx_sha256": "b" * 64}, {}),
         "tensorrt": ({"tensorrt_version": "10.13.0.36"}, {}),
-        "gpu": ({"gpu": "sm_86"}, {}),
+        "external_sha256": ({"external_sha256": "c" * 64}, {}),
+        "gpu": ({"gpu": "NVIDIA H200 (sm_90)"}, {}),  # same compute capability, another GPU
         "opt_level": ({}, {"opt_level": 5}),
         "workspace": ({}, {"workspace": 1 << 30}),
         "profile": ({}, {"profile": {"x": [(1, 4), (2, 4), (8, 4)]}}),
@@ -242,14 +299,19 @@ def engines(fake_trt, fake_export, tmp_path):
     return out
 
 
+def _aligned(inputs):
+    """The inputs at 256-byte aligned addresses (torch's CUDA allocator gives that; its CPU one 64)."""
+    return {n: trt_mod._aligned_copy(t) for n, t in inputs.items()}
+
+
 def test_run_sets_every_shape_and_address_before_enqueueing(engines, fake_trt, tiny_cfg):
     unet = get_component("unet")
-    inputs = unet.sample_inputs(tiny_cfg, 2)
+    inputs = _aligned(unet.sample_inputs(tiny_cfg, 2))
     with TrtBackend(engines, device="cpu") as backend:
         out = backend.run("unet", **inputs)
     context = next(c for c in fake_trt.contexts if c.engine.model["component"] == "unet")
     calls = context.calls
-    run_at = calls.index(("execute_async_v3", 0))
+    run_at = calls.index(("execute_async_v3", backend.stream.cuda_stream if backend.stream else 0x5EED))
     before = calls[:run_at]
     assert {(c[1], c[2]) for c in before if c[0] == "set_input_shape"} == {
         (n, s) for n, s in unet.input_shapes(tiny_cfg, 2).items()
@@ -344,7 +406,8 @@ def test_backend_refuses_engines_from_another_tensorrt(engines, fake_trt):
     with pytest.raises(EngineError) as exc:
         TrtBackend(engines, device="cpu").__enter__()
     assert "\n" not in str(exc.value)
-    assert str(exc.value).startswith("clip.engine was built for TensorRT 10.13.0.35 / sm_89, this machine has 11.4.0.1")
+    assert str(exc.value).startswith("clip.engine was built for TensorRT 10.13.0.35 / NVIDIA L4 (sm_89), "
+                                     "this machine has 11.4.0.1")
 
 
 def test_backend_checks_the_export_when_given(engines, fake_export):
@@ -416,49 +479,31 @@ def test_check_cuda_says_why_not(monkeypatch):
 # --- real engines (GPU) -------------------------------------------------------------------------
 
 
-def _require_gpu_trt():
-    ok, why = trt_mod.check_cuda()
-    if not ok:
-        pytest.skip(f"needs CUDA and TensorRT: {why}")
-
-
-@pytest.fixture(scope="module")
-def real_engines(tiny_models, tmp_path_factory):
-    _require_gpu_trt()
-    from interlcm.export.onnx_export import export_all
-
-    onnx_dir = tmp_path_factory.mktemp("onnx")
-    export_all(tiny_models, onnx_dir, DEFAULT_COMPONENTS, ("fp16",), batch=(1, 2, 4), progress=False)
-    out = tmp_path_factory.mktemp("engines")
-    build_engines(onnx_dir, out, opt_level=2)
-    return out
-
-
 @pytest.mark.trt
 @pytest.mark.gpu
 @pytest.mark.parametrize("name", DEFAULT_COMPONENTS)
 def test_engine_matches_torch_per_component(real_engines, tiny_models, name):
+    """Each fp16 engine against torch fp32 at a batch other than the profile's opt, within its fp16 tolerance."""
+    from interlcm.engines.parity import compare, require, tolerance
+
     component = get_component(name)
-    cfg = tiny_models.config
-    inputs = component.sample_inputs(cfg, 2)
-    module = component.build(tiny_models).eval()
+    inputs = component.sample_inputs(tiny_models.config, 3)
     with torch.no_grad():
-        ref = module(*inputs.values())
+        ref = component.build(tiny_models).eval()(*inputs.values())
     ref = ref if isinstance(ref, (tuple, list)) else (ref,)
     with TrtBackend(real_engines) as backend:
         out = backend.run(name, **{k: v.cuda() for k, v in inputs.items()})
         backend.synchronize()
-    for spec, expected in zip(component.outputs, ref):
-        got = out[spec.name].float().cpu()
-        scale = expected.abs().max().item()
-        err = (got - expected).abs().max().item()
-        assert err <= component.tol_fp16.rel * scale + component.tol_fp16.abs, (name, spec.name, err, scale)
+        rows = [compare((name, spec.name), out[spec.name], expected, tolerance(name, "fp16"))
+                for spec, expected in zip(component.outputs, ref)]
+    require(rows, f"{name} engine vs torch")
 
 
 @pytest.mark.trt
 @pytest.mark.gpu
 def test_engines_restore_like_torch(real_engines, tiny_models, lq_photo):
-    from interlcm.engines.parity import compare_traces, format_table
+    """Every stage of the sampler within its component's fp16 tolerance, and the image above 35 dB."""
+    from interlcm.engines.parity import compare_traces, format_table, require
     from interlcm.engines.torch_backend import TorchBackend
     from interlcm.sampler import SamplerSettings, Trace, restore
     from interlcm.schedule import make_noise, make_schedule
@@ -471,6 +516,54 @@ def test_engines_restore_like_torch(real_engines, tiny_models, lq_photo):
     with TrtBackend(real_engines) as backend:
         restore(backend, lq_photo.cuda(), noise.cuda(), settings, ours)
         backend.synchronize()
-    rows = compare_traces(ours, ref)
-    image = next(r for r in rows if r.stage == "image")
+    rows = require(compare_traces(ours, ref, "fp16"), "TensorRT vs torch")
+    image = next(r for r in rows if r.name == "image")
     assert image.psnr > 35.0, format_table(rows)
+
+
+# --- streams, addresses, batch limit, weights identity -------------------------------------------
+
+
+def test_engines_run_on_the_backends_dedicated_stream(engines, fake_trt, tiny_cfg):
+    clip = get_component("clip")
+    with TrtBackend(engines, device="cpu") as backend:
+        backend.run("clip", **clip.sample_inputs(tiny_cfg, 1))
+        backend.synchronize()
+        stream = backend.stream
+    launches = [c[1] for ctx in fake_trt.contexts for c in ctx.calls if c[0] == "execute_async_v3"]
+    assert launches == [stream.cuda_stream] and stream.cuda_stream != 0  # 0 is the legacy default stream
+    assert stream.synchronized == 1
+
+
+def test_misaligned_inputs_are_copied_to_aligned_memory(engines, fake_trt, tiny_cfg):
+    vae = get_component("vae_decoder")
+    latent = vae.sample_inputs(tiny_cfg, 2)["latent"]
+    base = trt_mod.aligned_empty((latent.numel() + 1,), torch.float32, latent.device)
+    view = base[1:].view(latent.shape)  # contiguous, but 4 bytes past a 256-byte boundary
+    view.copy_(latent)
+    with TrtBackend(engines, device="cpu") as backend:
+        backend.run("vae_decoder", latent=view)
+    context = next(c for c in fake_trt.contexts if c.engine.model["component"] == "vae_decoder")
+    address = next(c[2] for c in context.calls if c[:2] == ("set_tensor_address", "latent"))
+    assert address != view.data_ptr() and address % 256 == 0
+
+
+def test_a_refused_tensor_address_stops_the_run(engines, fake_trt, tiny_cfg, monkeypatch):
+    from types import SimpleNamespace
+
+    clip = get_component("clip")
+    with TrtBackend(engines, device="cpu") as backend:
+        context = backend._loaded["clip"].context
+        monkeypatch.setattr(context, "set_tensor_address", lambda name, address: False)
+        with pytest.raises(EngineError, match=r"clip: TensorRT refused the address of image \(float32 \(1, 3, "):
+            backend.run("clip", **clip.sample_inputs(tiny_cfg, 1))
+        loaded = SimpleNamespace(component=clip, context=context)
+        odd = trt_mod.aligned_empty((65,), torch.float32, torch.device("cpu"))[1:]
+        with pytest.raises(EngineError, match="is not 256-byte aligned"):
+            TrtBackend._set_address(loaded, "image", odd)
+    assert not any(c[0] == "execute_async_v3" for ctx in fake_trt.contexts for c in ctx.calls)
+
+
+def test_the_index_records_the_exports_weights_identity(engines, fake_export):
+    assert json.loads((engines / "engines.json").read_text())["weights"] == fake_export.manifest.weights
+    assert TrtBackend(engines, device="cpu").weights == "random, seed 0"

@@ -14,8 +14,10 @@ import pytest
 import torch
 
 from interlcm.components import get_component
+from interlcm.engines.parity import ParityError
 from interlcm.export.manifest import load_manifest
-from interlcm.export.onnx_export import ValidationError, export_all, validate
+from interlcm.export.onnx_export import export_all
+from interlcm.export.validate import validate
 from interlcm.faces.retinaface import DetectOptions, RetinaFaceDetector, num_priors
 
 # Small sizes keep it fast; min/opt/max differ so validation runs at a size other than the traced.
@@ -40,13 +42,13 @@ def mobile_onnx(face_models, tmp_path_factory):
 
 def test_mobile_detector_export_matches_torch(mobile_onnx, face_models):
     rows = validate(mobile_onnx, face_models, dims=DIMS, echo=None)
-    assert {(r.precision, r.output) for r in rows} == {
+    assert {(r.key[1], r.key[2]) for r in rows} == {
         (p, o) for p in ("fp32", "fp16") for o in ("loc", "conf", "landmarks")
     }
-    assert {r.dims for r in rows} == {"height=96 width=128", "height=64 width=64"}  # traced and min sizes
+    assert {r.key[4] for r in rows} == {"height=96 width=128", "height=64 width=64"}  # traced and min sizes
     assert all(r.ok for r in rows)
-    assert max(r.max_rel for r in rows if r.precision == "fp32") < 1e-5
-    assert max(r.max_rel for r in rows if r.precision == "fp16") < 5e-3
+    assert max(r.max_rel for r in rows if r.key[1] == "fp32") < 1e-5
+    assert max(r.max_rel for r in rows if r.key[1] == "fp16") < 5e-3
 
 
 def test_manifest_names_the_dynamic_axes(mobile_onnx):
@@ -77,7 +79,7 @@ def test_validation_fails_on_a_wrong_graph(mobile_onnx, face_models):
     other = dataclasses.replace(
         face_models, faces={"retinaface_mobile": random_network("retinaface_mobile", 1)}
     )
-    with pytest.raises(ValidationError, match="out of tolerance"):
+    with pytest.raises(ParityError, match="out of tolerance"):
         validate(mobile_onnx, other, precisions=["fp32"], dims=DIMS, echo=None)
 
 
@@ -124,7 +126,7 @@ def test_large_face_networks_export_matches_torch(name, tiny_cfg, tmp_path):
     models = build_random(tiny_cfg, seed=0, faces=[name])
     export_all(models, tmp_path, [name], ("fp32", "fp16"), batch=(1, 1, 2), progress=False, dims=DIMS)
     rows = validate(tmp_path, models, dims=DIMS, echo=None)
-    assert all(r.ok for r in rows) and len({r.dims for r in rows}) == 2
+    assert all(r.ok for r in rows) and len({r.key[4] for r in rows}) == 2
 
 
 def test_export_cli_names_missing_face_weights(tiny_weights, tmp_path):

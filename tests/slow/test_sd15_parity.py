@@ -19,7 +19,8 @@ from interlcm.engines.backend import open_backend
 from interlcm.engines.parity import compare_traces, format_table
 from interlcm.engines.runtime import RestoreOptions, Restorer
 from interlcm.engines.torch_backend import TorchBackend
-from interlcm.export.onnx_export import export_all, validate
+from interlcm.export.onnx_export import export_all
+from interlcm.export.validate import validate
 from interlcm.models.container import build_random
 from interlcm.sampler import Trace
 from interlcm.testing import photo
@@ -37,7 +38,7 @@ def sd15(tmp_path_factory):
 
 def test_every_component_matches_torch(sd15):
     models, out = sd15
-    validate(out, models, batches=[1], echo=None)  # raises ValidationError with a table on any miss
+    validate(out, models, batches=[1], echo=None)  # raises ParityError with a table on any miss
 
 
 def test_end_to_end_matches_torch(sd15):
