@@ -7,6 +7,8 @@ from pathlib import Path
 
 import click
 
+from interlcm.faces.detectors import DEFAULT_DETECTOR, DETECTORS  # light: the choice list
+
 _PATH = click.Path(path_type=Path)
 
 
@@ -28,41 +30,69 @@ def main() -> None:
 @click.option("--colorfix", type=click.Choice(["wavelet", "adain", "none"]), default="wavelet", show_default=True)
 @click.option("--batch", type=click.IntRange(1, 63), default=1, show_default=True, help="Faces per batch.")
 @click.option("--threads", type=int, help="CPU threads (default: all cores).")
+@click.option("--aligned", is_flag=True, help="Inputs are aligned face crops (the release's --has_aligned).")
+@click.option("--detector", type=click.Choice(list(DETECTORS)), default=DEFAULT_DETECTOR, show_default=True,
+              help="Face detector for whole photos.")
+@click.option("--only-center-face", is_flag=True, help="Restore only the face nearest each photo's centre.")
+@click.option("--upscale", type=click.IntRange(1, 8), default=2, show_default=True, help="Whole photos: output size factor.")
+@click.option("--save-faces", is_flag=True, help="Also write the restored faces, in NAME_faces/ beside each output.")
+@click.option("--skip-existing", is_flag=True, help="Skip inputs whose output is already complete.")
 @click.option("--out", type=_PATH, default=Path("outputs/restored"), show_default=True)
-def restore(inputs, engines, onnx, weights, preset, backend, precision, steps, seed, colorfix, batch, threads, out) -> None:  # noqa: ANN001
-    """Restore aligned face crops: files, folders or glob patterns (default: a demo face)."""
-    from interlcm.engines.runtime import RestoreOptions, Restorer, open_backend, restore_files
-    from interlcm.imageio import demo_image_path, list_images
+def restore(inputs, engines, onnx, weights, preset, backend, precision, steps, seed, colorfix, batch, threads,  # noqa: ANN001
+            aligned, detector, only_center_face, upscale, save_faces, skip_existing, out) -> None:
+    """Restore every face of whole photos (default) or aligned face crops: files, folders or globs.
+
+    With no input, restores the bundled demo photo (or, with --aligned, the demo face crop).
+    """
+    from interlcm.engines.photo import PhotoOptions, PhotoRestorer
+    from interlcm.engines.runtime import RestoreOptions, Restorer, open_backend, plan_outputs, restore_files
+    from interlcm.faces.detectors import DetectorContext, open_detector
+    from interlcm.imageio import demo_image_path, demo_photo_path, list_images
 
     if not inputs:
-        inputs = (str(demo_image_path()),)
-        click.echo(f"no input given: restoring the embedded demo face {inputs[0]}")
+        inputs = (str(demo_image_path() if aligned else demo_photo_path()),)
+        click.echo(f"no input given: restoring the embedded demo {'face' if aligned else 'photo'} {inputs[0]}")
     try:
         paths = list_images(inputs)
+        plan_outputs(paths, out, save_faces=save_faces)  # a name clash fails here, before any work
         opened = open_backend(
             backend, weights=weights, onnx=onnx, engines=engines, preset=preset,
             steps=int(steps), precision=precision, threads=threads,
         )
+        found_by = None if aligned else open_detector(
+            detector, DetectorContext(weights=weights, backend=opened.backend)
+        )
     except (ValueError, RuntimeError, FileNotFoundError) as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(f"backend: {opened.description}")
+    if found_by is not None:
+        click.echo(f"detector: {detector}")
     if "random" in opened.description:
         click.echo("note: random weights: the output shows the pipeline runs, not a restoration "
                    "(get real weights with `interlcm-weights download`)")
     options = RestoreOptions(steps=int(steps), seed=seed, colorfix=colorfix, batch=batch)
-    restorer = Restorer(opened.backend, opened.config, options)
-    report = restore_files(restorer, paths, out)
-    _print_summary(restorer, report, len(paths))
+    photo_options = PhotoOptions(aligned=aligned, upscale=upscale, only_center_face=only_center_face, save_faces=save_faces)
+    photo_restorer = PhotoRestorer(Restorer(opened.backend, opened.config, options), photo_options, found_by)
+    report = restore_files(photo_restorer, paths, out, skip_existing=skip_existing)
+    _print_summary(photo_restorer, report, len(paths))
     if report.failed:
         sys.exit(1)
 
 
-def _print_summary(restorer, report, total: int) -> None:  # noqa: ANN001
-    timed = restorer.backend
+def _print_summary(photo_restorer, report, total: int) -> None:  # noqa: ANN001
+    from collections import Counter
+
+    timed = photo_restorer.restorer.backend
     click.echo(f"restored {len(report.written)}/{total} image(s) in {report.seconds:.2f} s -> "
                f"{report.written[0].parent if report.written else '-'}")
+    if report.skipped:
+        click.echo(f"skipped {len(report.skipped)} image(s) whose output is already complete (--skip-existing)")
+    for note, count in Counter(note for _, note in report.notes).items():
+        click.echo(f"  {note} ({count} image(s))")
+    if photo_restorer.seconds:
+        click.echo("whole-photo stages (s): " + ", ".join(f"{k} {v:.3f}" for k, v in photo_restorer.seconds.items()))
     if timed.seconds:
-        click.echo("time per stage (s, total over all images):")
+        click.echo("time per component (s, total over all images):")
         for name, secs in sorted(timed.seconds.items(), key=lambda kv: -kv[1]):
             click.echo(f"  {name:<18} {secs:8.3f}  ({timed.calls[name]} calls)")
     for path, reason in report.failed:

@@ -59,6 +59,7 @@ class PhotoResult:
     image: np.ndarray  # (H', W', 3) uint8 RGB: the restored photo (aligned mode: the restored crop)
     faces: list[np.ndarray] = field(default_factory=list)  # (R, R, 3) uint8 restored faces, if asked
     notes: list[str] = field(default_factory=list)  # one line each, e.g. which paste-back mask was used
+    found: int = 0  # whole-photo mode: faces detected, restored and pasted back
 
 
 def to_model_input(face: np.ndarray, resolution: int) -> torch.Tensor:
@@ -175,11 +176,15 @@ class PhotoRestorer:
             restored = [to_gray(face) for face in restored]
         pasted = [PastedFace(face, a.inverse, mask) for a, face, mask in zip(aligned, restored, masks)]
         image = paste_faces(photo, pasted, self.options.upscale)
-        mask_note = "soft box mask combined with the face-parsing mask" if self.parser else "soft box mask (no face parser)"
-        notes = [f"{len(restored)} face(s) restored; paste-back mask: {mask_note}"]
+        if not restored:
+            notes = ["no face found: the photo is only upscaled"]
+        elif self.parser is not None:
+            notes = ["paste-back mask: soft box mask combined with the face-parsing mask"]
+        else:
+            notes = ["paste-back mask: soft box mask alone (no face parser)"]
         if gray:
             notes.append("grayscale photo: faces kept gray")
-        return PhotoResult(image, list(restored) if self.options.save_faces else [], notes)
+        return PhotoResult(image, list(restored) if self.options.save_faces else [], notes, found=len(restored))
 
     @contextmanager
     def _timed(self, stage: str) -> Iterator[None]:
