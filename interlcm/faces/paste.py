@@ -6,8 +6,10 @@ As the release (CodeFormer's ``FaceRestoreHelper.paste_faces_to_input_image``), 
   resize convention), so the inverse affine is scaled by ``s`` and shifted by ``(s - 1) / 2``;
   the release shifts by ``s / 2``, half a canvas pixel off.
 * Colours at the edge: the release multiplies the warped face (black outside the crop) by the
-  hard mask before blending, so the bilinear warp's edge pixels are darkened. Here the face is
-  warped with replicated borders and only the soft mask decides, so no dark halo appears.
+  hard mask before blending. Here only the soft mask weighs the face, and the face is warped with
+  replicated borders, so no black from outside the crop can reach the blend even where the mask
+  does (the soft mask's erosion normally keeps it off the crop's last pixels anyway).
+* The photo's edge: see ``align.align_face`` (crop pixels on the photo's edge are not part grey).
 
 The soft mask is the release's: the crop's footprint, eroded by ``2 * upscale`` px, eroded again
 by ``2 * w`` and blurred over ``2 * w + 1`` px, where ``w = sqrt(footprint area) // 20``. A face
