@@ -182,7 +182,7 @@ class PhotoRestorer:
             notes = ["paste-back mask: soft box mask combined with the face-parsing mask"]
         else:
             notes = ["paste-back mask: soft box mask alone (no face parser)"]
-        if gray:
+        if gray and restored:
             notes.append("grayscale photo: faces kept gray")
         return PhotoResult(image, list(restored) if self.options.save_faces else [], notes, found=len(restored))
 

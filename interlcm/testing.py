@@ -50,3 +50,18 @@ def group_photo(
         footprint = cv2.warpAffine(np.ones(head.shape[:2], np.float32), matrix, (width, height))
         canvas = footprint[..., None] * pasted + (1 - footprint[..., None]) * canvas
     return np.clip(np.rint(canvas), 0, 255).astype(np.uint8)
+
+
+def face_landmarks(centre: tuple[float, float], eye_gap: float, angle_deg: float, kind: str = "retinaface") -> np.ndarray:
+    """(5, 2) float32 landmarks of a face centred at `centre` with eyes `eye_gap` px apart, tilted by `angle_deg`.
+
+    The alignment template placed in the photo by a chosen similarity transform: a stand-in
+    for a detector that knows exactly where its faces are.
+    """
+    from interlcm.faces.align import eye_distance, template
+
+    tpl = template(kind, 512)
+    scale = eye_gap / eye_distance(tpl, kind)
+    t = np.deg2rad(angle_deg)
+    rot = scale * np.array([[np.cos(t), -np.sin(t)], [np.sin(t), np.cos(t)]])
+    return ((tpl - 256.0) @ rot.T + np.asarray(centre)).astype(np.float32)

@@ -12,7 +12,7 @@ import pytest
 
 from interlcm.faces.align import BORDER_RGB, align_face, eye_distance, template
 from interlcm.faces.paste import PastedFace, canvas_inverse, paste_faces, upscale_photo
-from interlcm.testing import group_photo
+from interlcm.testing import face_landmarks, group_photo
 
 RES = 512  # the release's crop size: finer than every face below, so the crop itself loses no detail
 # The round trip resamples twice (photo -> crop -> canvas, bilinear) where the reference resamples
@@ -24,12 +24,7 @@ MIN_PSNR_DB = 42.0
 
 
 def _landmarks(centre: tuple[float, float], eye_gap: float, angle_deg: float, kind: str = "retinaface") -> np.ndarray:
-    """Template landmarks placed in the photo: a face centred at `centre` with eyes `eye_gap` px apart."""
-    tpl = template(kind, RES)
-    scale = eye_gap / eye_distance(tpl, kind)
-    t = np.deg2rad(angle_deg)
-    rot = scale * np.array([[np.cos(t), -np.sin(t)], [np.sin(t), np.cos(t)]])
-    return ((tpl - RES / 2) @ rot.T + np.asarray(centre)).astype(np.float32)
+    return face_landmarks(centre, eye_gap, angle_deg, kind)
 
 
 def _identity_paste(photo: np.ndarray, landmarks: list[np.ndarray], upscale: int, kind: str = "retinaface"):
