@@ -1,47 +1,14 @@
-"""Backend adapters the benchmark puts between the sampler and a real backend."""
+"""The release-style adapter the benchmark puts between the sampler and a real backend.
+
+(Timing per component is `interlcm.engines.backend.TimedBackend`.)
+"""
 
 from __future__ import annotations
-
-import time
-from collections.abc import Callable
 
 import torch
 
 from interlcm.components import BY_NAME
-from interlcm.sampler import Backend
-
-
-def synchronizer(backend: object) -> Callable[[], None]:
-    """What to call before reading the clock: the backend's own sync, or CUDA's for a torch GPU backend."""
-    sync = getattr(backend, "synchronize", None)
-    if callable(sync):
-        return sync
-    device = getattr(backend, "device", None)
-    if device is not None and torch.device(device).type == "cuda":
-        return torch.cuda.synchronize
-    return lambda: None
-
-
-class ComponentClock:
-    """Times every component call of the backend it wraps; device work is synchronised on both sides."""
-
-    def __init__(self, inner: Backend):
-        self.inner = inner
-        self.device = torch.device(getattr(inner, "device", "cpu"))
-        self.synchronize = synchronizer(inner)
-        self.calls: list[tuple[str, float]] = []  # (component, seconds) since the last take()
-
-    def run(self, component: str, **inputs: torch.Tensor) -> dict[str, torch.Tensor]:
-        self.synchronize()
-        start = time.perf_counter()
-        out = self.inner.run(component, **inputs)
-        self.synchronize()
-        self.calls.append((component, time.perf_counter() - start))
-        return out
-
-    def take(self) -> list[tuple[str, float]]:
-        calls, self.calls = self.calls, []
-        return calls
+from interlcm.engines.backend import Backend
 
 
 class ReleaseStyle:
@@ -58,9 +25,14 @@ class ReleaseStyle:
 
     def __init__(self, inner: Backend):
         self.inner = inner
-        self.device = torch.device(getattr(inner, "device", "cpu"))
-        self.synchronize = synchronizer(inner)
+        self.name, self.config, self.device, self.max_batch = inner.name, inner.config, inner.device, inner.max_batch
         self._image: torch.Tensor | None = None
+
+    def synchronize(self) -> None:
+        self.inner.synchronize()
+
+    def close(self) -> None:
+        self.inner.close()
 
     def run(self, component: str, **inputs: torch.Tensor) -> dict[str, torch.Tensor]:
         if component == self.CONDITION.name:

@@ -6,6 +6,9 @@ from pathlib import Path
 
 import click
 
+from interlcm.choices import COLORFIXES, STEPS
+from interlcm.config import PRESETS
+
 _PATH = click.Path(path_type=Path)
 
 
@@ -23,7 +26,7 @@ def _csv(kind: type):  # noqa: ANN202 - click callback; the harness checks the v
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
-@click.option("--preset", type=click.Choice(["tiny", "sd15"]), default="tiny", show_default=True,
+@click.option("--preset", type=click.Choice(list(PRESETS)), default="tiny", show_default=True,
               help="Model sizes (random weights unless --weights).")
 @click.option("--weights", type=_PATH, help="Weights folder (interlcm-weights); default: seeded random weights.")
 @click.option("--onnx", type=_PATH, help="ONNX export folder; default: export once into --cache-dir.")
@@ -35,8 +38,8 @@ def _csv(kind: type):  # noqa: ANN202 - click callback; the harness checks the v
               help="fp32,fp16 (torch rows are fp32 only)")
 @click.option("--batch", "batches", callback=_csv(int), default="1", show_default=True, help="e.g. 1,4,8")
 @click.option("--resolution", type=int, help="Face size in pixels (default: the preset's, 512 for sd15).")
-@click.option("--steps", type=click.Choice(["3", "1"]), default="3", show_default=True, help="Network steps.")
-@click.option("--colorfix", type=click.Choice(["wavelet", "adain", "none"]), default="wavelet", show_default=True)
+@click.option("--steps", type=click.Choice([str(n) for n in STEPS]), default=str(STEPS[0]), show_default=True, help="Network steps.")
+@click.option("--colorfix", type=click.Choice(COLORFIXES), default=COLORFIXES[0], show_default=True)
 @click.option("--warmup", type=click.IntRange(1), default=2, show_default=True, help="Untimed runs per row.")
 @click.option("--runs", type=click.IntRange(1), default=3, show_default=True, help="Timed runs per row.")
 @click.option("--threads", type=click.IntRange(1), help="torch and onnxruntime intra-op threads (default: torch's).")
@@ -49,8 +52,9 @@ def main(preset, weights, onnx, engines, backends, precisions, batches, resoluti
          threads, components, probe_n, cache_dir, json_path, plot_path) -> None:
     """Measure InterLCM's latency per component and end to end, for every backend, precision and batch,
     in one process, against a matmul peak measured in the same process."""
-    from interlcm.benchmarks.harness import BenchSettings, run_benchmark
+    from interlcm.benchmarks.harness import run_benchmark
     from interlcm.benchmarks.report import plot, render, write_json
+    from interlcm.benchmarks.schema import BenchSettings
 
     try:
         settings = BenchSettings(

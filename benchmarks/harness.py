@@ -23,173 +23,31 @@ import gc
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 
-from interlcm.benchmarks.backends import ComponentClock, ReleaseStyle
+from interlcm.benchmarks import onnx_cache
+from interlcm.benchmarks.backends import ReleaseStyle
 from interlcm.benchmarks.flops import ComponentFlops, PeakProbe, count_flops, matmul_peak
 from interlcm.benchmarks.measure import CpuMeter, PeakRss, Stats, environment
+from interlcm.benchmarks.schema import BenchReport, BenchSettings, ComponentTiming, Ratio, RowResult
+from interlcm.choices import variant_for_steps
 from interlcm.components import BY_NAME, DEFAULT_COMPONENTS
-from interlcm.config import PresetConfig, get_preset
-
-# torch: this project's torch path; torch-release: the same at fp32 with the SE's image
-# embedding recomputed every step, as the released code runs it.
-BACKEND_KINDS = ("torch", "torch-release", "onnxruntime", "tensorrt")
-PRECISIONS = ("fp32", "fp16")
-
-PAPER = {
-    "seconds_per_image": 0.421,
-    "resolution": 512,
-    "hardware": "NVIDIA RTX 3090",
-    "backend": "torch (the authors' release)",
-    "source": "InterLCM, Li et al., ICLR 2025 (arXiv:2502.02215)",
-    "note": "other hardware: shown beside our numbers, never in a ratio",
-}
+from interlcm.config import PresetConfig
+from interlcm.engines.backend import TimedBackend, open_backend
+from interlcm.engines.ort import cuda_device_count
+from interlcm.engines.runtime import RestoreOptions, Restorer
+from interlcm.engines.torch_backend import TorchBackend
+from interlcm.models.container import build_random
+from interlcm.weights import load_models, weights_identity
 
 Log = Callable[[str], None]
 
 
 def _stderr(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
-
-
-@dataclass(frozen=True)
-class BenchSettings:
-    preset: str = "tiny"
-    resolution: int | None = None  # None: the preset's (512 for sd15)
-    weights: Path | None = None  # None: seeded random weights (real cost, noise for output)
-    onnx: Path | None = None  # export folder for onnxruntime; None: export into cache_dir once
-    engines: Path | None = None  # TensorRT engine folder (interlcm-trt build)
-    backends: tuple[str, ...] = ("torch", "torch-release", "onnxruntime")
-    precisions: tuple[str, ...] = ("fp32",)
-    batches: tuple[int, ...] = (1,)
-    steps: int = 3  # network steps: 3 (paper) or 1
-    colorfix: str = "wavelet"
-    warmup: int = 2  # untimed restorations per row; the first is the time to first result
-    runs: int = 3  # timed restorations per row
-    threads: int | None = None  # torch and onnxruntime intra-op threads; None: every logical core
-    # non-empty: time these components alone on sample inputs instead of whole restorations
-    components: tuple[str, ...] = ()
-    seed: int = 0
-    probe_max_n: int = 4096  # matmul peak probe: up to (n x n) @ (n x n)
-    cache_dir: Path = Path(".cache/bench-onnx")
-
-    def __post_init__(self) -> None:
-        problems = []
-        for kind in self.backends:
-            if kind not in BACKEND_KINDS:
-                problems.append(f"backend {kind!r} (choose from {', '.join(BACKEND_KINDS)})")
-        for p in self.precisions:
-            if p not in PRECISIONS:
-                problems.append(f"precision {p!r} (choose from {', '.join(PRECISIONS)})")
-        for name in self.components:
-            if name not in BY_NAME:
-                problems.append(f"component {name!r} (choose from {', '.join(BY_NAME)})")
-        if not self.batches or min(self.batches) < 1:
-            problems.append(f"batches {self.batches} (each at least 1)")
-        if self.warmup < 1:
-            problems.append(f"warmup {self.warmup} (at least 1: the first run pays one-off costs and is never timed)")
-        if self.runs < 1:
-            problems.append(f"runs {self.runs} (at least 1)")
-        if problems:
-            raise ValueError("invalid benchmark settings: " + "; ".join(problems))
-
-    @property
-    def isolated(self) -> bool:
-        return bool(self.components)
-
-    def config(self) -> PresetConfig:
-        cfg = get_preset(self.preset)
-        return cfg if self.resolution in (None, cfg.resolution) else cfg.with_resolution(self.resolution)
-
-
-# --- results ---------------------------------------------------------------------------------------
-
-
-@dataclass
-class ComponentTiming:
-    name: str
-    calls: int  # per restoration (1 when timed alone)
-    per_call: Stats  # seconds
-    per_restoration: Stats  # seconds: its calls within one restoration, summed
-    gflop_per_call: float | None = None  # at this row's batch
-    gflops: float | None = None  # achieved: gflop_per_call / per_call.median
-    fraction_of_peak: float | None = None  # gflops / the probe's peak at this precision and device
-
-
-@dataclass
-class RowResult:
-    backend: str
-    precision: str
-    batch: int
-    device: str = ""
-    description: str = ""
-    skipped: str | None = None  # why this row could not run here
-    failed: str | None = None  # the error that stopped it mid-measurement (the other rows are kept)
-    load_s: float | None = None  # opening the backend; rows of one backend and precision share it
-    load_shared_with: str | None = None  # the row whose load this one reuses
-    first_run_s: float | None = None
-    time_to_first_result_s: float | None = None  # load_s + first_run_s: what a fresh process waits
-    end_to_end: Stats | None = None  # seconds per restoration of `batch` faces
-    seconds_per_image: float | None = None
-    images_per_s: float | None = None
-    host_other_s: float | None = None  # median over runs of end to end minus its component calls: sampler glue
-    components: list[ComponentTiming] = field(default_factory=list)
-    gflop_per_restoration: float | None = None
-    gflops: float | None = None  # achieved end to end
-    fraction_of_peak: float | None = None
-    peak_rss_mb: float | None = None
-    rss_before_mb: float | None = None
-    rss_method: str = ""
-    gpu_peak_mb: float | None = None  # torch's allocator (torch rows); others: see gpu_used_mb
-    gpu_used_mb: float | None = None  # whole device after the row (every process)
-    process_cores: Stats | None = None  # this process's CPU-seconds per wall-second, per run
-    other_cores: Stats | None = None  # cores the rest of the machine kept busy meanwhile, per run
-    threads: int | None = None
-
-    @property
-    def ran(self) -> bool:
-        return self.skipped is None and self.failed is None
-
-    @property
-    def label(self) -> str:
-        return f"{self.backend} {self.precision} b{self.batch}"
-
-
-@dataclass(frozen=True)
-class Ratio:
-    kind: str  # "backend" (X / torch), "release" (ours / release-style), "batch" (s/image vs batch 1)
-    what: str  # "end to end", "s/image" or a component name
-    numerator: str  # row label
-    denominator: str  # row label
-    value: float  # numerator time / denominator time: below 1, the numerator is faster
-
-
-@dataclass
-class BenchReport:
-    settings: dict
-    preset: str
-    resolution: int
-    steps: int
-    random_weights: bool
-    weights: str  # "random, seed 0" or the weights folder with its content hash
-    environment: dict
-    threads: dict
-    peaks: list[PeakProbe]
-    flops: dict[str, ComponentFlops]  # per call at batch 1
-    onnx: dict | None
-    rows: list[RowResult]
-    ratios: list[Ratio]
-    paper: dict = field(default_factory=lambda: dict(PAPER))
-    notes: list[str] = field(default_factory=list)
-
-    def to_dict(self) -> dict:
-        out = asdict(self)
-        for row, d in zip(self.rows, out["rows"]):
-            d["label"] = row.label
-        return out
 
 
 # --- opening backends ------------------------------------------------------------------------------
@@ -201,27 +59,23 @@ class _Opened:
     device: str
     description: str
     load_s: float
-    close: Callable[[], None] = lambda: None
 
 
 def _load_models(settings: BenchSettings, cfg: PresetConfig, device: str):  # noqa: ANN202 - InterLCMModels
-    from interlcm.pipeline import build_random
 
     if settings.weights is None:
         models = build_random(cfg, seed=settings.seed)
     else:
-        from interlcm.weights import load_models, variant_for_steps
 
-        models = load_models(settings.weights, variant_for_steps(settings.steps), resolution=cfg.resolution)
+        models = load_models(settings.weights, variant_for_steps(settings.steps).name, resolution=cfg.resolution)
     return models.to(device)
 
 
 @functools.lru_cache(maxsize=4)
 def _content_hash(root: Path, steps: int) -> str:
     """The weights folder's content hash (reads every file: seconds for sd15, so once per run)."""
-    from interlcm.weights import variant_for_steps, weights_identity
 
-    return weights_identity(root, variant_for_steps(steps))
+    return weights_identity(root, variant_for_steps(steps).name)
 
 
 def _weights_identity(settings: BenchSettings, models) -> tuple[bool, str]:  # noqa: ANN001
@@ -231,36 +85,24 @@ def _weights_identity(settings: BenchSettings, models) -> tuple[bool, str]:  # n
     return models.origin.startswith("random"), f"{models.origin}, content sha256 {ident}"
 
 
-def _open_onnxruntime(folder: Path, precision: str, threads: int, names: list[str]) -> _Opened:
-    from interlcm.engines.ort import OrtBackend
+def _open_exported(stack: contextlib.ExitStack, kind: str, folder: Path | None, engines: Path | None,
+                   precision: str, threads: int, names: list[str]) -> _Opened:
+    """ONNX Runtime or TensorRT through `open_backend`, closed when `stack` closes."""
+    if kind == "tensorrt":
+        from interlcm.engines.trt import PRECISION
 
+        devices, why = cuda_device_count()
+        if not devices:
+            raise _Skip(f"TensorRT needs an NVIDIA GPU: {why}")
+        if engines is None:
+            raise _Skip("the tensorrt rows need --engines DIR (build them with `interlcm-trt build`)")
+        if precision != PRECISION:
+            raise _Skip(f"TensorRT engines are built {PRECISION} only (strongly typed, from the {PRECISION} ONNX files)")
     start = time.perf_counter()
-    backend = OrtBackend(folder, precision=precision, provider="auto", threads=threads)
-    for name in names:  # sessions now, so the first run measures running, not loading
-        backend.session(name)
-    load_s = time.perf_counter() - start
-    desc = f"onnxruntime {precision} on {backend.running_on} ({backend.reason}), intra-op threads: {threads}"
-    return _Opened(backend, backend.device.type, desc, load_s)
-
-
-def _open_tensorrt(engines: Path | None, precision: str, names: list[str]) -> _Opened:
-    from interlcm.engines.ort import cuda_device_count
-
-    devices, why = cuda_device_count()
-    if not devices:
-        raise _Skip(f"TensorRT needs an NVIDIA GPU: {why}")
-    if engines is None:
-        raise _Skip("the tensorrt rows need --engines DIR (build them with `interlcm-trt build`)")
-    from interlcm.engines.trt import PRECISION, TrtBackend
-
-    if precision != PRECISION:
-        raise _Skip(f"TensorRT engines are built {PRECISION} only (strongly typed, from the {PRECISION} ONNX files)")
-    start = time.perf_counter()
-    backend = TrtBackend(engines, components=names)
-    backend.__enter__()
-    load_s = time.perf_counter() - start
-    return _Opened(backend, "cuda", f"tensorrt {PRECISION} engines from {engines}", load_s,
-                   close=lambda: backend.__exit__(None, None, None))
+    opened = stack.enter_context(open_backend(kind, onnx=folder, engines=engines, precision=precision,
+                                              threads=threads, components=names))
+    desc = opened.description + (f", intra-op threads: {threads}" if kind == "onnxruntime" else "")
+    return _Opened(opened.backend, opened.device.type, desc, time.perf_counter() - start)
 
 
 class _Skip(Exception):
@@ -270,7 +112,7 @@ class _Skip(Exception):
 # --- measuring one row -----------------------------------------------------------------------------
 
 
-def _timed_runs(settings: BenchSettings, work: Callable[[], object], clock: ComponentClock,
+def _timed_runs(settings: BenchSettings, work: Callable[[], object], clock: TimedBackend,
                 row: RowResult, log: Log) -> tuple[list[float], list[list[tuple[str, float]]]]:
     """warmup + runs repetitions of `work`; fills the row's first-run and CPU fields."""
     e2e, per_run, cores, others = [], [], [], []
@@ -341,9 +183,8 @@ def _measure_row(settings: BenchSettings, cfg: PresetConfig, opened: _Opened, ro
 
 def _measure(settings: BenchSettings, cfg: PresetConfig, opened: _Opened, row: RowResult,
              release: bool, log: Log) -> None:
-    from interlcm.engines.runtime import RestoreOptions, Restorer
 
-    clock = ComponentClock(opened.backend)
+    clock = TimedBackend(opened.backend)
     row.device, row.description, row.load_s = opened.device, opened.description, opened.load_s
     row.threads = settings.threads
     if opened.device == "cuda":
@@ -356,7 +197,7 @@ def _measure(settings: BenchSettings, cfg: PresetConfig, opened: _Opened, row: R
                 clock.run(name, **inputs)
     else:
         options = RestoreOptions(steps=settings.steps, seed=settings.seed, colorfix=settings.colorfix, batch=row.batch)
-        restorer = Restorer(ReleaseStyle(clock) if release else clock, cfg, options)
+        restorer = Restorer(ReleaseStyle(clock) if release else clock, options)
         (image_name,) = BY_NAME["se_condition"].input_names
         lq = BY_NAME["se_condition"].sample_inputs(cfg, row.batch, settings.seed)[image_name]  # (B, 3, R, R)
 
@@ -426,7 +267,6 @@ def run_benchmark(settings: BenchSettings, log: Log = _stderr) -> BenchReport:
 
 
 def _run(settings: BenchSettings, log: Log) -> BenchReport:
-    from interlcm.benchmarks import onnx_cache
 
     cfg = settings.config()
     threads = settings.threads or torch.get_num_threads()
@@ -489,7 +329,6 @@ def _run(settings: BenchSettings, log: Log) -> BenchReport:
 def _torch_phase(settings: BenchSettings, cfg: PresetConfig, rows: list[RowResult], device: str,
                  log: Log) -> tuple[dict[str, ComponentFlops], bool, str]:
     """Build or load the models, count FLOPs, run the torch rows; the models die with this frame."""
-    from interlcm.pipeline import TorchBackend
 
     log(f"building {cfg.name} models ({'random weights' if settings.weights is None else settings.weights}) on {device}")
     start = time.perf_counter()
@@ -525,9 +364,8 @@ def _prepare_onnx(settings: BenchSettings, cfg: PresetConfig, log: Log, onnx_cac
     if settings.weights is None:
         tag = f"random-seed{settings.seed}"
     else:
-        from interlcm.weights import variant_for_steps
 
-        tag = f"{variant_for_steps(settings.steps)}-{_content_hash(settings.weights, settings.steps)}"
+        tag = f"{variant_for_steps(settings.steps).name}-{_content_hash(settings.weights, settings.steps)}"
     request = onnx_cache.ExportRequest(
         preset=settings.preset,
         resolution=cfg.resolution,
@@ -553,33 +391,29 @@ def _run_group(settings: BenchSettings, cfg: PresetConfig, kind: str, precision:
     names = list(settings.components) or [
         n for n in DEFAULT_COMPONENTS if not n.startswith("colorfix_") or n == f"colorfix_{settings.colorfix}"
     ]
-    try:
-        if kind == "onnxruntime":
-            if onnx_info is None:
+    with contextlib.ExitStack() as stack:
+        try:
+            if kind == "onnxruntime" and onnx_info is None:
                 raise _Skip(onnx_skip or "no ONNX folder")
-            opened = _open_onnxruntime(Path(onnx_info["folder"]), precision, settings.threads, names)
+            folder = Path(onnx_info["folder"]) if kind == "onnxruntime" and onnx_info else None
+            opened = _open_exported(stack, kind, folder, settings.engines, precision, settings.threads, names)
             got = opened.backend.config.resolution
             if got != cfg.resolution:
-                raise _Skip(f"the ONNX files in {onnx_info['folder']} are for {got} px, not {cfg.resolution}")
-        else:
-            opened = _open_tensorrt(settings.engines, precision, names)
-    except _Skip as exc:
-        for row in group:
-            row.skipped = str(exc)
-        return
-    except (ImportError, FileNotFoundError, ValueError, RuntimeError) as exc:
-        for row in group:
-            row.skipped = f"{kind} could not start: {exc}"
-        return
-    try:
+                raise _Skip(f"the ONNX files in {folder} are for {got} px, not {cfg.resolution}")
+        except _Skip as exc:
+            for row in group:
+                row.skipped = str(exc)
+            return
+        except (ImportError, FileNotFoundError, ValueError, RuntimeError) as exc:
+            for row in group:
+                row.skipped = f"{kind} could not start: {exc}"
+            return
         owner = None
-        lo, _, hi = getattr(opened.backend, "batch", (1, 1, sys.maxsize))  # engines: their profile's range
+        hi = opened.backend.max_batch
         for row in group:
-            if not lo <= row.batch <= hi:
-                row.skipped = f"the engines take batch {lo} to {hi}: rebuild them with a wider profile"
+            if hi is not None and row.batch > hi:
+                row.skipped = f"the engines take batch up to {hi}: rebuild them with a wider profile"
                 continue
             row.load_shared_with, owner = owner, owner or row.label
             log(f"{row.label}: {opened.description}")
             _measure_row(settings, cfg, opened, row, release=False, log=log)
-    finally:
-        opened.close()

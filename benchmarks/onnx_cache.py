@@ -113,15 +113,16 @@ def ensure_onnx(cache_root: Path, request: ExportRequest, log=print) -> ExportRe
 
 def _export(request: ExportRequest, out: Path) -> None:
     """Child process: build or load the models, then export them with the project's exporter."""
+    from interlcm.choices import variant_for_steps
     from interlcm.config import get_preset
     from interlcm.export.onnx_export import export_all
-    from interlcm.pipeline import build_random
-    from interlcm.weights import load_models, variant_for_steps
+    from interlcm.models.container import build_random
+    from interlcm.weights import load_models
 
     if request.weights is None:
         models = build_random(get_preset(request.preset).with_resolution(request.resolution), seed=request.seed)
     else:
-        models = load_models(Path(request.weights), variant_for_steps(request.steps), resolution=request.resolution)
+        models = load_models(Path(request.weights), variant_for_steps(request.steps).name, resolution=request.resolution)
     export_all(models, out, components=request.components, precisions=request.precisions, batch=request.batch)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from interlcm.benchmarks.harness import BenchReport, RowResult
+from interlcm.benchmarks.schema import BenchReport, RowResult
 from interlcm.components import COMPONENTS
 
 COMPONENT_ORDER = [c.name for c in COMPONENTS]

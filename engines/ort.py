@@ -64,6 +64,7 @@ class OrtBackend:
     """Runs the components of an export folder (see interlcm.export.manifest) with ONNX Runtime."""
 
     name = "onnxruntime"
+    max_batch: int | None = None  # the graphs have a dynamic batch axis
 
     def __init__(
         self,
@@ -140,6 +141,9 @@ class OrtBackend:
     def synchronize(self) -> None:
         if self.device.type == "cuda":
             torch.cuda.synchronize()
+
+    def close(self) -> None:
+        self._sessions.clear()
 
 
 def _check_inputs(component: str, entry, inputs: dict[str, torch.Tensor]) -> None:

@@ -531,6 +531,8 @@ class TrtBackend:
     per batch, so capturing SE+UNet per (step, batch) is the natural next step).
     """
 
+    name = "tensorrt"
+
     def __init__(
         self,
         engine_dir: str | Path,
@@ -557,6 +559,11 @@ class TrtBackend:
         self._runtime: trt.Runtime | None = None
         self._loaded: dict[str, _Loaded] = {}
         self._shared_memory: torch.Tensor | None = None
+
+    @property
+    def max_batch(self) -> int:
+        """The engines' optimisation profile ends here."""
+        return self.batch[2]
 
     # lifecycle
 

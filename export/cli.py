@@ -6,6 +6,8 @@ from pathlib import Path
 
 import click
 
+from interlcm.config import PRESETS
+
 
 def _batch(ctx: click.Context, param: click.Parameter, value: str) -> tuple[int, int, int]:
     try:
@@ -18,7 +20,7 @@ def _batch(ctx: click.Context, param: click.Parameter, value: str) -> tuple[int,
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option(
     "--preset",
-    type=click.Choice(["tiny", "sd15"]),
+    type=click.Choice(list(PRESETS)),
     default="sd15",
     show_default=True,
     help="Architecture for random weights (ignored with --weights).",
@@ -89,7 +91,7 @@ def main(
     from interlcm.config import get_preset
     from interlcm.export.manifest import ManifestError, load_manifest
     from interlcm.export.onnx_export import ExportError, ValidationError, export_all, validate
-    from interlcm.pipeline import build_random
+    from interlcm.models.container import build_random
     from interlcm.weights import WeightsError, load_models, weights_identity
 
     torch.set_num_threads(threads)

@@ -55,7 +55,7 @@ from .manifest import (
 from .trt_support import check_trt_support
 
 if TYPE_CHECKING:
-    from interlcm.pipeline import InterLCMModels
+    from interlcm.models.container import InterLCMModels
 
 DEFAULT_OPSET = 17
 RECIPE_VERSION = 1  # bump when the export steps change: files made by older code are redone

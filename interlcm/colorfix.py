@@ -11,8 +11,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-COLORFIX_MODES = ("wavelet", "adain", "none")
-
 
 class AdaInColorFix(nn.Module):
     """Give `image` the per-channel mean and std of `reference` (both (B, 3, H, W))."""
@@ -51,13 +49,3 @@ class WaveletColorFix(nn.Module):
 
     def forward(self, image: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
         return image - self.low_band(image) + self.low_band(reference)
-
-
-def make_colorfix(mode: str) -> nn.Module | None:
-    if mode == "wavelet":
-        return WaveletColorFix()
-    if mode == "adain":
-        return AdaInColorFix()
-    if mode == "none":
-        return None
-    raise ValueError(f"unknown colour fix {mode!r}: choose one of {', '.join(COLORFIX_MODES)}")

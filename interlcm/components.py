@@ -11,18 +11,15 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from interlcm.colorfix import AdaInColorFix, WaveletColorFix
 from interlcm.config import PresetConfig
+from interlcm.models.container import InterLCMModels
 from interlcm.models.lcm import UNetStep, VaeDecode, VaeEncode
 from interlcm.models.spatial_encoder import SpatialCondition, SpatialEncoderStep
-
-if TYPE_CHECKING:
-    from interlcm.pipeline import InterLCMModels
 
 Shape = tuple[int, ...]
 

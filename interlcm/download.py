@@ -52,11 +52,11 @@ from functools import partial
 from pathlib import Path
 from typing import IO, Any
 
+from interlcm.choices import VARIANTS
 from interlcm.files import atomic_write_bytes, sha256_file
 
 log = logging.getLogger(__name__)
 
-KNOWN_VARIANTS: tuple[str, ...] = ("3step", "1step", "colorization", "inpainting")
 CHECKSUMS_FILE = "checksums.json"
 RELEASE_URL = "https://github.com/sen-mao/InterLCM/releases/download/v0.1.0"
 GDRIVE_FOLDER = "https://drive.google.com/drive/folders/1iSYQ-cn6g7kcsTc2UkeGjEyrVmiEx_Ea"
@@ -82,7 +82,7 @@ class ReleasedFile:
 
     path: str  # relative to the weights folder, '/'-separated
     url: str
-    variant: str  # one of KNOWN_VARIANTS
+    variant: str  # a name of interlcm.choices.VARIANTS
     sha256: str | None = None  # None: not published, recorded on first download
     size: int | None = None  # bytes, when known
 
@@ -101,16 +101,9 @@ def _release(name: str, variant: str) -> ReleasedFile:
     return ReleasedFile(path=name, url=f"{RELEASE_URL}/{name}", variant=variant)
 
 
-RELEASED_FILES: tuple[ReleasedFile, ...] = (
-    _release("visual_encoder_3step.pth", "3step"),
-    _release("spatial_encoder_3step.pth", "3step"),
-    _release("visual_encoder_1step.pth", "1step"),
-    _release("spatial_encoder_1step.pth", "1step"),
-    _release("visual_encoder_colorization_1step.pth", "colorization"),
-    _release("spatial_encoder_colorization_1step.pth", "colorization"),
-    # Unconfirmed names, see the module docstring.
-    _release("visual_encoder_inpainting_1step.pth", "inpainting"),
-    _release("spatial_encoder_inpainting_1step.pth", "inpainting"),
+# The inpainting names are unconfirmed, see the module docstring.
+RELEASED_FILES: tuple[ReleasedFile, ...] = tuple(
+    _release(name, variant.name) for variant in VARIANTS.values() for name in variant.files
 )
 
 _LCM = "SimianLuo/LCM_Dreamshaper_v7"
@@ -191,8 +184,8 @@ def _check_variants(variants: Iterable[str]) -> list[str]:
         variants = [variants]
     chosen: list[str] = []
     for variant in variants:
-        if variant not in KNOWN_VARIANTS:
-            raise DownloadError(f"unknown variant {variant!r}; choose from {', '.join(KNOWN_VARIANTS)}")
+        if variant not in VARIANTS:
+            raise DownloadError(f"unknown variant {variant!r}; choose from {', '.join(VARIANTS)}")
         if variant not in chosen:
             chosen.append(variant)
     return chosen

@@ -1,7 +1,8 @@
 """InterLCM's restoration loop (Algorithm 1 of the paper, as released), written once.
 
 Every backend (torch, ONNX Runtime, TensorRT) runs this same function; it talks
-to the networks only through `Backend.run(component, **tensors)`, with the
+to the networks only through `run(component, **tensors)` (`ComponentRunner`; the
+full backend interface is `interlcm.engines.backend.Backend`), with the
 component and tensor names of `interlcm.components`.
 """
 
@@ -12,10 +13,11 @@ from typing import Protocol
 
 import torch
 
+from interlcm.choices import COLORFIXES, GUIDANCE_SCALE, check_colorfix
 from interlcm.schedule import Schedule, guidance_embedding
 
 
-class Backend(Protocol):
+class ComponentRunner(Protocol):
     """Runs one named component on named tensors and returns its named outputs."""
 
     def run(self, component: str, **inputs: torch.Tensor) -> dict[str, torch.Tensor]: ...
@@ -24,9 +26,12 @@ class Backend(Protocol):
 @dataclass(frozen=True)
 class SamplerSettings:
     schedule: Schedule
-    guidance_scale: float = 8.0  # the release's value; the UNet sees w = guidance_scale - 1 = 7
+    guidance_scale: float = GUIDANCE_SCALE  # the UNet sees w = guidance_scale - 1
     guidance_dim: int = 256  # the UNet's time_cond_proj_dim
-    colorfix: str = "wavelet"  # wavelet (paper), adain or none
+    colorfix: str = COLORFIXES[0]  # one of interlcm.choices.COLORFIXES; wavelet is the paper's
+
+    def __post_init__(self) -> None:
+        check_colorfix(self.colorfix)  # fail before the chain runs, not after
 
 
 class Trace(dict):
@@ -37,7 +42,7 @@ class Trace(dict):
 
 
 def restore(
-    backend: Backend,
+    backend: ComponentRunner,
     lq: torch.Tensor,  # (B, 3, H, W) aligned faces in [-1, 1]
     noise: torch.Tensor,  # (N - 1, B, C, h, w) from schedule.make_noise
     settings: SamplerSettings,

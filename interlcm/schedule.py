@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
+
+if TYPE_CHECKING:
+    from interlcm.config import PresetConfig
 
 SIGMA_DATA = 0.5  # LCM's boundary-condition constant
 
@@ -134,3 +137,11 @@ def make_noise(
         return torch.randn((num_inference_steps - 1, batch, channels, *size), generator=gen, dtype=torch.float32)
     one = torch.randn((num_inference_steps - 1, 1, channels, *size), generator=gen, dtype=torch.float32)
     return one.expand(-1, batch, -1, -1, -1)
+
+
+def noise_for(
+    config: PresetConfig, schedule: Schedule, seed: int, batch: int, per_sample: bool = False
+) -> torch.Tensor:
+    """`make_noise` for a preset's latent and a schedule: (N - 1, B, C, h, w)."""
+    size = (config.latent_size, config.latent_size)
+    return make_noise(seed, schedule.num_inference_steps, batch, config.latent_channels, size, per_sample)

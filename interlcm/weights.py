@@ -25,13 +25,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from interlcm.choices import DEFAULT_VARIANT, VARIANTS, get_variant
 from interlcm.config import SD15, PresetConfig, VisualEncoderConfig, get_preset
 from interlcm.files import sha256_file
+from interlcm.models.container import InterLCMModels, build_random
 
-# Checkpoint variants: the number of network steps each was trained for, and the
-# suffix of its released file names (visual_encoder_<suffix>.pth).
-VARIANT_STEPS = {"3step": 3, "1step": 1, "colorization": 1, "inpainting": 1}
-VARIANT_SUFFIX = {"3step": "3step", "1step": "1step", "colorization": "colorization_1step", "inpainting": "inpainting_1step"}
 INFO_FILE = "interlcm.json"
 # Library-format subfolders: folder -> (its config file, whether it holds weights)
 MODEL_FOLDERS = {
@@ -51,18 +49,9 @@ class WeightsError(RuntimeError):
     """A weights folder or checkpoint is missing, incomplete or does not match the model."""
 
 
-def variant_for_steps(steps: int) -> str:
-    for name, n in VARIANT_STEPS.items():
-        if n == steps:
-            return name
-    raise ValueError(f"no released checkpoints for {steps}-step InterLCM: use --steps 3 or --steps 1")
-
-
 def encoder_paths(root: Path, variant: str) -> tuple[Path, Path]:
-    if variant not in VARIANT_STEPS:
-        raise ValueError(f"unknown variant {variant!r}: choose one of {', '.join(VARIANT_STEPS)}")
-    suffix = VARIANT_SUFFIX[variant]
-    return root / f"visual_encoder_{suffix}.pth", root / f"spatial_encoder_{suffix}.pth"
+    ve, se = get_variant(variant).files
+    return root / ve, root / se
 
 
 # --- state dicts ------------------------------------------------------------------------------
@@ -129,15 +118,13 @@ def init_weights(out: Path, preset: str, seed: int = 0, force: bool = False) -> 
     """Write a complete weights folder with seeded random weights for `preset`."""
     from diffusers import LCMScheduler
 
-    from interlcm.pipeline import build_random
-
     out = Path(out)
     if out.exists() and any(out.iterdir()) and not force:
         raise WeightsError(f"{out} already exists and is not empty: choose another --out or pass --force")
     cfg = get_preset(preset)
     tmp = Path(tempfile.mkdtemp(dir=out.parent if out.parent.exists() else None, prefix=f".{out.name}."))
     try:
-        for variant_index, variant in enumerate(VARIANT_STEPS):
+        for variant_index, variant in enumerate(VARIANTS):
             # one random SE/VE pair per variant, so variants differ like the released ones do
             models = build_random(cfg, seed + variant_index)
             ve_path, se_path = encoder_paths(tmp, variant)
@@ -253,7 +240,7 @@ def _quiet_transformers() -> None:
     hf_logging.disable_progress_bar()
 
 
-def load_models(root: Path, variant: str = "3step", resolution: int | None = None):  # -> InterLCMModels
+def load_models(root: Path, variant: str = DEFAULT_VARIANT, resolution: int | None = None) -> InterLCMModels:
     """Load InterLCM from a weights folder, with one-line errors for anything that does not fit."""
     from diffusers import AutoencoderKL, LCMScheduler, UNet2DConditionModel
     from transformers import CLIPVisionModel
@@ -261,7 +248,6 @@ def load_models(root: Path, variant: str = "3step", resolution: int | None = Non
     from interlcm.models.clip import ClipImageEncoder
     from interlcm.models.spatial_encoder import build_spatial_encoder
     from interlcm.models.visual_encoder import VisualEncoder
-    from interlcm.pipeline import InterLCMModels
 
     root = Path(root)
     ve_path, se_path = encoder_paths(root, variant)

@@ -21,7 +21,7 @@ def tiny_cfg():
 
 @pytest.fixture(scope="session")
 def tiny_models(tiny_cfg):
-    from interlcm.pipeline import build_random
+    from interlcm.models.container import build_random
 
     return build_random(tiny_cfg, seed=0)
 

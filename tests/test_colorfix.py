@@ -1,6 +1,11 @@
+import pytest
 import torch
 
-from interlcm.colorfix import AdaInColorFix, WaveletColorFix, make_colorfix
+from interlcm.choices import COLORFIXES
+from interlcm.colorfix import AdaInColorFix, WaveletColorFix
+from interlcm.config import LCM_SCHEDULER
+from interlcm.sampler import SamplerSettings
+from interlcm.schedule import make_schedule
 
 
 def test_wavelet_takes_low_band_from_reference():
@@ -21,11 +26,9 @@ def test_adain_matches_statistics():
     torch.testing.assert_close(out.flatten(2).std(dim=2), ref.flatten(2).std(dim=2), atol=1e-3, rtol=0)
 
 
-def test_unknown_mode():
-    assert make_colorfix("none") is None
-    try:
-        make_colorfix("histogram")
-    except ValueError as exc:
-        assert "wavelet" in str(exc)
-    else:
-        raise AssertionError
+def test_unknown_colour_fix_fails_before_the_chain_runs():
+    schedule = make_schedule(LCM_SCHEDULER, 4)
+    with pytest.raises(ValueError, match="unknown colour fix 'histogram': choose one of wavelet"):
+        SamplerSettings(schedule, colorfix="histogram")
+    for mode in COLORFIXES:
+        SamplerSettings(schedule, colorfix=mode)

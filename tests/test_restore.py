@@ -2,7 +2,7 @@
 
 import torch
 
-from interlcm.pipeline import TorchBackend
+from interlcm.engines.torch_backend import TorchBackend
 from interlcm.sampler import SamplerSettings, restore
 from interlcm.schedule import make_noise, make_schedule
 

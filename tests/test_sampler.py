@@ -4,7 +4,7 @@ import torch
 from diffusers import LCMScheduler
 from diffusers.utils.torch_utils import randn_tensor
 
-from interlcm.pipeline import TorchBackend
+from interlcm.engines.torch_backend import TorchBackend
 from interlcm.sampler import SamplerSettings, Trace, restore
 from interlcm.schedule import guidance_embedding, make_schedule
 

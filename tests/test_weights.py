@@ -6,7 +6,8 @@ import shutil
 import pytest
 import torch
 
-from interlcm.pipeline import TorchBackend, build_random
+from interlcm.engines.torch_backend import TorchBackend
+from interlcm.models.container import build_random
 from interlcm.weights import (
     WeightsError,
     encoder_paths,

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import click
 
+from interlcm.config import PRESETS
+
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 def main() -> None:
@@ -36,7 +38,7 @@ def download(out: Path, variants: tuple[str, ...]) -> None:
 
 
 @main.command()
-@click.option("--preset", type=click.Choice(["tiny", "sd15"]), default="tiny", show_default=True)
+@click.option("--preset", type=click.Choice(list(PRESETS)), default="tiny", show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Weights folder to create.")
 @click.option("--force", is_flag=True, help="Replace OUT if it exists.")

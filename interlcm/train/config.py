@@ -15,10 +15,10 @@ from typing import Any
 
 import yaml
 
+from interlcm.choices import VARIANTS, get_variant
 from interlcm.config import reject_unknown_keys
 from interlcm.train.degradations import DegradationConfig
 from interlcm.train.losses import VGG16_CHANNELS
-from interlcm.weights import VARIANT_STEPS
 
 MIXED_PRECISION = ("auto", "no", "bf16", "fp16")
 
@@ -86,8 +86,7 @@ class TrainConfig:
     def __post_init__(self) -> None:
         self.betas = tuple(self.betas)  # type: ignore[assignment]
         self.perceptual_channels = tuple(self.perceptual_channels)
-        if self.variant not in VARIANT_STEPS:
-            raise ValueError(f"variant must be one of {', '.join(VARIANT_STEPS)}, got {self.variant!r}")
+        get_variant(self.variant)  # a one-line error for an unknown name
         if self.mixed_precision not in MIXED_PRECISION:
             raise ValueError(
                 f"mixed_precision must be one of {MIXED_PRECISION}, got {self.mixed_precision!r}"
@@ -111,7 +110,7 @@ class TrainConfig:
 
     @property
     def model_steps(self) -> int:
-        return VARIANT_STEPS[self.variant]
+        return VARIANTS[self.variant].steps
 
     def degradation_config(self) -> DegradationConfig:
         base = DegradationConfig.release() if self.degradation_preset == "release" else DegradationConfig()

@@ -3,7 +3,7 @@
 One optimiser step:
 
 1. For each micro-batch: run the sampler's N-step chain (`interlcm.sampler.restore`, the
-   same loop inference uses) with gradients, through `GradBackend`; the loss on the decoded
+   same loop inference uses) with gradients, through the torch backend with `grad=True`; the loss on the decoded
    image is L1 + LPIPS (+ lambda * hinge GAN loss once the discriminator has started).
 2. Average gradients over processes (torchrun), clip if asked, step Adam and the cosine
    schedule, update the EMA copy of VE and SE.
@@ -32,10 +32,9 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
-from interlcm.components import BY_NAME
-from interlcm.pipeline import InterLCMModels, TorchBackend
+from interlcm.engines.torch_backend import TorchBackend
+from interlcm.models.container import InterLCMModels
 from interlcm.sampler import SamplerSettings, restore
 from interlcm.schedule import inference_steps_for, make_noise, make_schedule
 from interlcm.train.config import TrainConfig
@@ -54,36 +53,6 @@ TRAINABLE = ("visual_encoder", "spatial_encoder")
 FROZEN = ("clip", "unet", "vae")
 CHECKPOINTED = ("spatial_encoder", "unet", "vae_decoder")  # components recomputed in backward
 CHECKPOINT_FORMAT = 1
-
-
-class GradBackend:
-    """`restore`'s backend for training: the same component wrappers, run with autograd on.
-
-    With `checkpointed` components, activations are recomputed in backward
-    (`torch.utils.checkpoint`, non-reentrant) instead of kept: the UNet's and the
-    decoder's are most of the chain's memory.
-    """
-
-    name = "torch-train"
-
-    def __init__(self, models: InterLCMModels, device: torch.device, checkpointed: tuple[str, ...] = ()):
-        self.models = models
-        self.device = device
-        self.checkpointed = set(checkpointed)
-        self._modules: dict[str, nn.Module] = {}
-
-    def run(self, component: str, **inputs: torch.Tensor) -> dict[str, torch.Tensor]:
-        spec = BY_NAME[component]
-        if component not in self._modules:  # no .eval()/.to(): the trainer owns modes and devices
-            self._modules[component] = spec.build(self.models)
-        module = self._modules[component]
-        args = [inputs[n] for n in spec.input_names]
-        if component in self.checkpointed and torch.is_grad_enabled():
-            out = checkpoint(module, *args, use_reentrant=False)
-        else:
-            out = module(*args)
-        outs = out if isinstance(out, tuple) else (out,)
-        return dict(zip(spec.output_names, outs))
 
 
 class EMA:
@@ -154,7 +123,9 @@ class Trainer:
             guidance_dim=models.config.guidance_dim,
             colorfix="none",  # the loss sees the decoded image, as in the release
         )
-        self.backend = GradBackend(models, self.device, CHECKPOINTED if cfg.gradient_checkpointing else ())
+        self.backend = TorchBackend(
+            models, self.device, grad=True, checkpointed=CHECKPOINTED if cfg.gradient_checkpointing else ()
+        )
 
         # 2. Losses and the discriminator.
         with torch.random.fork_rng(devices=[]):  # seeded: a resumed run rebuilds the same random parts

@@ -9,11 +9,13 @@ import math
 import pytest
 import torch
 
-from interlcm.benchmarks.backends import ComponentClock, ReleaseStyle
-from interlcm.benchmarks.harness import BenchSettings, run_benchmark
+from interlcm.benchmarks.backends import ReleaseStyle
+from interlcm.benchmarks.harness import run_benchmark
 from interlcm.benchmarks.measure import CpuMeter, PeakRss, Stats
 from interlcm.benchmarks.report import plot, render, write_json
-from interlcm.pipeline import TorchBackend
+from interlcm.benchmarks.schema import BenchSettings
+from interlcm.engines.backend import TimedBackend
+from interlcm.engines.torch_backend import TorchBackend
 from interlcm.sampler import SamplerSettings, restore
 from interlcm.schedule import make_noise, make_schedule
 
@@ -132,7 +134,7 @@ def test_release_style_restores_the_same_image(tiny_models, lq_photo):
     settings = SamplerSettings(make_schedule(cfg.scheduler, 4), guidance_dim=cfg.guidance_dim)
     noise = make_noise(0, 4, lq_photo.shape[0], cfg.latent_channels, (cfg.latent_size, cfg.latent_size))
     ours = restore(TorchBackend(tiny_models), lq_photo, noise, settings)
-    clock = ComponentClock(TorchBackend(tiny_models))
+    clock = TimedBackend(TorchBackend(tiny_models))
     theirs = restore(ReleaseStyle(clock), lq_photo, noise, settings)
     torch.testing.assert_close(theirs, ours, atol=1e-5, rtol=1e-5)
     assert [n for n, _ in clock.take()].count("spatial_encoder_full") == 3

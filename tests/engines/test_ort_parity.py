@@ -14,7 +14,7 @@ import torch
 
 from interlcm.engines.parity import compare_traces, format_table
 from interlcm.engines.runtime import RestoreOptions, Restorer
-from interlcm.pipeline import TorchBackend
+from interlcm.engines.torch_backend import TorchBackend
 from interlcm.sampler import Trace
 
 FP32_REL = 1e-4
@@ -24,8 +24,8 @@ FP16_MIN_PSNR = 35.0  # dB, output image in [-1, 1]
 def _traces(backend, tiny_models, lq, colorfix="wavelet", steps=3):
     options = RestoreOptions(steps=steps, seed=3, colorfix=colorfix)
     ours, ref = Trace(), Trace()
-    out = Restorer(backend, tiny_models.config, options).restore(lq, ours)
-    expected = Restorer(TorchBackend(tiny_models), tiny_models.config, options).restore(lq, ref)
+    out = Restorer(backend, options).restore(lq, ours)
+    expected = Restorer(TorchBackend(tiny_models), options).restore(lq, ref)
     return out, expected, compare_traces(ours, ref)
 
 

@@ -142,7 +142,7 @@ def test_whole_photo_mode_needs_a_detector():
 
 def test_batching_across_photos_gives_the_same_faces(tiny_models):
     """Tiny model: two photos (2 + 1 faces) in one call with batch 2 == each photo alone with batch 1."""
-    from interlcm.pipeline import TorchBackend
+    from interlcm.engines.torch_backend import TorchBackend
 
     photos = [group_photo((320, 240)), group_photo((240, 320))]
     detector = PlacedFaces((0.3, 0.3, 0.06, 0), (0.7, 0.35, 0.05, 10))
@@ -155,7 +155,7 @@ def test_batching_across_photos_gives_the_same_faces(tiny_models):
             return [faces if v.shape[1] > v.shape[0] else faces[:1] for v, faces in zip(views, found)]
 
     def run(batch: int, groups: list[list[np.ndarray]]):
-        restorer = Restorer(TorchBackend(tiny_models), tiny_models.config, RestoreOptions(batch=batch, seed=3))
+        restorer = Restorer(TorchBackend(tiny_models), RestoreOptions(batch=batch, seed=3))
         photo_restorer = PhotoRestorer(restorer, PhotoOptions(save_faces=True), ByOrientation(*detector.faces))
         return [r for group in groups for r in photo_restorer.restore_photos(group)]
 

@@ -453,7 +453,7 @@ def test_engine_matches_torch_per_component(real_engines, tiny_models, name):
 @pytest.mark.gpu
 def test_engines_restore_like_torch(real_engines, tiny_models, lq_photo):
     from interlcm.engines.parity import compare_traces, format_table
-    from interlcm.pipeline import TorchBackend
+    from interlcm.engines.torch_backend import TorchBackend
     from interlcm.sampler import SamplerSettings, Trace, restore
     from interlcm.schedule import make_noise, make_schedule
 

@@ -96,7 +96,7 @@ def test_tolerance_check_can_fail():
 
 def test_validation_collects_failures(exported, tiny_models, tmp_path):
     """A file from other weights fails validation, and the error names it with its numbers."""
-    from interlcm.pipeline import build_random
+    from interlcm.models.container import build_random
 
     out, _, _ = exported
     other = build_random(tiny_models.config, seed=1)

@@ -1,14 +1,14 @@
-"""The torch reference: InterLCM's models in one place and a backend that runs them."""
+"""InterLCM's five networks in one container, and seeded random ones for any preset."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 from diffusers import AutoencoderKL, ControlNetModel, UNet2DConditionModel
 from torch import nn
 
-from interlcm.components import BY_NAME, Component
 from interlcm.config import PresetConfig
 from interlcm.models.clip import ClipImageEncoder
 from interlcm.models.spatial_encoder import build_spatial_encoder
@@ -65,7 +65,7 @@ def _fill_zero_weights(module: nn.Module, gen: torch.Generator) -> None:
 def build_random(cfg: PresetConfig, seed: int = 0) -> InterLCMModels:
     """Every component with seeded random weights (no download needed)."""
 
-    def seeded(offset: int, make):  # noqa: ANN001, ANN202 - tiny local helper
+    def seeded(offset: int, make: Callable[[], nn.Module]) -> nn.Module:
         torch.manual_seed(seed * 1000 + offset)  # per component: independent of build order
         module = make()
         _fill_zero_weights(module, torch.Generator().manual_seed(seed * 1000 + offset))
@@ -80,29 +80,3 @@ def build_random(cfg: PresetConfig, seed: int = 0) -> InterLCMModels:
         vae=seeded(5, lambda: AutoencoderKL(**cfg.vae)),
         origin=f"random, seed {seed}",
     ).eval()
-
-
-class TorchBackend:
-    """Runs components as torch modules (the reference every other backend is checked against)."""
-
-    name = "torch"
-
-    def __init__(self, models: InterLCMModels, device: torch.device | str = "cpu"):
-        self.models = models
-        self.device = torch.device(device)
-        self._modules: dict[str, nn.Module] = {}
-
-    def module(self, component: str) -> nn.Module:
-        if component not in self._modules:
-            self._modules[component] = BY_NAME[component].build(self.models).to(self.device).eval()
-        return self._modules[component]
-
-    @torch.inference_mode()
-    def run(self, component: str, **inputs: torch.Tensor) -> dict[str, torch.Tensor]:
-        spec: Component = BY_NAME[component]
-        missing = set(spec.input_names) - set(inputs)
-        if missing:
-            raise ValueError(f"{component} needs inputs {sorted(missing)}")
-        out = self.module(component)(*(inputs[n].to(self.device) for n in spec.input_names))
-        outs = out if isinstance(out, tuple) else (out,)
-        return dict(zip(spec.output_names, outs))

@@ -1,0 +1,212 @@
+"""The interface every backend declares, and the one way to open one.
+
+`open_backend` is what restore, `check`, the benchmark, the export cache and
+the Ray actors call: a context manager that opens torch, ONNX Runtime or
+TensorRT (or picks the best one `auto` can run here, saying why), yields an
+`OpenedBackend` that knows the preset, the weights it runs and the encoder
+variant, and closes everything it opened on exit.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections import defaultdict
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import torch
+
+from interlcm.choices import BACKENDS, DEFAULT_VARIANT, get_variant
+from interlcm.config import PresetConfig, get_preset
+from interlcm.engines.ort import OrtBackend, cuda_device_count
+from interlcm.engines.torch_backend import TorchBackend
+from interlcm.models.container import InterLCMModels, build_random
+from interlcm.weights import load_models
+
+
+class Backend(Protocol):
+    """What the runtime, the checks and the benchmarks may ask of any backend."""
+
+    name: str  # "torch", "onnxruntime", "tensorrt"
+    config: PresetConfig  # the preset (sizes, resolution) its models or graphs were made for
+    device: torch.device  # where its input and output tensors live
+    max_batch: int | None  # the largest batch it accepts (an engine profile's max); None: any
+
+    def run(self, component: str, **inputs: torch.Tensor) -> dict[str, torch.Tensor]: ...
+
+    def synchronize(self) -> None:
+        """Wait for queued device work (a no-op on the CPU)."""
+        ...
+
+    def close(self) -> None:
+        """Release sessions, engines and buffers."""
+        ...
+
+
+class TimedBackend:
+    """Wraps a backend and records the wall time of every component call.
+
+    Device work is synchronised before and after each call, so the times are the
+    component's own; that costs overlap on a GPU, so the runtime only wraps a
+    backend when timing is asked for.
+    """
+
+    def __init__(self, inner: Backend):
+        self.inner = inner
+        self.name, self.config, self.device, self.max_batch = inner.name, inner.config, inner.device, inner.max_batch
+        self.calls: list[tuple[str, float]] = []  # (component, seconds) since the last take()
+        self.seconds: dict[str, float] = defaultdict(float)  # totals since construction
+        self.counts: dict[str, int] = defaultdict(int)
+
+    def run(self, component: str, **inputs: torch.Tensor) -> dict[str, torch.Tensor]:
+        self.inner.synchronize()
+        start = time.perf_counter()
+        out = self.inner.run(component, **inputs)
+        self.inner.synchronize()
+        seconds = time.perf_counter() - start
+        self.calls.append((component, seconds))
+        self.seconds[component] += seconds
+        self.counts[component] += 1
+        return out
+
+    def take(self) -> list[tuple[str, float]]:
+        calls, self.calls = self.calls, []
+        return calls
+
+    def synchronize(self) -> None:
+        self.inner.synchronize()
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+@dataclass
+class OpenedBackend:
+    backend: Backend
+    description: str  # what runs, on what, and why it was picked
+    weights: str  # where the weights came from: "random, seed N" or the folder and its identity
+    variant: str  # the encoder pair it runs (interlcm.choices.VARIANTS)
+    manifest: object | None = None  # the export manifest (ONNX Runtime) the backend was opened from
+
+    @property
+    def config(self) -> PresetConfig:
+        return self.backend.config
+
+    @property
+    def device(self) -> torch.device:
+        return self.backend.device
+
+    @property
+    def max_batch(self) -> int | None:
+        return self.backend.max_batch
+
+    @property
+    def random_weights(self) -> bool:
+        return random_seed(self.weights) is not None
+
+
+def random_seed(weights: str) -> int | None:
+    """The seed of seeded random weights ("random, seed N"), or None for real ones."""
+    match = re.fullmatch(r"random, seed (\d+)", weights or "")
+    return int(match.group(1)) if match else None
+
+
+@contextmanager
+def open_backend(
+    kind: str = "auto",
+    *,
+    weights: Path | None = None,
+    onnx: Path | None = None,
+    engines: Path | None = None,
+    preset: str | None = None,
+    variant: str = DEFAULT_VARIANT,
+    precision: str = "fp32",
+    threads: int | None = None,
+    batch: int = 1,
+    components: Sequence[str] | None = None,
+) -> Iterator[OpenedBackend]:
+    """Open the backend the user asked for, or the best one `auto` can run here, saying why.
+
+    `batch` is checked against the backend's limit now, not after minutes of work.
+    `components` limits the engines loaded (TensorRT) and opens those sessions now
+    (ONNX Runtime), so a first run measures running, not loading.
+    """
+    if kind not in BACKENDS:
+        raise ValueError(f"unknown backend {kind!r}: choose one of {', '.join(BACKENDS)}")
+    get_variant(variant)
+    if kind == "auto":
+        kind, why = _auto_kind(weights=weights, onnx=onnx, engines=engines)
+    else:
+        why = "requested"
+    opened = _open(kind, why, weights=weights, onnx=onnx, engines=engines, preset=preset, variant=variant,
+                   precision=precision, threads=threads, components=components)
+    try:
+        limit = opened.max_batch
+        if limit is not None and batch > limit:
+            raise ValueError(f"--batch {batch} is above the {opened.backend.name} backend's limit of {limit}: "
+                             f"use --batch {limit} or rebuild the engines with a larger batch profile")
+        yield opened
+    finally:
+        opened.backend.close()
+
+
+def _open(kind: str, why: str, *, weights, onnx, engines, preset, variant, precision, threads,  # noqa: ANN001
+          components) -> OpenedBackend:
+    if kind == "tensorrt":
+        if engines is None:
+            raise ValueError("the tensorrt backend needs --engines DIR (build them with `interlcm-trt build`)")
+        from interlcm.engines.trt import TrtBackend  # here: TensorRT is an optional dependency
+
+        trt_backend = TrtBackend(engines, components=components).__enter__()  # closed by open_backend's exit
+        return OpenedBackend(trt_backend, f"tensorrt engines from {engines} ({why})",
+                             weights=str(trt_backend._index.get("weights", "unknown")), variant=variant)
+    if kind == "onnxruntime":
+        if onnx is None:
+            raise ValueError("the onnxruntime backend needs --onnx DIR (make it with `interlcm-export`)")
+        ort_backend = OrtBackend(onnx, precision=precision, threads=threads)
+        for name in components or ():
+            ort_backend.session(name)
+        desc = f"onnxruntime {precision} on {ort_backend.running_on} from {onnx} ({why}; {ort_backend.reason})"
+        manifest = ort_backend.manifest
+        return OpenedBackend(ort_backend, desc, weights=manifest.weights, variant=variant, manifest=manifest)
+    return _open_torch(weights=weights, preset=preset, variant=variant, why=why, threads=threads)
+
+
+def _auto_kind(*, weights: Path | None, onnx: Path | None, engines: Path | None) -> tuple[str, str]:
+    devices, cuda_why = cuda_device_count()
+    if engines is not None:
+        if devices:
+            return "tensorrt", f"engines given and {cuda_why}"
+        if onnx is not None:
+            return "onnxruntime", f"engines need a GPU but {cuda_why}"
+        raise ValueError(f"--engines given but {cuda_why}: TensorRT engines need an NVIDIA GPU; pass --onnx DIR instead")
+    if onnx is not None:
+        return "onnxruntime", "ONNX folder given"
+    return "torch", "weights given" if weights is not None else "no weights, ONNX or engines given"
+
+
+def _open_torch(*, weights: Path | None, preset: str | None, variant: str, why: str, threads: int | None) -> OpenedBackend:
+    if threads:
+        torch.set_num_threads(threads)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    if weights is not None:
+        models = load_models(weights, variant)
+    else:
+        models = build_random(get_preset(preset or "tiny"), seed=0)
+    models.to(device)
+    desc = f"torch fp32 on {device}, {models.config.name} preset, weights: {models.origin} ({why})"
+    return OpenedBackend(TorchBackend(models, device), desc, weights=models.origin, variant=variant)
+
+
+def reference_models(opened: OpenedBackend, weights: Path | None = None) -> InterLCMModels:
+    """The torch models an export/engine folder was made from: its weights, or its random preset."""
+    if weights is not None:
+        return load_models(weights, opened.variant).eval()
+    seed = random_seed(opened.weights)
+    if seed is None:
+        raise ValueError(f"the export was made from weights {opened.weights!r}: pass them with --weights DIR")
+    return build_random(opened.config, seed)

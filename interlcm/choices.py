@@ -1,0 +1,64 @@
+"""Every list of choices a user picks from, stated once.
+
+CLIs (`click.Choice(...)`), configs and checks read these; nobody restates them.
+This module imports nothing heavy, so `--help` stays instant. Presets are data in
+`interlcm.config` (`PRESETS`); components are described in `interlcm.components`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Variant:
+    """A released pair of Visual and Spatial Encoder checkpoints."""
+
+    name: str
+    steps: int  # network steps it was trained for; the LCM schedule has steps + 1 timesteps
+    suffix: str  # released file names: visual_encoder_<suffix>.pth, spatial_encoder_<suffix>.pth
+    colorfix: str  # the colour fix it is meant to run with (the spec: colourisation/inpainting use none)
+
+    @property
+    def files(self) -> tuple[str, str]:
+        """The released (Visual Encoder, Spatial Encoder) checkpoint names."""
+        return f"visual_encoder_{self.suffix}.pth", f"spatial_encoder_{self.suffix}.pth"
+
+
+VARIANTS: dict[str, Variant] = {
+    v.name: v
+    for v in (
+        Variant("3step", 3, "3step", "wavelet"),  # the paper's setting
+        Variant("1step", 1, "1step", "wavelet"),
+        Variant("colorization", 1, "colorization_1step", "none"),
+        Variant("inpainting", 1, "inpainting_1step", "none"),
+    )
+}
+DEFAULT_VARIANT = "3step"
+STEPS: tuple[int, ...] = tuple(sorted({v.steps for v in VARIANTS.values()}, reverse=True))  # (3, 1)
+
+COLORFIXES: tuple[str, ...] = ("wavelet", "adain", "none")  # wavelet is the paper's; each but none is a component
+BACKENDS: tuple[str, ...] = ("auto", "tensorrt", "onnxruntime", "torch")
+PRECISIONS: tuple[str, ...] = ("fp32", "fp16")
+GUIDANCE_SCALE = 8.0  # the release's value; the UNet sees w = guidance_scale - 1 = 7
+
+
+def get_variant(name: str) -> Variant:
+    try:
+        return VARIANTS[name]
+    except KeyError:
+        raise ValueError(f"unknown variant {name!r}: choose one of {', '.join(VARIANTS)}") from None
+
+
+def variant_for_steps(steps: int) -> Variant:
+    """The restoration variant with this many network steps (`--steps 3` or `--steps 1`)."""
+    for variant in VARIANTS.values():
+        if variant.steps == steps:
+            return variant
+    raise ValueError(f"no released checkpoints for {steps}-step InterLCM: use --steps {' or --steps '.join(map(str, STEPS))}")
+
+
+def check_colorfix(mode: str) -> str:
+    if mode not in COLORFIXES:
+        raise ValueError(f"unknown colour fix {mode!r}: choose one of {', '.join(COLORFIXES)}")
+    return mode
