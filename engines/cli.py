@@ -62,7 +62,7 @@ def restore(inputs, engines, onnx, weights, preset, backend, precision, variant,
         click.echo(f"no input given: restoring the embedded demo {'face' if aligned else 'photo'} {inputs[0]}")
     options = RestoreOptions(steps=chosen.steps, seed=seed, colorfix=colorfix or chosen.colorfix, batch=batch)
     photo_options = PhotoOptions(aligned=aligned, upscale=upscale, only_center_face=only_center_face,
-                                 save_faces=save_faces)
+                                 save_faces=save_faces, keep_gray=chosen.name != "colorization")
     try:
         paths = list_images(inputs)
         plan_outputs(paths, out, save_faces=save_faces)  # a name clash fails here, before any work

@@ -52,6 +52,7 @@ class PhotoOptions:
     upscale: int = 2  # whole-photo mode: output canvas is the input times this (the release's default)
     only_center_face: bool = False  # whole-photo mode: keep the face nearest the image centre
     save_faces: bool = False  # also return the aligned restored faces
+    keep_gray: bool = True  # whole-photo mode: a grayscale photo gets gray faces (not for the colorization variant)
 
 
 @dataclass
@@ -171,7 +172,7 @@ class PhotoRestorer:
         return align_face(photo, detection.landmarks, self.detector.landmark_kind, self.restorer.config.resolution)
 
     def _paste(self, photo, aligned, restored, masks) -> PhotoResult:  # noqa: ANN001 - lists of the above
-        gray = is_gray(photo)
+        gray = self.options.keep_gray and is_gray(photo)
         if gray:
             restored = [to_gray(face) for face in restored]
         pasted = [PastedFace(face, a.inverse, mask) for a, face, mask in zip(aligned, restored, masks)]

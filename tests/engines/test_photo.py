@@ -133,6 +133,9 @@ def test_gray_photo_gets_gray_faces():
     result = PhotoRestorer(restorer, PhotoOptions(), PlacedFaces((0.5, 0.4, 0.08, 0))).restore_photos([photo])[0]
     assert is_gray(result.image) and (result.image[..., 0] == result.image[..., 1]).all()
     assert "grayscale photo: faces kept gray" in result.notes
+    options = PhotoOptions(keep_gray=False)  # the colorization variant
+    result = PhotoRestorer(restorer, options, PlacedFaces((0.5, 0.4, 0.08, 0))).restore_photos([photo])[0]
+    assert not is_gray(result.image)
 
 
 def test_whole_photo_mode_needs_a_detector():
