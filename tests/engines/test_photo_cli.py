@@ -114,3 +114,16 @@ def test_skip_existing_skips_only_complete_outputs(tmp_path, tiny_weights):
     assert (out / "a.jpg").stat().st_mtime_ns == a_before
     with Image.open(out / "b.png") as img:
         img.load()
+
+
+def test_demo_photo_is_a_small_whole_photo_with_one_face():
+    pytest.importorskip("dlib", reason="the faces-dlib extra is not installed (make install installs it)")
+    from interlcm.engines.photo import detection_view
+    from interlcm.faces.dlib_detector import DlibDetector
+    from interlcm.imageio import demo_photo_path, read_rgb
+
+    path = demo_photo_path()
+    assert path.stat().st_size < 100_000
+    photo = read_rgb(path)
+    assert photo.shape == (352, 448, 3)
+    assert len(DlibDetector().detect([detection_view(photo)[0]])[0]) == 1
