@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH)"
-	$(PY) -m pip install -q -e ".[dev,ray,$(ORT_EXTRA)]"
+	$(PY) -m pip install -q -e ".[dev,ray,faces-dlib,$(ORT_EXTRA)]"
 	# the stubs' metadata depends on tensorrt, whose libraries PyPI only serves to CUDA machines
 	$(PY) -m pip install -q --no-deps tensorrt-stubs
 	touch $(STAMP)
@@ -25,9 +25,21 @@ install: $(STAMP)
 test: $(STAMP)
 	$(VENV)/bin/pytest -q $(PYTEST_ARGS)
 
+# The demo restores the bundled whole photo (interlcm/assets/photo.jpg) at 2x, every face pasted back.
+# Released weights when they can be downloaded (cached in .cache/release-weights: the download skips
+# files already there and checked), else random tiny weights, which only show that the pipeline runs.
+DEMO_DETECTOR ?= dlib
 demo: $(STAMP)
-	test -f .cache/demo-weights/interlcm.json || $(VENV)/bin/interlcm-weights init --preset tiny --seed 0 --out .cache/demo-weights --force
-	$(VENV)/bin/interlcm-trt restore --weights .cache/demo-weights --backend auto --out outputs/demo
+	@if $(VENV)/bin/interlcm-weights download --out .cache/release-weights; then \
+	  echo "demo: restoring with the released weights"; \
+	  $(VENV)/bin/interlcm-trt restore --weights .cache/release-weights --detector $(DEMO_DETECTOR) --out outputs/demo; \
+	else \
+	  echo "demo: the released weights cannot be downloaded here: using random tiny weights;" \
+	       "the output only shows that the pipeline runs (detect, align, restore, paste back), not a restoration"; \
+	  test -f .cache/demo-weights/interlcm.json || \
+	    $(VENV)/bin/interlcm-weights init --preset tiny --seed 0 --out .cache/demo-weights --force; \
+	  $(VENV)/bin/interlcm-trt restore --weights .cache/demo-weights --detector dlib --out outputs/demo; \
+	fi
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -10,6 +10,7 @@ import click
 from interlcm.choices import BACKENDS, COLORFIXES, PRECISIONS, STEPS, VARIANTS
 from interlcm.cli.options import SEED
 from interlcm.config import PRESETS
+from interlcm.faces.detectors import DEFAULT_DETECTOR, DETECTORS  # light: the choice list
 
 _PATH = click.Path(path_type=Path)
 
@@ -54,7 +55,15 @@ def _backend_args(backend, weights, onnx, engines, preset, precision, variant, s
 @click.option("--batch", type=click.IntRange(1, 63), default=1, show_default=True, help="Faces per batch.")
 @click.option("--timing/--no-timing", default=False, show_default=True,
               help="Time every stage (synchronises the device after each call).")
+@click.option("--aligned", is_flag=True, help="Inputs are aligned face crops (the release's --has_aligned).")
+@click.option("--detector", type=click.Choice(list(DETECTORS)), default=DEFAULT_DETECTOR, show_default=True,
+              help="Face detector for whole photos.")
+@click.option("--only-center-face", is_flag=True, help="Restore only the face nearest each photo's centre.")
+@click.option("--upscale", type=click.IntRange(1, 8), default=2, show_default=True, help="Whole photos: output size factor.")
+@click.option("--save-faces", is_flag=True, help="Also write the restored faces, in NAME_faces/ beside each output.")
+@click.option("--skip-existing", is_flag=True, help="Skip inputs whose output is already complete.")
 @click.option("--out", default="outputs/restored", show_default=True, help="Output folder (with --ray also a URI: s3://...).")
+# --- scale out ---
 @click.option("--ray", "ray_address", metavar="local|ADDRESS",
               help="Run as a Ray Data job: `--ray local` starts a local cluster, `--ray ADDRESS` joins one (e.g. auto). "
               "Resumable: outputs that exist are skipped; OUT/results.jsonl lists every input.")
@@ -64,51 +73,61 @@ def _backend_args(backend, weights, onnx, engines, preset, precision, variant, s
               help="Upscale the background with Real-ESRGAN x2plus (whole photos and video frames).")
 @click.option("--bg-tile", type=click.IntRange(0), default=400, show_default=True,
               help="Real-ESRGAN tile size in pixels (0: whole image at once); tiles overlap by 40 px.")
-@click.option("--face-upsample", is_flag=True, help="Also upscale restored faces with Real-ESRGAN before paste-back.")
+@click.option("--face-upsample", is_flag=True, help="Also upscale restored faces with Real-ESRGAN (not supported yet).")
 @click.option("--save-frames", is_flag=True, help="Videos: also write every restored frame, in OUT/NAME_frames/.")
 def restore(inputs, engines, onnx, weights, preset, backend, precision, variant, steps, seed, colorfix, batch,  # noqa: ANN001
-            threads, timing, out, ray_address, actors, bg_upsampler, bg_tile, face_upsample, save_frames) -> None:
-    """Restore aligned face crops: files, folders or glob patterns (default: a demo face).
+            threads, timing, aligned, detector, only_center_face, upscale, save_faces, skip_existing, out,
+            ray_address, actors, bg_upsampler, bg_tile, face_upsample, save_frames) -> None:
+    """Restore every face of whole photos (default) or aligned face crops: files, folders or globs.
 
-    Videos (.mp4 .mov .avi .mkv .webm) are restored frame by frame, audio kept.
+    Videos (.mp4 .mov .avi .mkv .webm) are restored frame by frame, audio kept. With no input,
+    restores the bundled demo photo (or, with --aligned, the demo face crop).
     """
     from interlcm.engines.backend import open_backend
-    from interlcm.engines.runtime import RestoreOptions, Restorer, restore_files
+    from interlcm.engines.photo import PhotoOptions, open_photo_restorer
+    from interlcm.engines.runtime import RestoreOptions, plan_outputs, restore_files
     from interlcm.files import make_folder
-    from interlcm.imageio import demo_image_path, list_images
+    from interlcm.imageio import demo_image_path, demo_photo_path, list_images
     from interlcm.video import is_video
 
     chosen = _variant(variant, steps)
     if not inputs:
-        inputs = (str(demo_image_path()),)
-        click.echo(f"no input given: restoring the embedded demo face {inputs[0]}")
+        inputs = (str(demo_image_path() if aligned else demo_photo_path()),)
+        click.echo(f"no input given: restoring the embedded demo {'face' if aligned else 'photo'} {inputs[0]}")
     videos = [Path(i) for i in inputs if is_video(i)]
     inputs = tuple(i for i in inputs if not is_video(i))
-    video_failed = False
     options = RestoreOptions(steps=chosen.steps, seed=seed, colorfix=colorfix or chosen.colorfix, batch=batch)
+    photo_options = PhotoOptions(aligned=aligned, upscale=upscale, only_center_face=only_center_face,
+                                 save_faces=save_faces, keep_gray=chosen.name != "colorization")
     backend_args = _backend_args(backend, weights, onnx, engines, preset, precision, variant, steps, threads, batch)
     if ray_address is not None:
-        _restore_on_ray(inputs, out, ray_address, actors, backend_args, options)
+        _restore_on_ray(inputs, out, ray_address, actors, backend_args, options, photo_options, detector)
         return
     out = Path(out)
+    report, video_failed = None, False
     try:
         paths = list_images(inputs) if inputs else []
+        plan_outputs(paths, out, save_faces=save_faces)  # a name clash fails here, before any work
         make_folder(out)  # --out a file, read-only or uncreatable: one sentence before any work
         with open_backend(**backend_args) as opened:
             click.echo(f"backend: {opened.description}")
             if opened.random_weights:
                 click.echo("note: random weights: the output shows the pipeline runs, not a restoration "
                            "(get real weights with `interlcm-weights download`)")
-            restorer = Restorer(opened.backend, options, timing=timing)
+            upsamplers = _upsamplers(opened.config, weights, bg_upsampler, bg_tile, face_upsample)
+            photo_restorer = open_photo_restorer(opened.backend, options, photo_options, detector, weights, timing,
+                                                 upsamplers)
+            if not aligned:
+                click.echo(f"detector: {detector}")
             if videos:
-                upsample = (bg_upsampler, bg_tile, face_upsample)
-                video_failed = _restore_videos(restorer, videos, out, weights, upsample, save_frames)
-            report = restore_files(restorer, paths, out)
+                video_failed = _restore_videos(photo_restorer, videos, out, save_frames)
+            if paths:
+                report = restore_files(photo_restorer, paths, out, skip_existing=skip_existing)
     except (ValueError, RuntimeError, FileNotFoundError) as exc:  # incl. FilesError: disk full while writing
         raise click.ClickException(str(exc)) from None
-    if paths:
-        _print_summary(restorer, report, len(paths))
-    if report.failed or video_failed:
+    if report is not None:
+        _print_summary(photo_restorer, report, len(paths))
+    if (report is not None and report.failed) or video_failed:
         sys.exit(1)
 
 
@@ -119,15 +138,14 @@ def _variant(variant: str | None, steps: str):  # noqa: ANN202 - interlcm.choice
     return get_variant(variant) if variant else variant_for_steps(int(steps))
 
 
-def _restore_on_ray(inputs, out: str, address: str, actors, backend_args: dict, options) -> None:  # noqa: ANN001
+def _restore_on_ray(inputs, out: str, address: str, actors, backend_args: dict, options, photo_options,  # noqa: ANN001
+                    detector: str) -> None:
     """The restore command as a Ray Data job (engines/ray_job.py); same options, same outputs."""
     import ray
 
-    from interlcm.engines.photo import PhotoOptions
     from interlcm.engines.ray_job import JobSpec, connect, run_job
 
-    # TODO(lead): pass the restore command's photo options here when the faces branch adds them
-    spec = JobSpec(backend_args, options, PhotoOptions(aligned=True), actors)
+    spec = JobSpec(backend_args, options, photo_options, actors, detector)
     try:
         started = connect(address)
     except (ConnectionError, RuntimeError, ValueError) as exc:
@@ -155,21 +173,22 @@ def _last_line(exc: BaseException) -> str:
     return lines[-1] if lines else type(exc).__name__
 
 
-def _restore_videos(restorer, videos, out, weights, upsample, save_frames) -> bool:  # noqa: ANN001
-    """Each video through the photo seam, whole-photo mode; True if any failed (each failure: one line)."""
-    from interlcm.engines.photo import PhotoOptions, PhotoRestorer
+def _upsamplers(cfg, weights, bg_upsampler: str, bg_tile: int, face_upsample: bool):  # noqa: ANN001, ANN202
+    """Real-ESRGAN for the background (and faces), as asked; says where its weights come from."""
     from interlcm.upsampler import TileOptions, open_upsamplers
-    from interlcm.video import VideoError, VideoOptions, output_path, restore_video
 
-    bg, tile, face = upsample
-    try:
-        upsamplers, why = open_upsamplers(restorer.config, weights, bg == "realesrgan", face, TileOptions(tile))
-    except (ValueError, RuntimeError) as exc:
-        raise click.ClickException(str(exc)) from None
+    upsamplers, why = open_upsamplers(cfg, weights, bg_upsampler == "realesrgan", face_upsample, TileOptions(bg_tile))
     if why:
         click.echo(why)
-    photo = PhotoRestorer(restorer, PhotoOptions(), upsamplers=upsamplers)
+    return upsamplers
+
+
+def _restore_videos(photo_restorer, videos, out, save_frames) -> bool:  # noqa: ANN001
+    """Each video through the photo pipeline; True if any failed (each failure: one line)."""
+    from interlcm.video import VideoError, VideoOptions, output_path, restore_video
+
     failed, taken = False, set()
+    batch = photo_restorer.restorer.options.batch
     for src in videos:
         dst = output_path(src, out)
         if dst in taken:  # two inputs of one name: the second would replace the first's result
@@ -178,16 +197,12 @@ def _restore_videos(restorer, videos, out, weights, upsample, save_frames) -> bo
             continue
         taken.add(dst)
         try:
-            report = restore_video(photo, src, out, VideoOptions(frames_per_batch=max(restorer.options.batch, 8),
-                                                                 save_frames=save_frames))
+            report = restore_video(photo_restorer, src, out, VideoOptions(frames_per_batch=max(batch, 8),
+                                                                          save_frames=save_frames))
         except VideoError as exc:
             click.echo(f"failed: {exc}", err=True)
             failed = True
             continue
-        except NotImplementedError:
-            raise click.ClickException(
-                "videos need whole-photo mode (detect, align, paste back; issue 11), not on this build yet"
-            ) from None
         per_frame = ", ".join(f"{k} {v / report.frames:.3f}" for k, v in report.seconds.items())
         click.echo(f"{src} -> {report.output}: {report.frames} frames at {report.fps} fps, "
                    f"{report.size[0]}x{report.size[1]}, {report.audio_packets} audio packets copied; "
@@ -195,16 +210,22 @@ def _restore_videos(restorer, videos, out, weights, upsample, save_frames) -> bo
     return failed
 
 
-def _print_summary(restorer, report, total: int) -> None:  # noqa: ANN001
+def _print_summary(photo_restorer, report, total: int) -> None:  # noqa: ANN001
+    from collections import Counter
+
     click.echo(f"restored {len(report.written)}/{total} image(s) in {report.seconds:.2f} s -> "
                f"{report.written[0].parent if report.written else '-'}")
-    timed = restorer.timings
+    if report.skipped:
+        click.echo(f"skipped {len(report.skipped)} image(s) whose output is already complete (--skip-existing)")
+    for note, count in Counter(note for _, note in report.notes).items():
+        click.echo(f"  {note} ({count} image(s))")
+    if photo_restorer.seconds:
+        click.echo("whole-photo stages (s): " + ", ".join(f"{k} {v:.3f}" for k, v in photo_restorer.seconds.items()))
+    timed = photo_restorer.restorer.timings
     if timed is not None and timed.seconds:
         click.echo("time per stage (s, total over all images):")
         for name, secs in sorted(timed.seconds.items(), key=lambda kv: -kv[1]):
             click.echo(f"  {name:<18} {secs:8.3f}  ({timed.counts[name]} calls)")
-    for note in report.notes:
-        click.echo(f"note: {note}")
     for path, reason in report.failed:
         click.echo(f"failed: {path}: {reason}", err=True)
 

@@ -36,6 +36,7 @@ import numpy as np
 
 from interlcm.engines.photo import PhotoOptions
 from interlcm.engines.runtime import RestoreOptions
+from interlcm.faces.detectors import DEFAULT_DETECTOR
 
 RESULTS_NAME = "results.jsonl"
 
@@ -48,6 +49,7 @@ class JobSpec:
     options: RestoreOptions
     photo: PhotoOptions
     actors: int | None = None  # default: one per GPU, else 1
+    detector: str = DEFAULT_DETECTOR  # whole-photo mode (interlcm.faces.detectors.DETECTORS)
 
 
 @dataclass
@@ -191,12 +193,12 @@ class RestoreActor:
 
     def __init__(self, spec: JobSpec):
         from interlcm.engines.backend import open_backend
-        from interlcm.engines.photo import PhotoRestorer
-        from interlcm.engines.runtime import Restorer
+        from interlcm.engines.photo import open_photo_restorer
 
         self._open = ExitStack()  # the backend stays open for the actor's life (its process exit releases it)
         opened = self._open.enter_context(open_backend(**spec.backend_args))
-        self.photos = PhotoRestorer(Restorer(opened.backend, spec.options), spec.photo)
+        self.photos = open_photo_restorer(opened.backend, spec.options, spec.photo, spec.detector,
+                                          spec.backend_args.get("weights"))
         self.aligned = spec.photo.aligned
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -294,7 +296,7 @@ def run_job(spec: JobSpec, inputs: Sequence[str], out: str) -> JobReport:
     backend_args = dict(spec.backend_args)
     if backend_args.get("threads") is None and "num_cpus" in resources:  # split the cores, don't oversubscribe
         backend_args["threads"] = max(1, int(ray.cluster_resources().get("CPU", 1)) // actors)
-    spec = JobSpec(backend_args, spec.options, spec.photo, actors)
+    spec = JobSpec(backend_args, spec.options, spec.photo, actors, spec.detector)
     start = time.perf_counter()
     try:
         if todo:

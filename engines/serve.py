@@ -48,6 +48,10 @@ class BadRequest(ValueError):
         self.status = status
 
 
+class FaceToolsMissing(RuntimeError):
+    """Whole-photo mode cannot run on this server (no detector network): 501, not 500."""
+
+
 def parse_options(query: dict[str, str], variant: Variant) -> RequestOptions:
     """Query parameters -> RequestOptions; BadRequest names the parameter, the value and what is allowed."""
     allowed = {"seed", "steps", "variant", "colorfix", "aligned", "upscale", "format"}
@@ -106,6 +110,7 @@ class RestoreServer:
         self.max_batch, self.max_bytes = max_batch, max_bytes
         self.restore_batch.set_max_batch_size(max_batch)
         self.restore_batch.set_batch_wait_timeout_s(batch_wait_s)
+        self._faces: tuple[Any, Any] | None = None  # (detector, parser), opened on the first whole photo
         self.batch_sizes: list[int] = []  # faces of every engine call, for tests and the benchmark
 
     @app.get("/healthz")
@@ -142,6 +147,18 @@ class RestoreServer:
         """[(photo, options)] gathered from concurrent requests -> [restored photo or BadRequest]."""
         return await asyncio.to_thread(self._restore_groups, items)  # keep the event loop (healthz) responsive
 
+    def _face_tools(self) -> tuple[Any, Any]:
+        """The detector and parser whole photos need, opened once (the CLI's default detector)."""
+        from interlcm.faces.detectors import DEFAULT_DETECTOR, DetectorContext, open_detector, open_parser
+
+        if self._faces is None:
+            try:
+                detector = open_detector(DEFAULT_DETECTOR, DetectorContext(backend=self.opened.backend))
+            except RuntimeError as exc:
+                raise FaceToolsMissing(str(exc).splitlines()[0]) from None
+            self._faces = (detector, open_parser(self.opened.backend))
+        return self._faces
+
     def _restore_groups(self, items: list[tuple[Any, RequestOptions]]) -> list[Any]:
         from interlcm.engines.photo import PhotoRestorer
         from interlcm.engines.runtime import RestoreOptions, Restorer
@@ -153,12 +170,14 @@ class RestoreServer:
         for options, members in groups.items():
             restorer = Restorer(self.opened.backend, RestoreOptions(
                 steps=self.variant.steps, seed=options.seed, colorfix=options.colorfix, batch=self.max_batch))
-            photos = PhotoRestorer(restorer, PhotoOptions(aligned=options.aligned, upscale=options.upscale))
             self.batch_sizes.append(len(members))
             try:
+                found_by, parser = (None, None) if options.aligned else self._face_tools()
+                photos = PhotoRestorer(restorer, PhotoOptions(aligned=options.aligned, upscale=options.upscale),
+                                       found_by, parser)
                 restored = photos.restore_photos([items[i][0] for i in members])
-            except NotImplementedError as exc:
-                restored = [BadRequest(f"{str(exc).splitlines()[0]}: not available yet, pass aligned=true", 501)] * len(members)
+            except FaceToolsMissing as exc:
+                restored = [BadRequest(f"{exc}; or pass aligned=true for face crops", 501)] * len(members)
             except (ValueError, RuntimeError) as exc:
                 restored = [BadRequest(f"restoration failed: {str(exc).splitlines()[0]}", 500)] * len(members)
             for i, result in zip(members, restored):

@@ -41,6 +41,7 @@ __all__ = [
     "decode_rgb",
     "demo_image_path",
     "encode_image",
+    "demo_photo_path",
     "list_images",
     "read_image",
     "read_rgb",
@@ -208,8 +209,9 @@ def to_uint8(image: torch.Tensor) -> np.ndarray:
     return levels.permute(1, 2, 0).contiguous().numpy()
 
 
-def write_image(path: str | os.PathLike[str], image: torch.Tensor, *, overwrite: bool = True) -> Path:
-    """Write a ``(3, H, W)`` tensor in ``[-1, 1]`` (clamped) as an 8-bit PNG, JPEG or WebP.
+def write_image(path: str | os.PathLike[str], image: torch.Tensor | np.ndarray, *, overwrite: bool = True) -> Path:
+    """Write a ``(3, H, W)`` tensor in ``[-1, 1]`` (clamped), or an ``(H, W, 3)`` uint8 RGB array, as an
+    8-bit PNG, JPEG or WebP.
 
     The format follows the suffix (``.png``, ``.jpg``/``.jpeg``, ``.webp``). Parent folders are
     created. The write is atomic: data goes to a temporary file in the same folder which is then
@@ -220,7 +222,7 @@ def write_image(path: str | os.PathLike[str], image: torch.Tensor, *, overwrite:
     """
     path = Path(path)
     fmt, options = _write_format(path)
-    pixels = Image.fromarray(to_uint8(image), "RGB")
+    pixels = Image.fromarray(_uint8_rgb(image), "RGB")
     if not overwrite and path.exists():
         raise FileExistsError(f"{path}: already exists (pass overwrite=True to replace it)")
     with atomic_open(path) as handle:  # temporary + fsync + rename, umask honoured (interlcm.files)
@@ -234,6 +236,14 @@ def encode_image(pixels: np.ndarray, suffix: str) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(pixels, "RGB").save(buffer, format=fmt, **options)
     return buffer.getvalue()
+
+
+def _uint8_rgb(image: torch.Tensor | np.ndarray) -> np.ndarray:
+    if not isinstance(image, np.ndarray):
+        return to_uint8(image)
+    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(f"an image array must be (H, W, 3) uint8 RGB, got {image.shape} {image.dtype}")
+    return np.ascontiguousarray(image)
 
 
 def _write_format(path: Path) -> tuple[str, dict[str, object]]:
@@ -326,6 +336,17 @@ def _is_image_name(path: Path) -> bool:
 
 
 # --------------------------------------------------------------------------- demo asset
+
+
+def demo_photo_path() -> Path:
+    """Path of the bundled demo whole photo (JPEG crop of scikit-image's public-domain astronaut photo).
+
+    Regenerate it with ``scripts/make_demo_asset.py``.
+    """
+    path = Path(str(files("interlcm") / "assets" / "photo.jpg"))
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: demo asset missing; regenerate it with scripts/make_demo_asset.py")
+    return path
 
 
 def demo_image_path() -> Path:

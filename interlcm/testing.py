@@ -43,3 +43,50 @@ def write_clip(path, frames, fps: int = 8, audio_rate: int | None = 16000, codec
                 chunk.sample_rate, chunk.pts = audio_rate, start
                 out.mux(sound.encode(chunk))
             out.mux(sound.encode(None))
+
+
+# The astronaut's head in scikit-image's 512x512 photo: rows 20-260, cols 110-340 (240 x 230 px).
+_HEAD = (slice(20, 260), slice(110, 340))
+
+
+def group_photo(
+    size: tuple[int, int] = (1024, 768), heads: tuple[tuple[float, float, float, float], ...] | None = None
+) -> np.ndarray:
+    """A synthetic group photo: the astronaut's head pasted several times onto a smooth background.
+
+    `size` is (width, height); each head is (centre x, centre y, height in px, rotation in degrees),
+    centres as fractions of the photo. Returns (H, W, 3) uint8 RGB. Default: four heads at different
+    scales and tilts.
+    """
+    import cv2
+    from skimage import data
+
+    width, height = size
+    heads = heads or ((0.2, 0.35, 220, 0), (0.5, 0.4, 170, 12), (0.8, 0.35, 250, -10), (0.45, 0.8, 130, 5))
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+    canvas = np.stack([90 + 60 * xx / width, 110 + 40 * yy / height, 140 - 50 * xx / width], axis=2)
+    head = data.astronaut()[_HEAD].astype(np.float32)
+    for cx, cy, side, angle in heads:
+        scale = side / head.shape[0]
+        centre = (head.shape[1] / 2, head.shape[0] / 2)
+        matrix = cv2.getRotationMatrix2D(centre, angle, scale)
+        matrix[:, 2] += (cx * width - centre[0], cy * height - centre[1])
+        pasted = cv2.warpAffine(head, matrix, (width, height), flags=cv2.INTER_LINEAR)
+        footprint = cv2.warpAffine(np.ones(head.shape[:2], np.float32), matrix, (width, height))
+        canvas = footprint[..., None] * pasted + (1 - footprint[..., None]) * canvas
+    return np.clip(np.rint(canvas), 0, 255).astype(np.uint8)
+
+
+def face_landmarks(centre: tuple[float, float], eye_gap: float, angle_deg: float, kind: str = "retinaface") -> np.ndarray:
+    """(5, 2) float32 landmarks of a face centred at `centre` with eyes `eye_gap` px apart, tilted by `angle_deg`.
+
+    The alignment template placed in the photo by a chosen similarity transform: a stand-in
+    for a detector that knows exactly where its faces are.
+    """
+    from interlcm.faces.align import eye_distance, template
+
+    tpl = template(kind, 512)
+    scale = eye_gap / eye_distance(tpl, kind)
+    t = np.deg2rad(angle_deg)
+    rot = scale * np.array([[np.cos(t), -np.sin(t)], [np.sin(t), np.cos(t)]])
+    return ((tpl - 256.0) @ rot.T + np.asarray(centre)).astype(np.float32)

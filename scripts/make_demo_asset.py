@@ -1,8 +1,12 @@
-"""Regenerate ``interlcm/assets/face.png``, the bundled demo aligned face crop.
+"""Regenerate the bundled demo images: ``interlcm/assets/face.png`` and ``interlcm/assets/photo.jpg``.
 
 Source: ``skimage.data.astronaut()``, NASA's public-domain portrait of Eileen Collins (512x512).
-The square below puts the face in the middle with eyes at about 42 % of the height and the mouth
-at about 63 %, close to FFHQ-style alignment; it is resized to 256x256 with bicubic filtering.
+
+* ``face.png``, an aligned face crop: the square below puts the face in the middle with eyes at
+  about 42 % of the height and the mouth at about 63 %, close to FFHQ-style alignment; resized to
+  256x256 with bicubic filtering.
+* ``photo.jpg``, a whole photo for whole-photo mode: the top 448x352 of the portrait (head,
+  shoulders, background), JPEG quality 90, under 100 KB.
 
 Run from the repository root (needs scikit-image, a dev dependency)::
 
@@ -19,7 +23,8 @@ from skimage import data
 
 TOP, LEFT, SIDE = 8, 117, 216  # face square in the 512x512 astronaut image (rows 8-224, cols 117-333)
 SIZE = 256
-DEFAULT_OUT = Path(__file__).resolve().parents[1] / "interlcm" / "assets" / "face.png"
+PHOTO_ROWS, PHOTO_COLS = slice(0, 352), slice(32, 480)  # the whole-photo demo: 448 x 352
+ASSETS = Path(__file__).resolve().parents[1] / "interlcm" / "assets"
 
 
 def make_demo_face() -> Image.Image:
@@ -28,14 +33,21 @@ def make_demo_face() -> Image.Image:
     return Image.fromarray(crop).resize((SIZE, SIZE), Image.Resampling.BICUBIC)
 
 
+def make_demo_photo() -> Image.Image:
+    """The top of the astronaut portrait: a small whole photo with one face."""
+    return Image.fromarray(data.astronaut()[PHOTO_ROWS, PHOTO_COLS])
+
+
 def main() -> None:
-    """Write the demo asset (default: interlcm/assets/face.png)."""
+    """Write the demo assets (default: into interlcm/assets/)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output PNG path")
+    parser.add_argument("--out", type=Path, default=ASSETS, help="output folder")
     out = parser.parse_args().out
-    out.parent.mkdir(parents=True, exist_ok=True)
-    make_demo_face().save(out, format="PNG", optimize=True)
-    print(f"wrote {out} ({out.stat().st_size / 1024:.0f} KB)")
+    out.mkdir(parents=True, exist_ok=True)
+    make_demo_face().save(out / "face.png", format="PNG", optimize=True)
+    make_demo_photo().save(out / "photo.jpg", format="JPEG", quality=90, optimize=True)
+    for name in ("face.png", "photo.jpg"):
+        print(f"wrote {out / name} ({(out / name).stat().st_size / 1024:.0f} KB)")
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ from interlcm.imageio import (
     demo_image_path,
     list_images,
     read_image,
+    read_rgb,
     to_uint8,
     write_image,
 )
@@ -489,3 +490,14 @@ def test_multi_frame_files_use_the_first_frame_and_say_so(tmp_path: Path, suffix
 
     read_rgb(path, notes=notes)
     assert len(notes) == 2
+
+
+def test_write_image_takes_uint8_arrays(tmp_path):
+    """Whole photos are (H, W, 3) uint8 arrays: PNG keeps them exactly, JPEG closely; other arrays are refused."""
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 256, (12, 20, 3), dtype=np.uint8)
+    assert np.array_equal(read_rgb(write_image(tmp_path / "a.png", pixels)), pixels)
+    smooth = np.broadcast_to(np.linspace(0, 255, 20, dtype=np.uint8)[None, :, None], (12, 20, 3)).copy()
+    assert np.abs(read_rgb(write_image(tmp_path / "a.jpg", smooth)).astype(int) - smooth).max() <= 4
+    with pytest.raises(ValueError, match="uint8 RGB"):
+        write_image(tmp_path / "b.png", pixels.astype(np.float32))

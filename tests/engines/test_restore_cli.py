@@ -1,4 +1,7 @@
-"""`interlcm-trt restore` as a user runs it: folders, bad files, backend choice, exit codes."""
+"""`interlcm-trt restore` as a user runs it: folders, bad files, backend choice, exit codes.
+
+These give aligned face crops (`--aligned`); whole photos: test_photo_cli.py.
+"""
 
 from __future__ import annotations
 
@@ -23,7 +26,8 @@ def test_folder_with_a_bad_file_restores_the_rest(tmp_path, tiny_weights):
     (src / "broken.png").write_bytes(b"this is not a png")
     out = tmp_path / "out"
     result = CliRunner().invoke(
-        main, ["restore", str(src), "--weights", str(tiny_weights), "--batch", "2", "--out", str(out), "--seed", "1"]
+        main, ["restore", str(src), "--aligned", "--weights", str(tiny_weights), "--batch", "2", "--out", str(out),
+               "--seed", "1"]
     )
     assert result.exit_code == 1, result.output  # something failed, and the exit code says so
     assert sorted(p.name for p in out.iterdir()) == ["face0.png", "face1.png", "face2.png"]
@@ -36,7 +40,7 @@ def test_folder_with_a_bad_file_restores_the_rest(tmp_path, tiny_weights):
 def test_inputs_are_never_overwritten(tmp_path, tiny_weights):
     src = _faces(tmp_path / "in", n=1)
     before = (src / "face0.png").read_bytes()
-    result = CliRunner().invoke(main, ["restore", str(src), "--weights", str(tiny_weights), "--out", str(src)])
+    result = CliRunner().invoke(main, ["restore", str(src), "--aligned", "--weights", str(tiny_weights), "--out", str(src)])
     assert result.exit_code == 1 and "overwrite an input" in result.output
     assert (src / "face0.png").read_bytes() == before
 
@@ -46,7 +50,9 @@ def test_same_seed_same_picture_on_torch_and_onnxruntime(tmp_path, tiny_weights,
     src = _faces(tmp_path / "in", n=1)
     outs = {}
     for name, flags in (("torch", ["--weights", str(tiny_weights)]), ("ort", ["--onnx", str(tiny_onnx)])):
-        result = CliRunner().invoke(main, ["restore", str(src), *flags, "--seed", "5", "--out", str(tmp_path / name)])
+        result = CliRunner().invoke(
+            main, ["restore", str(src), "--aligned", *flags, "--seed", "5", "--out", str(tmp_path / name)]
+        )
         assert result.exit_code == 0, result.output
         outs[name] = np.asarray(Image.open(tmp_path / name / "face0.png"), dtype=np.int16)
         if name == "ort":  # auto picked ONNX Runtime and said why, naming what really runs
@@ -61,7 +67,7 @@ def test_backend_errors_are_one_line(tmp_path):
         (["--backend", "onnxruntime"], "needs --onnx"),
         (["--engines", str(tmp_path)], "NVIDIA GPU"),
     ):
-        result = CliRunner().invoke(main, ["restore", str(src), *args, "--out", str(tmp_path / "o")])
+        result = CliRunner().invoke(main, ["restore", str(src), "--aligned", *args, "--out", str(tmp_path / "o")])
         assert result.exit_code != 0 and expected in result.output, result.output
         assert len(result.output.strip().splitlines()) == 1
 
@@ -73,7 +79,7 @@ def test_no_images_found(tmp_path):
 
 @pytest.mark.parametrize("flag", [[], ["--preset", "tiny"]])
 def test_demo_face_by_default(tmp_path, flag):
-    result = CliRunner().invoke(main, ["restore", *flag, "--out", str(tmp_path / "o")])
+    result = CliRunner().invoke(main, ["restore", "--aligned", *flag, "--out", str(tmp_path / "o")])
     assert result.exit_code == 0, result.output
     assert "demo face" in result.output and "random weights" in result.output
     assert (tmp_path / "o" / "face.png").is_file()
