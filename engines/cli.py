@@ -108,17 +108,17 @@ def restore(inputs, engines, onnx, weights, preset, backend, precision, variant,
     try:
         paths = list_images(inputs) if inputs else []
         plan_outputs(paths, out, save_faces=save_faces)  # a name clash fails here, before any work
-        make_folder(out)  # --out a file, read-only or uncreatable: one sentence before any work
         with open_backend(**backend_args) as opened:
-            click.echo(f"backend: {opened.description}")
-            if opened.random_weights:
-                click.echo("note: random weights: the output shows the pipeline runs, not a restoration "
-                           "(get real weights with `interlcm-weights download`)")
             upsamplers = _upsamplers(opened.config, weights, bg_upsampler, bg_tile, face_upsample)
             photo_restorer = open_photo_restorer(opened.backend, options, photo_options, detector, weights, timing,
                                                  upsamplers)
+            make_folder(out)  # --out a file, read-only or uncreatable: one sentence before any work
+            click.echo(f"backend: {opened.description}")
             if not aligned:
                 click.echo(f"detector: {detector}")
+            if opened.random_weights:
+                click.echo("note: random weights: the output shows the pipeline runs, not a restoration "
+                           "(get real weights with `interlcm-weights download`)")
             if videos:
                 video_failed = _restore_videos(photo_restorer, videos, out, save_frames)
             if paths:

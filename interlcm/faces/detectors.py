@@ -35,6 +35,8 @@ def _retinaface(name: str, component: str) -> Callable[[DetectorContext], Detect
     def open_(context: DetectorContext) -> Detector:
         from interlcm.faces.retinaface import RetinaFaceDetector
 
+        if context.backend is None:
+            raise RuntimeError(f"--detector {name} runs on a backend and none was given (or use --detector dlib)")
         detector = RetinaFaceDetector(context.backend, component)
         try:  # now, with the fix, rather than on the first photo: the backend may lack the network
             detector.detect([np.zeros((64, 64, 3), np.uint8)])

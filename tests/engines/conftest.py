@@ -21,6 +21,8 @@ from typing import Any
 
 import pytest
 
+from interlcm.weights import WeightsIdentity
+
 
 class _Enum:
     def __init__(self, name: str, value: int):
@@ -282,6 +284,7 @@ class FakeManifest:
     batch: tuple[int, int, int]
     entries: list[SimpleNamespace]
     weights: str = "random, seed 0"
+    identity: Any = field(default_factory=lambda: WeightsIdentity.random("tiny", 0))  # what export_all records
 
     def entry(self, component: str, precision: str) -> SimpleNamespace:
         for e in self.entries:

@@ -40,7 +40,8 @@ def _inputs(root, size: int):
 
 
 def _restore(src, out, flags, batch):
-    result = CliRunner().invoke(main, ["restore", str(src), *flags, "--seed", "7", "--batch", str(batch), "--out", str(out)])
+    args = ["restore", str(src), "--aligned", *flags, "--seed", "7", "--batch", str(batch), "--out", str(out)]
+    result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
     return {p.stem.split("_")[-1]: p for p in out.iterdir()}  # face name -> output file
 

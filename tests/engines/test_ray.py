@@ -29,7 +29,7 @@ ray = pytest.importorskip("ray")
 from interlcm.engines.cli import main  # noqa: E402
 
 SEED = "1"
-COMMON = ["--preset", "tiny", "--backend", "torch", "--seed", SEED, "--threads", "1"]
+COMMON = ["--aligned", "--preset", "tiny", "--backend", "torch", "--seed", SEED, "--threads", "1"]
 
 
 @pytest.fixture(scope="module")

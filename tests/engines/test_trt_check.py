@@ -11,7 +11,7 @@ from interlcm.engines.cli import main
 
 
 def test_check_passes_within_the_components_tolerances(tiny_onnx):
-    result = CliRunner().invoke(main, ["check", "--onnx", str(tiny_onnx), "--steps", "1"])
+    result = CliRunner().invoke(main, ["check", "--onnx", str(tiny_onnx)])
     assert result.exit_code == 0, result.output
     assert "step1.eps" in result.output and "limit" in result.output
     assert result.output.rstrip().endswith("stages within tolerance")
@@ -22,9 +22,9 @@ def test_check_fails_with_a_table_against_other_weights(tiny_onnx, tmp_path):
     work = tmp_path / "onnx"
     shutil.copytree(tiny_onnx, work)
     manifest = json.loads((work / "manifest.json").read_text())
-    manifest["weights"] = "random, seed 1"
+    manifest["identity"]["seed"] = 1  # the manifest now claims other (random) weights
     (work / "manifest.json").write_text(json.dumps(manifest))
-    result = CliRunner().invoke(main, ["check", "--onnx", str(work), "--steps", "1"])
+    result = CliRunner().invoke(main, ["check", "--onnx", str(work)])
     assert result.exit_code == 1, result.output
     assert "Error:" in result.output and "out of tolerance" in result.output and "FAIL" in result.output
     assert "Traceback" not in result.output

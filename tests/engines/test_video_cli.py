@@ -7,10 +7,7 @@ import pytest
 from click.testing import CliRunner
 
 from interlcm.engines.cli import main
-from interlcm.engines.photo import PhotoRestorer
 from interlcm.testing import write_clip
-
-WHOLE_PHOTO = "NotImplementedError" not in PhotoRestorer.restore_photos.__code__.co_names
 
 
 @pytest.fixture
@@ -47,12 +44,8 @@ def test_missing_realesrgan_weights_is_one_line(clip, tmp_path, tiny_weights):
 
 def test_video_dispatch(clip, tmp_path):
     out = tmp_path / "out"
-    args = ["restore", str(clip), "--preset", "tiny", "--steps", "1", "--bg-upsampler", "realesrgan",
-            "--bg-tile", "16", "--out", str(out)]
+    args = ["restore", str(clip), "--preset", "tiny", "--steps", "1", "--detector", "dlib",
+            "--bg-upsampler", "realesrgan", "--bg-tile", "16", "--out", str(out)]
     result = CliRunner().invoke(main, args)
-    if not WHOLE_PHOTO:  # until whole-photo mode merges: a clear refusal, nothing written
-        assert result.exit_code == 1 and "whole-photo mode" in result.output, result.output
-        assert not out.exists() or list(out.iterdir()) == []
-        return
     assert result.exit_code == 0, result.output
     assert (out / "clip.mp4").is_file() and "4 frames at 2 fps, 96x64" in result.output
