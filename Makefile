@@ -28,7 +28,7 @@ test: $(STAMP)
 # The demo restores the bundled whole photo (interlcm/assets/photo.jpg) at 2x, every face pasted back.
 # Released weights when they can be downloaded (cached in .cache/release-weights: the download skips
 # files already there and checked), else random tiny weights, which only show that the pipeline runs.
-DEMO_DETECTOR ?= dlib
+DEMO_DETECTOR ?= retinaface
 demo: $(STAMP)
 	@if $(VENV)/bin/interlcm-weights download --out .cache/release-weights; then \
 	  echo "demo: restoring with the released weights"; \
