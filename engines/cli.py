@@ -73,7 +73,7 @@ def _backend_args(backend, weights, onnx, engines, preset, precision, variant, s
               help="Upscale the background with Real-ESRGAN x2plus (whole photos and video frames).")
 @click.option("--bg-tile", type=click.IntRange(0), default=400, show_default=True,
               help="Real-ESRGAN tile size in pixels (0: whole image at once); tiles overlap by 40 px.")
-@click.option("--face-upsample", is_flag=True, help="Also upscale restored faces with Real-ESRGAN (not supported yet).")
+@click.option("--face-upsample", is_flag=True, help="Also upscale restored faces with Real-ESRGAN before paste-back.")
 @click.option("--save-frames", is_flag=True, help="Videos: also write every restored frame, in OUT/NAME_frames/.")
 def restore(inputs, engines, onnx, weights, preset, backend, precision, variant, steps, seed, colorfix, batch,  # noqa: ANN001
             threads, timing, aligned, detector, only_center_face, upscale, save_faces, skip_existing, out,

@@ -38,7 +38,7 @@ from interlcm.engines.runtime import RestoreOptions, Restorer
 from interlcm.faces.align import AlignedFace, align_face, eye_distance
 from interlcm.faces.detect import Detection, Detector
 from interlcm.faces.detectors import DEFAULT_DETECTOR, DetectorContext, open_detector, open_parser
-from interlcm.faces.paste import PastedFace, paste_faces
+from interlcm.faces.paste import PastedFace, larger_crop_inverse, paste_faces
 from interlcm.imageio import to_uint8
 from interlcm.upsampler import Upsamplers
 
@@ -139,8 +139,6 @@ class PhotoRestorer:
         self.parser = parser
         # Real-ESRGAN for the background canvas and the restored faces (aligned mode: unused, as the release)
         self.upsamplers = upsamplers or Upsamplers()
-        if self.upsamplers.face is not None:
-            raise ValueError("--face-upsample is not supported yet (only --bg-upsampler): drop --face-upsample")
         self.seconds: dict[str, float] = defaultdict(float)  # detect / align / restore / paste, summed
 
     def restore_photos(self, photos: Sequence[np.ndarray]) -> list[PhotoResult]:
@@ -184,7 +182,16 @@ class PhotoRestorer:
         gray = self.options.keep_gray and is_gray(photo)
         if gray:
             restored = [to_gray(face) for face in restored]
-        pasted = [PastedFace(face, a.inverse, mask) for a, face, mask in zip(aligned, restored, masks)]
+        inverses = [a.inverse for a in aligned]
+        if self.upsamplers.face is not None and restored and self.options.upscale > 1:
+            # the release's --face_upsample: each restored face enlarged by `upscale` before it is warped back
+            s = self.options.upscale
+            with self._timed("face upsample"):
+                restored = [self.upsamplers.face.enhance(face, outscale=s) for face in restored]
+            inverses = [larger_crop_inverse(inverse, s) for inverse in inverses]
+            side = restored[0].shape[0]
+            masks = [None if m is None else cv2.resize(m, (side, side), interpolation=cv2.INTER_LINEAR) for m in masks]
+        pasted = [PastedFace(face, inverse, mask) for inverse, face, mask in zip(inverses, restored, masks)]
         background = None
         if self.upsamplers.background is not None:  # the release's --bg_upsampler: Real-ESRGAN canvas
             with self._timed("background"):

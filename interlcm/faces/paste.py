@@ -41,6 +41,17 @@ def upscale_photo(photo: np.ndarray, upscale: int) -> np.ndarray:
     return cv2.resize(photo, (w * upscale, h * upscale), interpolation=cv2.INTER_LINEAR)
 
 
+def larger_crop_inverse(inverse: np.ndarray, scale: int) -> np.ndarray:
+    """(2, 3) crop -> photo affine for the same crop enlarged `scale` times (pixel centres kept).
+
+    A face upscaled before paste-back (the release's --face_upsample) is a crop `scale` times
+    larger: its pixel p sits at crop coordinate (p + 0.5) / scale - 0.5.
+    """
+    offset = (1.0 / scale - 1.0) / 2.0
+    linear = inverse[:, :2] / scale
+    return np.concatenate([linear, inverse[:, :2] @ np.array([[offset], [offset]]) + inverse[:, 2:]], axis=1)
+
+
 def canvas_inverse(inverse: np.ndarray, upscale: int) -> np.ndarray:
     """(2, 3) crop -> photo affine turned into crop -> upscaled-canvas pixels (pixel centres kept)."""
     return np.concatenate([inverse[:, :2] * upscale, inverse[:, 2:] * upscale + 0.5 * (upscale - 1)], axis=1)
