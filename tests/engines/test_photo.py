@@ -18,14 +18,7 @@ from interlcm.faces.detect import Detection
 from interlcm.faces.paste import upscale_photo
 from interlcm.testing import face_landmarks, group_photo
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """The tiny model at 2 threads on a loaded 2-core machine is 20x slower than at 1 thread."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class PlacedFaces:

@@ -5,21 +5,13 @@ from __future__ import annotations
 import cv2
 import numpy as np
 import pytest
-import torch
 from click.testing import CliRunner
 from PIL import Image
 
 from interlcm.engines.cli import main
 from interlcm.testing import group_photo
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """The tiny model at 2 threads on a loaded 2-core machine is 20x slower than at 1 thread."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _restore(*args: str):
