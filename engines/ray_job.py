@@ -229,7 +229,7 @@ def write_stage(batch: dict[str, np.ndarray], fs) -> dict[str, np.ndarray]:  # n
             reasons.append(error)
             continue
         try:
-            _write_bytes(fs, dst, encode_image(np.asarray(image, dtype=np.uint8), PurePosixPath(dst).suffix))
+            _write_bytes(fs, dst, encode_image(np.asarray(image, dtype=np.uint8), PurePosixPath(dst).name))
             status.append("written")
             reasons.append("")
         except OSError as exc:

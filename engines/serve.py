@@ -140,7 +140,7 @@ class RestoreServer:
                 raise image
         except BadRequest as exc:
             return PlainTextResponse(f"{exc}\n", status_code=exc.status)
-        return Response(encode_image(image, f".{options.format}"), media_type=MEDIA_TYPES[options.format])
+        return Response(encode_image(image, f"restored.{options.format}"), media_type=MEDIA_TYPES[options.format])
 
     @serve.batch(max_batch_size=4, batch_wait_timeout_s=0.05)
     async def restore_batch(self, items: list[tuple[Any, RequestOptions]]) -> list[Any]:

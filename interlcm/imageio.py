@@ -221,18 +221,19 @@ def write_image(path: str | os.PathLike[str], image: torch.Tensor | np.ndarray, 
     Returns ``path`` as a Path.
     """
     path = Path(path)
-    fmt, options = _write_format(path)
-    pixels = Image.fromarray(_uint8_rgb(image), "RGB")
+    _write_format(path)  # an unsupported suffix fails before anything is created
+    pixels = _uint8_rgb(image)
     if not overwrite and path.exists():
         raise FileExistsError(f"{path}: already exists (pass overwrite=True to replace it)")
     with atomic_open(path) as handle:  # temporary + fsync + rename, umask honoured (interlcm.files)
-        pixels.save(handle, format=fmt, **options)
+        handle.write(encode_image(pixels, path))
     return path
 
 
-def encode_image(pixels: np.ndarray, suffix: str) -> bytes:
-    """``(H, W, 3)`` uint8 RGB -> file bytes in the format :func:`write_image` uses for ``suffix`` (same bytes)."""
-    fmt, options = _write_format(Path(f"x{suffix}"))
+def encode_image(pixels: np.ndarray, name: str | os.PathLike[str]) -> bytes:
+    """``(H, W, 3)`` uint8 RGB -> the file bytes :func:`write_image` writes for a file called ``name``
+    (its suffix picks the format; the name appears in errors). One encoder for files, Ray and Serve."""
+    fmt, options = _write_format(Path(name))
     buffer = io.BytesIO()
     Image.fromarray(pixels, "RGB").save(buffer, format=fmt, **options)
     return buffer.getvalue()
