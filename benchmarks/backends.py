@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import torch
 
+from interlcm.backend import Backend
 from interlcm.components import BY_NAME
-from interlcm.engines.backend import Backend
 
 
 class ReleaseStyle:

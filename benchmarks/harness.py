@@ -28,6 +28,7 @@ from pathlib import Path
 
 import torch
 
+from interlcm.backend import TimedBackend
 from interlcm.benchmarks import onnx_cache
 from interlcm.benchmarks.backends import ReleaseStyle
 from interlcm.benchmarks.flops import ComponentFlops, PeakProbe, count_flops, matmul_peak
@@ -36,11 +37,11 @@ from interlcm.benchmarks.schema import BenchReport, BenchSettings, ComponentTimi
 from interlcm.choices import variant_for_steps
 from interlcm.components import BY_NAME, DEFAULT_COMPONENTS
 from interlcm.config import PresetConfig
-from interlcm.engines.backend import TimedBackend, open_backend
-from interlcm.engines.ort import cuda_device_count
-from interlcm.engines.runtime import RestoreOptions, Restorer
-from interlcm.engines.torch_backend import TorchBackend
+from interlcm.engines.backend import open_backend
+from interlcm.engines.restorer import RestoreOptions, Restorer
+from interlcm.export.session import cuda_device_count
 from interlcm.models.container import build_random
+from interlcm.torch_backend import TorchBackend
 from interlcm.weights import load_models, weights_digest
 
 Log = Callable[[str], None]

@@ -110,8 +110,9 @@ def _export(request: ExportRequest, out: Path) -> None:
     from interlcm.choices import variant_for_steps
     from interlcm.config import get_preset
     from interlcm.export.onnx_export import export_all
+    from interlcm.identity import WeightsIdentity
     from interlcm.models.container import build_random
-    from interlcm.weights import WeightsIdentity, load_models
+    from interlcm.weights import folder_identity, load_models
 
     variant = variant_for_steps(request.steps).name
     if request.weights is None:
@@ -119,7 +120,7 @@ def _export(request: ExportRequest, out: Path) -> None:
         identity = WeightsIdentity.random(request.preset, request.seed, variant)
     else:
         models = load_models(Path(request.weights), variant, resolution=request.resolution)
-        identity = WeightsIdentity.of_folder(Path(request.weights), variant)
+        identity = folder_identity(Path(request.weights), variant)
     export_all(models, out, components=request.components, precisions=request.precisions, batch=request.batch,
                identity=identity)
 

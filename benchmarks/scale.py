@@ -41,7 +41,7 @@ def _faces(folder: Path, n: int, size: int) -> list[Path]:
 def single_process(backend_args: dict, paths: list[Path], batch: int) -> float:
     from interlcm.engines.backend import open_backend
     from interlcm.engines.photo import PhotoOptions, PhotoRestorer
-    from interlcm.engines.runtime import RestoreOptions, Restorer
+    from interlcm.engines.restorer import RestoreOptions, Restorer
     from interlcm.imageio import read_rgb
 
     with open_backend(**backend_args) as opened:
@@ -56,7 +56,7 @@ def single_process(backend_args: dict, paths: list[Path], batch: int) -> float:
 def ray_job(backend_args: dict, folder: Path, out: Path, batch: int, actors: int) -> float:
     from interlcm.engines.photo import PhotoOptions
     from interlcm.engines.ray_job import JobSpec, run_job
-    from interlcm.engines.runtime import RestoreOptions
+    from interlcm.engines.restorer import RestoreOptions
 
     spec = JobSpec(backend_args, RestoreOptions(batch=batch), PhotoOptions(aligned=True), actors)
     report = run_job(spec, [str(folder)], str(out))

@@ -56,8 +56,8 @@ def _flicker(frames: list[np.ndarray], shift: int) -> dict[str, float]:
 
 def _photo_restorer(models, seed: int, steps: int, batch: int, aligned: bool):  # noqa: ANN001, ANN202
     from interlcm.engines.photo import PhotoOptions, PhotoRestorer
-    from interlcm.engines.runtime import RestoreOptions, Restorer
-    from interlcm.engines.torch_backend import TorchBackend
+    from interlcm.engines.restorer import RestoreOptions, Restorer
+    from interlcm.torch_backend import TorchBackend
 
     restorer = Restorer(TorchBackend(models), RestoreOptions(steps=steps, seed=seed, batch=batch), timing=True)
     return PhotoRestorer(restorer, PhotoOptions(aligned=aligned))

@@ -1,4 +1,4 @@
-"""The interface every backend declares, and the one way to open one.
+"""The one way to open a backend (the interface they all declare: interlcm.backend.Backend).
 
 `open_backend` is what restore, `check`, the benchmark, the export cache and
 the Ray actors call: a context manager that opens torch, ONNX Runtime or
@@ -9,78 +9,22 @@ variant, and closes everything it opened on exit.
 
 from __future__ import annotations
 
-import time
-from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
 
 import torch
 
+from interlcm.backend import Backend
 from interlcm.choices import BACKENDS, DEFAULT_VARIANT, get_variant
 from interlcm.config import PresetConfig, get_preset
-from interlcm.engines.ort import OrtBackend, cuda_device_count
-from interlcm.engines.torch_backend import TorchBackend
+from interlcm.engines.ort import OrtBackend
+from interlcm.export.session import cuda_device_count
+from interlcm.identity import WeightsIdentity
 from interlcm.models.container import InterLCMModels, build_random
-from interlcm.weights import WeightsIdentity, check_identity, load_models
-
-
-class Backend(Protocol):
-    """What the runtime, the checks and the benchmarks may ask of any backend."""
-
-    name: str  # "torch", "onnxruntime", "tensorrt"
-    config: PresetConfig  # the preset (sizes, resolution) its models or graphs were made for
-    device: torch.device  # where its input and output tensors live
-    max_batch: int | None  # the largest batch it accepts (an engine profile's max); None: any
-
-    def run(self, component: str, **inputs: torch.Tensor) -> dict[str, torch.Tensor]: ...
-
-    def synchronize(self) -> None:
-        """Wait for queued device work (a no-op on the CPU)."""
-        ...
-
-    def close(self) -> None:
-        """Release sessions, engines and buffers."""
-        ...
-
-
-class TimedBackend:
-    """Wraps a backend and records the wall time of every component call.
-
-    Device work is synchronised before and after each call, so the times are the
-    component's own; that costs overlap on a GPU, so the runtime only wraps a
-    backend when timing is asked for.
-    """
-
-    def __init__(self, inner: Backend):
-        self.inner = inner
-        self.name, self.config, self.device, self.max_batch = inner.name, inner.config, inner.device, inner.max_batch
-        self.calls: list[tuple[str, float]] = []  # (component, seconds) since the last take()
-        self.seconds: dict[str, float] = defaultdict(float)  # totals since construction
-        self.counts: dict[str, int] = defaultdict(int)
-
-    def run(self, component: str, **inputs: torch.Tensor) -> dict[str, torch.Tensor]:
-        self.inner.synchronize()
-        start = time.perf_counter()
-        out = self.inner.run(component, **inputs)
-        self.inner.synchronize()
-        seconds = time.perf_counter() - start
-        self.calls.append((component, seconds))
-        self.seconds[component] += seconds
-        self.counts[component] += 1
-        return out
-
-    def take(self) -> list[tuple[str, float]]:
-        calls, self.calls = self.calls, []
-        return calls
-
-    def synchronize(self) -> None:
-        self.inner.synchronize()
-
-    def close(self) -> None:
-        self.inner.close()
+from interlcm.torch_backend import TorchBackend
+from interlcm.weights import check_identity, load_models
 
 
 @dataclass

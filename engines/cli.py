@@ -84,8 +84,10 @@ def restore(inputs, engines, onnx, weights, preset, backend, precision, variant,
     restores the bundled demo photo (or, with --aligned, the demo face crop).
     """
     from interlcm.engines.backend import open_backend
+    from interlcm.engines.outputs import plan_outputs
     from interlcm.engines.photo import PhotoOptions, open_photo_restorer
-    from interlcm.engines.runtime import RestoreOptions, plan_outputs, restore_files
+    from interlcm.engines.pipeline import restore_files
+    from interlcm.engines.restorer import RestoreOptions
     from interlcm.files import make_folder
     from interlcm.imageio import demo_image_path, demo_photo_path, list_images
     from interlcm.video import is_video
@@ -276,11 +278,11 @@ def check(engines, onnx, weights, precision, variant, steps, batch, seed) -> Non
     Each stage is judged by the tolerance of the component that produced it (components.py).
     """
     from interlcm.engines.backend import open_backend, reference_models
-    from interlcm.engines.parity import ParityError, compare_traces, format_table, require
-    from interlcm.engines.runtime import RestoreOptions, Restorer
-    from interlcm.engines.torch_backend import TorchBackend
+    from interlcm.engines.restorer import RestoreOptions, Restorer
     from interlcm.imageio import demo_image_path, read_image
+    from interlcm.parity import ParityError, compare_traces, format_table, require
     from interlcm.sampler import Trace
+    from interlcm.torch_backend import TorchBackend
 
     if (engines is None) == (onnx is None):
         raise click.UsageError("give exactly one of --engines or --onnx")

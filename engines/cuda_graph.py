@@ -29,7 +29,8 @@ from typing import Any
 
 import torch
 
-from interlcm.sampler import ComponentRunner, SamplerSettings, denoise
+from interlcm.backend import ComponentRunner
+from interlcm.sampler import SamplerSettings, denoise
 
 
 @dataclass

@@ -39,7 +39,7 @@ def _time(restore: Callable[[], torch.Tensor], repeat: int) -> float:
 def _backends(onnx: Path, engines: Path | None) -> Iterator[dict[str, object]]:
     """name -> opened backend (or the one-line reason it could not open), all closed on exit."""
     from interlcm.engines.backend import open_backend, reference_models
-    from interlcm.engines.torch_backend import TorchBackend
+    from interlcm.torch_backend import TorchBackend
 
     with contextlib.ExitStack() as stack:
         ort = stack.enter_context(open_backend("onnxruntime", onnx=onnx, precision="fp16"))
@@ -60,7 +60,7 @@ def _restorer(backend, config, face: torch.Tensor, batch: int, fused: bool, grap
     (the sampler called directly, not through the runtime's per-stage timer); with `graph` the step
     chain is a CUDA-graph replay on the engines' stream."""
     from interlcm.engines.cuda_graph import GraphedStepChain
-    from interlcm.engines.runtime import RestoreOptions, Restorer
+    from interlcm.engines.restorer import RestoreOptions, Restorer
     from interlcm.sampler import restore
 
     restorer = Restorer(backend, RestoreOptions(batch=batch, fused_step=fused))

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import ctypes
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -12,106 +10,8 @@ import torch
 
 from interlcm.components import BY_NAME, DEFAULT_COMPONENTS, Component
 from interlcm.config import PresetConfig
-
-PROVIDERS = {
-    "tensorrt": "TensorrtExecutionProvider",
-    "cuda": "CUDAExecutionProvider",
-    "cpu": "CPUExecutionProvider",
-}
-
-
-def cuda_device_count() -> tuple[int, str]:
-    """Ask the CUDA driver itself how many devices there are.
-
-    onnxruntime-gpu lists the CUDA and TensorRT providers on machines without a
-    GPU and then falls back to the CPU, so its provider list proves nothing.
-    """
-    for lib in ("libcuda.so.1", "libcuda.so", "nvcuda.dll"):
-        try:
-            cuda = ctypes.CDLL(lib)
-        except OSError:
-            continue
-        if cuda.cuInit(0) != 0:
-            return 0, "the CUDA driver is installed but found no usable device"
-        count = ctypes.c_int(0)
-        if cuda.cuDeviceGetCount(ctypes.byref(count)) != 0 or count.value == 0:
-            return 0, "the CUDA driver reports no device"
-        return count.value, f"{count.value} CUDA device(s)"
-    return 0, "no CUDA driver on this machine"
-
-
-def _installed_distributions() -> set[str]:
-    from importlib.metadata import PackageNotFoundError, distribution
-
-    found = set()
-    for name in ("onnxruntime", "onnxruntime-gpu"):
-        try:
-            distribution(name)
-            found.add(name)
-        except PackageNotFoundError:
-            pass
-    return found
-
-
-def pick_providers(requested: str = "auto") -> tuple[list[str], str]:
-    """Execution providers to ask for, and why, for `auto`, `tensorrt`, `cuda` or `cpu`."""
-    import onnxruntime as ort
-
-    if {"onnxruntime", "onnxruntime-gpu"} <= _installed_distributions():
-        # both install the same `onnxruntime` package folder: whichever came last wins, half-overwritten
-        raise RuntimeError(
-            "both onnxruntime and onnxruntime-gpu are installed and break each other: "
-            "pip uninstall -y onnxruntime onnxruntime-gpu, then pip install -e '.[cpu]' (or '.[gpu]' on a GPU)"
-        )
-
-    available = set(ort.get_available_providers())
-    if requested == "cpu":
-        return [PROVIDERS["cpu"]], "CPU provider requested"
-    devices, why = cuda_device_count()
-    if requested in ("tensorrt", "cuda"):
-        if PROVIDERS[requested] not in available:
-            raise RuntimeError(
-                f"ONNX Runtime has no {PROVIDERS[requested]}: pip install onnxruntime-gpu (and uninstall onnxruntime)"
-            )
-        if not devices:
-            raise RuntimeError(f"{requested} provider requested but {why}; use --provider cpu")
-        chain = ["tensorrt", "cuda", "cpu"] if requested == "tensorrt" else ["cuda", "cpu"]
-        return [PROVIDERS[p] for p in chain], f"{requested} provider requested, {why}"
-    if devices and PROVIDERS["cuda"] in available:
-        return [PROVIDERS["cuda"], PROVIDERS["cpu"]], f"{why} and onnxruntime-gpu"
-    return [PROVIDERS["cpu"]], f"{why}, so the CPU provider"
-
-
-def open_session(
-    path: Path | str,
-    providers: Sequence[str] = (PROVIDERS["cpu"],),
-    threads: int | None = None,
-    provider_options: Sequence[dict[str, str]] | None = None,
-):  # -> onnxruntime.InferenceSession
-    """The one way this project opens an ONNX file (export validation and `OrtBackend`).
-
-    From the path, not bytes: external data (`.onnx.data`) is resolved next to the file.
-    Refuses to fall back silently: if the first provider asked for did not start, it
-    raises with the provider that did.
-    """
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    if threads:
-        opts.intra_op_num_threads = threads
-        opts.inter_op_num_threads = 1
-    opts.log_severity_level = 3  # errors only: fallback warnings are handled by pick_providers
-    sess = ort.InferenceSession(
-        os.fspath(path), sess_options=opts, providers=list(providers),
-        provider_options=list(provider_options) if provider_options is not None else None,
-    )
-    if sess.get_providers()[0] != providers[0]:
-        raise RuntimeError(
-            f"ONNX Runtime could not start {providers[0]} for {Path(path).name} "
-            f"(running on {sess.get_providers()[0]}): check the CUDA/TensorRT installation or use --provider cpu"
-        )
-    return sess
+from interlcm.export.manifest import load_manifest
+from interlcm.export.session import PROVIDERS, open_session, pick_providers
 
 
 def provider_options(providers: Sequence[str], device: torch.device, stream: int | None) -> list[dict[str, str]]:
@@ -187,8 +87,6 @@ class OrtBackend:
         io_binding: bool | None = None,  # default: on CUDA
     ):
         """`components`: what this backend will be asked to run, checked against the manifest now."""
-        from interlcm.export.manifest import load_manifest
-
         self.root = Path(onnx_dir)
         self.manifest = load_manifest(self.root, verify=verify)
         self.config = self.manifest.config

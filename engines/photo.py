@@ -33,8 +33,8 @@ import cv2
 import numpy as np
 import torch
 
-from interlcm.engines.backend import Backend
-from interlcm.engines.runtime import RestoreOptions, Restorer
+from interlcm.backend import Backend
+from interlcm.engines.restorer import RestoreOptions, Restorer
 from interlcm.faces.align import AlignedFace, align_face, eye_distance
 from interlcm.faces.detect import Detection, Detector
 from interlcm.faces.detectors import DEFAULT_DETECTOR, DetectorContext, open_detector, open_parser

@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 
 from interlcm.engines.photo import PhotoOptions
-from interlcm.engines.runtime import RestoreOptions
+from interlcm.engines.restorer import RestoreOptions
 from interlcm.faces.detectors import DEFAULT_DETECTOR
 
 RESULTS_NAME = "results.jsonl"

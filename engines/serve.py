@@ -161,7 +161,7 @@ class RestoreServer:
 
     def _restore_groups(self, items: list[tuple[Any, RequestOptions]]) -> list[Any]:
         from interlcm.engines.photo import PhotoRestorer
-        from interlcm.engines.runtime import RestoreOptions, Restorer
+        from interlcm.engines.restorer import RestoreOptions, Restorer
 
         results: list[Any] = [None] * len(items)
         groups: dict[RequestOptions, list[int]] = {}

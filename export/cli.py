@@ -120,16 +120,18 @@ def main(
     """
     import torch
 
+    from interlcm.checkpoint import WeightsError
     from interlcm.components import DEFAULT_COMPONENTS
     from interlcm.config import get_preset
-    from interlcm.engines.parity import ParityError
     from interlcm.export.manifest import MANIFEST, ManifestError, load_manifest
     from interlcm.export.onnx_export import ExportError, export_all
     from interlcm.export.validate import validate
     from interlcm.faces.networks import FACE_NETWORKS
     from interlcm.files import FilesError, check_replaceable
+    from interlcm.identity import WeightsIdentity
     from interlcm.models.container import build_random
-    from interlcm.weights import WeightsError, WeightsIdentity, check_identity, load_models
+    from interlcm.parity import ParityError
+    from interlcm.weights import check_identity, folder_identity, load_models
 
     torch.set_num_threads(threads)
     names = [n for c in components for n in c.split(",") if n] or list(DEFAULT_COMPONENTS)
@@ -148,7 +150,7 @@ def main(
             if out is None:
                 raise click.UsageError("--out is required (or --validate-only DIR)")
             check_replaceable(out, MANIFEST, "an export folder")  # exports add to ours, never to others'
-        identity = WeightsIdentity.of_folder(weights, variant) if weights is not None else WeightsIdentity.random(
+        identity = folder_identity(weights, variant) if weights is not None else WeightsIdentity.random(
             cfg.name, seed, variant
         )
         if "realesrgan" in names:  # the upsampler has its own weights: exported on its own

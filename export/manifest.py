@@ -16,7 +16,7 @@ from typing import Any
 
 from interlcm.config import PresetConfig
 from interlcm.files import atomic_write_text, sha256_file  # noqa: F401 - re-exported
-from interlcm.weights import WeightsIdentity
+from interlcm.identity import WeightsIdentity
 
 MANIFEST = "manifest.json"
 FORMAT = 2  # 2: `identity` (typed weights identity) recorded

@@ -47,8 +47,8 @@ from .manifest import (
 from .trt_support import check_trt_support
 
 if TYPE_CHECKING:
+    from interlcm.identity import WeightsIdentity
     from interlcm.models.container import InterLCMModels
-    from interlcm.weights import WeightsIdentity
 
 DEFAULT_OPSET = 17
 RECIPE_VERSION = 1  # bump when the export steps change: files made by older code are redone
@@ -313,7 +313,7 @@ def _export_locked(models, out_dir, comps, precisions, batch, opset, force, prog
     clean_stale_temporaries(out_dir)  # scratch left by an interrupted run
     identity = identity or models.identity
     if identity is None:
-        raise ExportError("the weights' identity is unknown: pass identity=WeightsIdentity.of_folder(weights, variant)")
+        raise ExportError("the weights' identity is unknown: pass identity=interlcm.weights.folder_identity(weights, variant)")
     weights = json.dumps(identity.to_dict(), sort_keys=True)  # part of every file's key
     manifest = _open_manifest(out_dir, cfg, opset, batch, identity, precisions)
     bar = tqdm(comps, disable=not progress, unit="component", dynamic_ncols=True)

@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from interlcm.components import BY_NAME, Component
-from interlcm.engines.ort import open_session
-from interlcm.engines.parity import Diff, ParityError, compare, format_table, require, tolerance
+from interlcm.export.session import open_session
+from interlcm.parity import Diff, ParityError, compare, format_table, require, tolerance
 
 from .manifest import load_manifest
 from .onnx_export import json_normal

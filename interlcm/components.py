@@ -242,7 +242,7 @@ def _detector(name: str) -> Component:
 
     return Component(
         name,
-        lambda m: face_module(m, name),
+        lambda m: face_module(m.faces, name),
         inputs=(PIXELS,),
         outputs=tuple(
             TensorSpec(out, per_prior(values), dynamic={1: "priors"})
@@ -260,7 +260,7 @@ FACE_COMPONENTS: tuple[Component, ...] = (
     _detector("retinaface_mobile"),
     Component(
         "parsenet",
-        lambda m: face_module(m, "parsenet"),
+        lambda m: face_module(m.faces, "parsenet"),
         inputs=(
             TensorSpec("face", lambda c, b, d: (b, 3, d["size"], d["size"]), dynamic=_SQUARE, value_range=(-1, 1)),
         ),

@@ -2,7 +2,7 @@
 
 Every backend (torch, ONNX Runtime, TensorRT) runs this same function; it talks
 to the networks only through `run(component, **tensors)` (`ComponentRunner`; the
-full backend interface is `interlcm.engines.backend.Backend`), with the
+full backend interface is `interlcm.backend.Backend`), with the
 component and tensor names of `interlcm.components`.
 """
 
@@ -10,18 +10,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
 
 import torch
 
+from interlcm.backend import ComponentRunner
 from interlcm.choices import COLORFIXES, GUIDANCE_SCALE, check_colorfix
 from interlcm.schedule import Schedule, guidance_embedding
-
-
-class ComponentRunner(Protocol):
-    """Runs one named component on named tensors and returns its named outputs."""
-
-    def run(self, component: str, **inputs: torch.Tensor) -> dict[str, torch.Tensor]: ...
 
 
 @dataclass(frozen=True)

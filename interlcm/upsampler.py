@@ -27,8 +27,11 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
+from interlcm.backend import ComponentRunner
 from interlcm.config import PresetConfig
-from interlcm.sampler import ComponentRunner
+from interlcm.models.rrdbnet import build_random_upsampler
+from interlcm.torch_backend import TorchBackend
+from interlcm.weights import load_upsampler
 
 COMPONENT = "realesrgan"
 UPSAMPLER_CHOICES = ("none", "realesrgan")
@@ -102,10 +105,6 @@ def open_upsampler(
 
     Returns the upsampler and a one-line description of its weights.
     """
-    from interlcm.engines.torch_backend import TorchBackend
-    from interlcm.models.rrdbnet import build_random_upsampler
-    from interlcm.weights import load_upsampler
-
     models = load_upsampler(weights, cfg) if weights is not None else build_random_upsampler(cfg)
     rrdb = models.realesrgan.cfg
     backend = TorchBackend(models, device)  # type: ignore[arg-type]  # duck-typed models container

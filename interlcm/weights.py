@@ -25,20 +25,21 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
-from torch import nn
+from diffusers import AutoencoderKL, LCMScheduler, UNet2DConditionModel
+from transformers import CLIPVisionModel
+from transformers.utils import logging as hf_logging
 
+from interlcm.checkpoint import WeightsError, load_state_strict, save_params_ema
 from interlcm.choices import DEFAULT_VARIANT, VARIANTS, get_variant
 from interlcm.config import PRESETS, SD15, PresetConfig, VisualEncoderConfig, get_preset, get_upsampler
 from interlcm.faces.networks import FACE_NETWORKS, load_network, random_network, save_network
 from interlcm.faces.networks import FOLDER as FACE_FOLDER
 from interlcm.files import (
     FilesError,
-    atomic_save,
     atomic_write_text,
     check_replaceable,
     os_errors,
@@ -46,7 +47,12 @@ from interlcm.files import (
     sha256_file,
 )
 from interlcm.files import staging_folder as _staging_folder
+from interlcm.identity import WeightsIdentity
+from interlcm.models.clip import ClipImageEncoder
 from interlcm.models.container import InterLCMModels, build_random
+from interlcm.models.rrdbnet import RRDBNet, UpsamplerModels, build_random_rrdbnet
+from interlcm.models.spatial_encoder import build_spatial_encoder
+from interlcm.models.visual_encoder import VisualEncoder
 
 INFO_FILE = "interlcm.json"
 REALESRGAN_FILE = "realesrgan/RealESRGAN_x2plus.pth"  # the release's path under its weights folder
@@ -64,57 +70,6 @@ LAYOUT_HELP = (
 )
 
 
-class WeightsError(RuntimeError):
-    """A weights folder or checkpoint is missing, incomplete or does not match the model."""
-
-
-@dataclass(frozen=True)
-class WeightsIdentity:
-    """Which weights a model, export folder or engine folder was made from (recorded in manifests).
-
-    Two identities name the same weights when `same_weights` says so; `variant` is the encoder pair
-    (and so the step count, choices.VARIANTS) the artifacts are meant for.
-    """
-
-    kind: Literal["random", "folder"]
-    preset: str  # config.PRESETS name the architecture came from
-    variant: str  # choices.VARIANTS key, e.g. "3step"
-    seed: int | None = None  # random weights: build_random's seed
-    digest: str | None = None  # folder weights: `weights_digest` over every file loaded
-
-    @classmethod
-    def random(cls, preset: str, seed: int, variant: str = DEFAULT_VARIANT) -> WeightsIdentity:
-        return cls("random", preset, variant, seed=seed)
-
-    @classmethod
-    def of_folder(cls, root: Path, variant: str) -> WeightsIdentity:
-        return cls("folder", read_info(Path(root)).get("preset", SD15.name), variant, digest=weights_digest(root, variant))
-
-    @property
-    def steps(self) -> int:
-        return get_variant(self.variant).steps
-
-    def same_weights(self, other: WeightsIdentity) -> bool:
-        return (self.kind, self.preset, self.seed, self.digest, self.variant) == (
-            other.kind, other.preset, other.seed, other.digest, other.variant,
-        )
-
-    def describe(self) -> str:
-        if self.kind == "random":
-            return f"random {self.preset} weights, seed {self.seed}, {self.variant}"
-        return f"{self.preset} weights folder with content hash {self.digest}, {self.variant}"
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> WeightsIdentity:
-        ident = cls(**data)
-        if ident.kind not in ("random", "folder") or ident.variant not in VARIANTS:
-            raise ValueError(f"not a weights identity: {dict(data)}")
-        return ident
-
-
 def check_identity(recorded: WeightsIdentity, *, weights: Path | None = None, variant: str | None = None, what: str) -> None:
     """Refuse (WeightsError, one sentence) to use `what` (made from `recorded`) with other weights or encoders."""
     if variant is not None and variant != recorded.variant:
@@ -125,7 +80,7 @@ def check_identity(recorded: WeightsIdentity, *, weights: Path | None = None, va
             f"(or --steps {recorded.steps}), or export those (`interlcm-export --variant {chosen.name}`)"
         )
     if weights is not None:
-        given = WeightsIdentity.of_folder(weights, recorded.variant)
+        given = folder_identity(weights, recorded.variant)
         if not given.same_weights(recorded):
             raise WeightsError(
                 f"{what} was made from {recorded.describe()}, not from --weights {weights} ({given.describe()}): "
@@ -141,16 +96,6 @@ def encoder_paths(root: Path, variant: str) -> tuple[Path, Path]:
 # --- state dicts ------------------------------------------------------------------------------
 
 
-def save_params_ema(module: nn.Module, path: Path) -> None:
-    """Write a checkpoint in the release's format, atomically."""
-    state = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
-    atomic_torch_save({"params_ema": state}, path)
-
-
-def atomic_torch_save(obj: Any, path: Path) -> None:
-    atomic_save(Path(path), lambda tmp: torch.save(obj, tmp))
-
-
 def read_params_ema(path: Path) -> Mapping[str, torch.Tensor]:
     if not path.is_file():
         raise WeightsError(f"missing checkpoint {path}: {LAYOUT_HELP}")
@@ -162,29 +107,6 @@ def read_params_ema(path: Path) -> Mapping[str, torch.Tensor]:
         keys = list(ckpt)[:5] if isinstance(ckpt, Mapping) else type(ckpt).__name__
         raise WeightsError(f"{path} is not a released InterLCM checkpoint: no 'params_ema' key (found {keys})")
     return ckpt["params_ema"]
-
-
-def load_state_strict(module: nn.Module, state: Mapping[str, torch.Tensor], source: Path) -> None:
-    """Load a state dict, naming every missing, unexpected and mis-shaped key in one error."""
-    own = module.state_dict()
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    mismatched = [
-        f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
-        for k in sorted(set(own) & set(state))
-        if tuple(state[k].shape) != tuple(own[k].shape)
-    ]
-    if missing or unexpected or mismatched:
-        parts = []
-        for label, items in (("missing", missing), ("unexpected", unexpected), ("wrong shape", mismatched)):
-            if items:
-                more = f" (+{len(items) - 3} more)" if len(items) > 3 else ""
-                parts.append(f"{len(items)} {label} keys: {', '.join(items[:3])}{more}")
-        raise WeightsError(
-            f"{source} does not match the {type(module).__name__} this preset builds: {'; '.join(parts)}. "
-            "Is it the right file for this model size and variant?"
-        )
-    module.load_state_dict(state, strict=True)
 
 
 # --- init: random weights in the released layout -----------------------------------------------
@@ -214,10 +136,6 @@ def init_weights(out: Path, preset: str, seed: int = 0, force: bool = False) -> 
 
 
 def _write_random(tmp: Path, cfg: PresetConfig, preset: str, seed: int) -> None:
-    from diffusers import LCMScheduler
-
-    from interlcm.models.rrdbnet import build_random_rrdbnet
-
     for variant_index, variant in enumerate(VARIANTS):
         # one random SE/VE pair per variant, so variants differ like the released ones do
         models = build_random(cfg, seed + variant_index)
@@ -315,6 +233,12 @@ def weights_digest(root: Path, variant: str) -> str:
     return h.hexdigest()[:16]
 
 
+def folder_identity(root: Path, variant: str) -> WeightsIdentity:
+    """The identity of a weights folder's `variant`: its preset and a hash over every file loaded."""
+    return WeightsIdentity("folder", read_info(Path(root)).get("preset", SD15.name), variant,
+                           digest=weights_digest(root, variant))
+
+
 # --- load ------------------------------------------------------------------------------------------
 
 
@@ -361,21 +285,12 @@ def _preset_mismatch(cfg: PresetConfig) -> str | None:
 
 
 def _quiet_transformers() -> None:
-    from transformers.utils import logging as hf_logging
-
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
 
 
 def load_models(root: Path, variant: str = DEFAULT_VARIANT, resolution: int | None = None) -> InterLCMModels:
     """Load InterLCM from a weights folder, with one-line errors for anything that does not fit."""
-    from diffusers import AutoencoderKL, LCMScheduler, UNet2DConditionModel
-    from transformers import CLIPVisionModel
-
-    from interlcm.models.clip import ClipImageEncoder
-    from interlcm.models.spatial_encoder import build_spatial_encoder
-    from interlcm.models.visual_encoder import VisualEncoder
-
     root = Path(root)
     ve_path, se_path = encoder_paths(root, variant)
     for sub in MODEL_FOLDERS:
@@ -440,10 +355,8 @@ def load_models(root: Path, variant: str = DEFAULT_VARIANT, resolution: int | No
     ).eval()
 
 
-def load_upsampler(root: Path, cfg: PresetConfig):  # -> UpsamplerModels
+def load_upsampler(root: Path, cfg: PresetConfig) -> UpsamplerModels:
     """Real-ESRGAN from WEIGHTS/realesrgan/, sized for the folder's preset (the release: x2plus)."""
-    from interlcm.models.rrdbnet import RRDBNet, UpsamplerModels
-
     path = Path(root) / REALESRGAN_FILE
     if not path.is_file():
         raise WeightsError(

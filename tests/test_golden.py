@@ -11,10 +11,10 @@ If a change is intended, regenerate the numbers and say why in the commit.
 import pytest
 import torch
 
-from interlcm.engines.runtime import RestoreOptions, Restorer
-from interlcm.engines.torch_backend import TorchBackend
+from interlcm.engines.restorer import RestoreOptions, Restorer
 from interlcm.sampler import Trace
 from interlcm.testing import photo
+from interlcm.torch_backend import TorchBackend
 
 SAMPLED = (0, 37, 101, 211)  # flat indices read from each stage
 # "steps:stage": (mean, std, values at SAMPLED)

@@ -2,9 +2,9 @@
 
 import torch
 
-from interlcm.engines.torch_backend import TorchBackend
 from interlcm.sampler import SamplerSettings, restore
 from interlcm.schedule import make_noise, make_schedule
+from interlcm.torch_backend import TorchBackend
 
 
 def _restore(models, lq, seed, n=4, colorfix="wavelet"):

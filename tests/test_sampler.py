@@ -4,9 +4,9 @@ import torch
 from diffusers import LCMScheduler
 from diffusers.utils.torch_utils import randn_tensor
 
-from interlcm.engines.torch_backend import TorchBackend
 from interlcm.sampler import SamplerSettings, Trace, restore
 from interlcm.schedule import guidance_embedding, make_schedule
+from interlcm.torch_backend import TorchBackend
 
 
 @torch.no_grad()

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from interlcm.config import UPSAMPLERS, get_upsampler
-from interlcm.engines.torch_backend import TorchBackend
 from interlcm.models.rrdbnet import RRDBNet, build_random_upsampler
+from interlcm.torch_backend import TorchBackend
 from interlcm.upsampler import TiledUpsampler, TileOptions
 
 
@@ -72,10 +72,10 @@ def test_export_matches_torch_on_ort(tiny_upsampler, tmp_path):
     Tolerances are the component's (fp32 1e-4, fp16 1e-2 of the output's max |value|): fp32 only
     reassociates sums; fp16 rounds activations to 11 bits through 1 block.
     """
-    from interlcm.engines.ort import open_session
-    from interlcm.engines.parity import compare, tolerance
     from interlcm.export.onnx_export import export_all
+    from interlcm.export.session import open_session
     from interlcm.export.validate import validate
+    from interlcm.parity import compare, tolerance
 
     export_all(tiny_upsampler, tmp_path, ["realesrgan"], ("fp32", "fp16"), batch=(1, 1, 2), progress=False)
     rows = validate(tmp_path, tiny_upsampler, echo=None)

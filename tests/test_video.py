@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 
 from interlcm.engines.photo import PhotoOptions, PhotoRestorer, PhotoResult
-from interlcm.engines.runtime import RestoreOptions, Restorer
-from interlcm.engines.torch_backend import TorchBackend
+from interlcm.engines.restorer import RestoreOptions, Restorer
 from interlcm.faces.detectors import open_detector
 from interlcm.testing import write_clip
+from interlcm.torch_backend import TorchBackend
 from interlcm.video import VideoError, VideoOptions, restore_video
 
 FPS, SECONDS, SIDE = 4, 2, 32  # 8 frames: tiny restores take seconds on a loaded 2-core CPU

@@ -6,8 +6,8 @@ import shutil
 import pytest
 import torch
 
-from interlcm.engines.torch_backend import TorchBackend
 from interlcm.models.container import build_random
+from interlcm.torch_backend import TorchBackend
 from interlcm.weights import (
     WeightsError,
     encoder_paths,

@@ -15,6 +15,7 @@ from click.testing import CliRunner
 from torch import nn
 
 from interlcm import files, weights
+from interlcm.checkpoint import WeightsError, save_params_ema
 from interlcm.cli.weights import main
 
 
@@ -23,7 +24,7 @@ def quick_init(monkeypatch):
     """init with a two-file stand-in for the model files (the folder logic is what is tested)."""
 
     def write(tmp, cfg, preset, seed):  # noqa: ANN001 - weights._write_random's signature
-        weights.save_params_ema(nn.Linear(2, 2), tmp / "visual_encoder_3step.pth")
+        save_params_ema(nn.Linear(2, 2), tmp / "visual_encoder_3step.pth")
         weights.write_info(tmp, cfg, origin=f"random, preset {preset}, seed {seed}")
 
     monkeypatch.setattr(weights, "_write_random", write)
@@ -100,7 +101,7 @@ def test_verify_checks_the_recorded_preset(tmp_path, tiny_weights):
     (folder / "interlcm.json").write_text(json.dumps({**info, "preset": "sd15"}))
     result = invoke("verify", folder)
     assert result.exit_code == 1 and "says preset 'sd15' but the files are another size" in result.output
-    with pytest.raises(weights.WeightsError, match="says preset 'sd15'"):
+    with pytest.raises(WeightsError, match="says preset 'sd15'"):
         weights.load_models(folder)  # restore refuses it too
 
 
@@ -112,7 +113,7 @@ def test_truncated_clip_safetensors_is_one_sentence(tmp_path, tiny_weights, keep
     clip.write_bytes(data[: int(len(data) * keep) if keep < 1 else keep])
     result = invoke("verify", folder)
     assert result.exit_code == 1 and "model.safetensors is truncated" in result.output, result.output
-    with pytest.raises(weights.WeightsError, match="is truncated"):
+    with pytest.raises(WeightsError, match="is truncated"):
         weights.load_models(folder)
 
 

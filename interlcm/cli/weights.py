@@ -52,7 +52,8 @@ def download(out: Path, variants: tuple[str, ...], faces: bool, realesrgan: bool
 @click.option("--force", is_flag=True, help="Replace OUT if it is empty or a weights folder (never anything else).")
 def init(preset: str, seed: int, out: Path, force: bool) -> None:
     """Write a weights folder with seeded random weights (same layout as the download, face networks included)."""
-    from interlcm.weights import WeightsError, init_weights
+    from interlcm.checkpoint import WeightsError
+    from interlcm.weights import init_weights
 
     try:
         init_weights(out, preset, seed, force=force)

@@ -5,14 +5,21 @@ Add a detector by adding an entry to :data:`DETECTORS`; nothing else lists them.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
+import torch
+import torch.nn.functional as F
 
-from interlcm.faces.detect import Detector
+from interlcm.backend import Backend
+from interlcm.faces.detect import Detection, Detector
+from interlcm.faces.networks import FACE_NETWORKS
+from interlcm.faces.parsenet import IN_SIZE, ParseMask
+from interlcm.faces.retinaface import DetectOptions, RawDetections, RetinaFaceConfig, decode, detection_sizes
 
 
 @dataclass(frozen=True)
@@ -33,8 +40,6 @@ def _retinaface(name: str, component: str) -> Callable[[DetectorContext], Detect
     """RetinaFace run by the restoring backend (torch, ONNX Runtime or TensorRT), as a component."""
 
     def open_(context: DetectorContext) -> Detector:
-        from interlcm.faces.retinaface import RetinaFaceDetector
-
         if context.backend is None:
             raise RuntimeError(f"--detector {name} runs on a backend and none was given (or use --detector dlib)")
         detector = RetinaFaceDetector(context.backend, component)
@@ -71,11 +76,6 @@ def open_parser(backend: Any) -> Callable[[list[np.ndarray]], list[np.ndarray]] 
     Restored (R, R, 3) uint8 RGB faces -> (R, R) float32 masks in [0, 1]; faces are resized to
     ParseNet's 512 px (bilinear, as the release) and the masks back to R.
     """
-    import cv2
-    import torch
-
-    from interlcm.faces.parsenet import IN_SIZE, ParseMask
-
     parse = ParseMask(backend.run)
 
     def parser(faces: list[np.ndarray]) -> list[np.ndarray]:
@@ -90,3 +90,50 @@ def open_parser(backend: Any) -> Callable[[list[np.ndarray]], list[np.ndarray]] 
     except (RuntimeError, ValueError):  # no parsenet weights or export: the soft box mask alone (noted per photo)
         return None
     return parser
+
+
+class RetinaFaceDetector:
+    """Detector over a backend that runs `retinaface_resnet50` or `retinaface_mobile`."""
+
+    landmark_kind = "retinaface"
+
+    def __init__(
+        self, backend: Backend, component: str = "retinaface_resnet50", options: DetectOptions | None = None
+    ):
+        if component not in FACE_NETWORKS or FACE_NETWORKS[component].kind != "detector":
+            detectors = [n for n, f in FACE_NETWORKS.items() if f.kind == "detector"]
+            raise ValueError(f"{component!r} is not a face detector: choose one of {', '.join(detectors)}")
+        self.backend = backend
+        self.component = component
+        self.cfg: RetinaFaceConfig = FACE_NETWORKS[component].config
+        self.options = options or DetectOptions()
+
+    @property
+    def device(self) -> torch.device:
+        return getattr(self.backend, "device", torch.device("cpu"))
+
+    def _pixels(self, photo: np.ndarray) -> tuple[torch.Tensor, float]:
+        """(H, W, 3) uint8 RGB -> (1, 3, h, w) float32 on the device, and network pixels per photo pixel."""
+        sizes, scale = detection_sizes(*photo.shape[:2], self.options)
+        x = torch.from_numpy(np.ascontiguousarray(photo)).to(self.device).permute(2, 0, 1)[None].float()
+        for size in sizes:
+            # bilinear, half-pixel centres, no antialias, rounded to uint8 values: OpenCV's
+            # INTER_LINEAR enlargement (to within its fixed-point rounding)
+            x = F.interpolate(x, size=size, mode="bilinear", align_corners=False).round().clamp(0, 255)
+        return x, scale
+
+    def detect(self, photos: Sequence[np.ndarray]) -> list[list[Detection]]:
+        """(H, W, 3) uint8 RGB photos -> the faces of each, best first; photos of one size share a batch."""
+        prepared = [self._pixels(p) for p in photos]
+        results: list[list[Detection]] = [[] for _ in photos]
+        by_size: dict[tuple[int, ...], list[int]] = {}
+        for i, (x, _) in enumerate(prepared):
+            by_size.setdefault(tuple(x.shape[-2:]), []).append(i)
+        for size, indices in by_size.items():
+            out = self.backend.run(self.component, pixels=torch.cat([prepared[i][0] for i in indices]))
+            for row, i in enumerate(indices):
+                raw = RawDetections(
+                    out["loc"][row], out["conf"][row], out["landmarks"][row], size, prepared[i][1]
+                )
+                results[i] = decode(raw, self.cfg, self.options)
+        return results

@@ -11,16 +11,20 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
+from interlcm.checkpoint import WeightsError, atomic_torch_save, load_state_strict
 from interlcm.faces.parsenet import ParseNet, ParseStep
-from interlcm.faces.retinaface import MOBILENET, RESNET50, RetinaFaceConfig, RetinaFaceNet, RetinaFaceStep
-
-if TYPE_CHECKING:
-    from interlcm.models.container import InterLCMModels
+from interlcm.faces.retinaface import (
+    MOBILENET,
+    RESNET50,
+    RetinaFaceConfig,
+    RetinaFaceNet,
+    RetinaFaceStep,
+    strip_module_prefix,
+)
 
 FOLDER = "facelib"  # subfolder of the weights folder (the release's weights/facelib)
 FACEXLIB_RELEASE = "https://github.com/xinntao/facexlib/releases/download"
@@ -90,16 +94,11 @@ def random_network(name: str, seed: int) -> nn.Module:
 
 def save_network(net: nn.Module, path: Path) -> None:
     """Write a state dict as facexlib releases it (plain dict of tensors), atomically."""
-    from interlcm.weights import atomic_torch_save
-
     atomic_torch_save({k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}, path)
 
 
 def load_network(name: str, path: Path) -> nn.Module:
     """The network from a released (or init-written) file; one-line errors for a wrong file."""
-    from interlcm.faces.retinaface import strip_module_prefix
-    from interlcm.weights import WeightsError, load_state_strict
-
     if not path.is_file():
         raise WeightsError(
             f"missing {path}: run `interlcm-weights download` (or `init`) to fill {path.parent}"
@@ -115,11 +114,9 @@ def load_network(name: str, path: Path) -> nn.Module:
     return net.eval().requires_grad_(False)
 
 
-def face_module(models: InterLCMModels, name: str) -> nn.Module:
-    """The component module for face network `name` of a model set (component descriptions' `build`)."""
-    from interlcm.weights import WeightsError
-
-    net = models.faces.get(name)
+def face_module(faces: Mapping[str, nn.Module], name: str) -> nn.Module:
+    """The component module for face network `name` among a model set's loaded `faces` (InterLCMModels.faces)."""
+    net = faces.get(name)
     if net is None:
         raise WeightsError(
             f"no {name} weights loaded ({FOLDER}/{FACE_NETWORKS[name].file} is missing from the weights folder): "

@@ -8,7 +8,7 @@ Three parts:
   body is written here with torchvision's key names.
 - `RetinaFaceStep`: the exported component: RGB pixels in [0, 255] -> (loc, conf, landmarks)
   per prior box. The release's BGR mean subtraction runs inside the graph.
-- `RetinaFaceDetector`: a `Detector` over any backend (`run(component, **tensors)`): resize,
+- `RetinaFaceDetector` (interlcm.faces.detectors): a `Detector` over any backend (`run(component, **tensors)`): resize,
   network, prior boxes, decoding with the variances, confidence threshold and NMS, all as
   torch ops on the backend's device; only the few kept faces go back to the host.
 """
@@ -16,9 +16,7 @@ Three parts:
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -26,9 +24,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from interlcm.faces.detect import Detection
-
-if TYPE_CHECKING:
-    from interlcm.engines.backend import Backend
 
 # --- configuration ---------------------------------------------------------------------------
 
@@ -367,52 +362,3 @@ def detection_sizes(height: int, width: int, options: DetectOptions) -> tuple[li
         sizes.append((int(height * scale), int(width * scale)))
         total *= scale
     return sizes, total
-
-
-class RetinaFaceDetector:
-    """Detector over a backend that runs `retinaface_resnet50` or `retinaface_mobile`."""
-
-    landmark_kind = "retinaface"
-
-    def __init__(
-        self, backend: Backend, component: str = "retinaface_resnet50", options: DetectOptions | None = None
-    ):
-        from interlcm.faces.networks import FACE_NETWORKS
-
-        if component not in FACE_NETWORKS or FACE_NETWORKS[component].kind != "detector":
-            detectors = [n for n, f in FACE_NETWORKS.items() if f.kind == "detector"]
-            raise ValueError(f"{component!r} is not a face detector: choose one of {', '.join(detectors)}")
-        self.backend = backend
-        self.component = component
-        self.cfg: RetinaFaceConfig = FACE_NETWORKS[component].config
-        self.options = options or DetectOptions()
-
-    @property
-    def device(self) -> torch.device:
-        return getattr(self.backend, "device", torch.device("cpu"))
-
-    def _pixels(self, photo: np.ndarray) -> tuple[torch.Tensor, float]:
-        """(H, W, 3) uint8 RGB -> (1, 3, h, w) float32 on the device, and network pixels per photo pixel."""
-        sizes, scale = detection_sizes(*photo.shape[:2], self.options)
-        x = torch.from_numpy(np.ascontiguousarray(photo)).to(self.device).permute(2, 0, 1)[None].float()
-        for size in sizes:
-            # bilinear, half-pixel centres, no antialias, rounded to uint8 values: OpenCV's
-            # INTER_LINEAR enlargement (to within its fixed-point rounding)
-            x = F.interpolate(x, size=size, mode="bilinear", align_corners=False).round().clamp(0, 255)
-        return x, scale
-
-    def detect(self, photos: Sequence[np.ndarray]) -> list[list[Detection]]:
-        """(H, W, 3) uint8 RGB photos -> the faces of each, best first; photos of one size share a batch."""
-        prepared = [self._pixels(p) for p in photos]
-        results: list[list[Detection]] = [[] for _ in photos]
-        by_size: dict[tuple[int, ...], list[int]] = {}
-        for i, (x, _) in enumerate(prepared):
-            by_size.setdefault(tuple(x.shape[-2:]), []).append(i)
-        for size, indices in by_size.items():
-            out = self.backend.run(self.component, pixels=torch.cat([prepared[i][0] for i in indices]))
-            for row, i in enumerate(indices):
-                raw = RawDetections(
-                    out["loc"][row], out["conf"][row], out["landmarks"][row], size, prepared[i][1]
-                )
-                results[i] = decode(raw, self.cfg, self.options)
-        return results

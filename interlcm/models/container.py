@@ -4,19 +4,17 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 import torch
 from diffusers import AutoencoderKL, ControlNetModel, UNet2DConditionModel
 from torch import nn
 
 from interlcm.config import PresetConfig
+from interlcm.faces.networks import FACE_NETWORKS, random_network
+from interlcm.identity import WeightsIdentity
 from interlcm.models.clip import ClipImageEncoder
 from interlcm.models.spatial_encoder import build_spatial_encoder
 from interlcm.models.visual_encoder import VisualEncoder
-
-if TYPE_CHECKING:
-    from interlcm.weights import WeightsIdentity  # interlcm.weights imports this module
 
 
 @dataclass
@@ -32,7 +30,7 @@ class InterLCMModels:
     origin: str  # "random, seed N" or the weights folder and its identity
     # face detector / parser networks by component name (interlcm.faces.networks), when loaded
     faces: dict[str, nn.Module] = field(default_factory=dict)
-    identity: WeightsIdentity | None = None  # typed origin; None for a folder until hashed (WeightsIdentity.of_folder)
+    identity: WeightsIdentity | None = None  # typed origin; None for a folder until hashed (weights.folder_identity)
 
     def modules(self) -> dict[str, nn.Module]:
         return {
@@ -72,8 +70,6 @@ def _fill_zero_weights(module: nn.Module, gen: torch.Generator) -> None:
 
 def build_random(cfg: PresetConfig, seed: int = 0, faces: Iterable[str] = ()) -> InterLCMModels:
     """Every component with seeded random weights (no download needed), plus the named face networks."""
-    from interlcm.faces.networks import FACE_NETWORKS, random_network
-
     def seeded(offset: int, make: Callable[[], nn.Module]) -> nn.Module:
         torch.manual_seed(seed * 1000 + offset)  # per component: independent of build order
         module = make()
@@ -89,11 +85,6 @@ def build_random(cfg: PresetConfig, seed: int = 0, faces: Iterable[str] = ()) ->
         vae=seeded(5, lambda: AutoencoderKL(**cfg.vae)),
         origin=f"random, seed {seed}",
         faces={name: random_network(name, seed * 1000 + 10 + list(FACE_NETWORKS).index(name)) for name in faces},
-        identity=_random_identity(cfg.name, seed),
+        identity=WeightsIdentity.random(cfg.name, seed),
     ).eval()
 
-
-def _random_identity(preset: str, seed: int) -> WeightsIdentity:
-    from interlcm.weights import WeightsIdentity
-
-    return WeightsIdentity.random(preset, seed)

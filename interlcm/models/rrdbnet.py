@@ -13,16 +13,13 @@ Input and output are RGB in [0, 1] (the output is not clamped: the caller clamps
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
 from interlcm.config import PresetConfig, RRDBConfig, get_upsampler
-
-if TYPE_CHECKING:
-    from interlcm.weights import WeightsIdentity
+from interlcm.identity import WeightsIdentity
 
 _SLOPE = 0.2  # LeakyReLU slope everywhere in the release
 _RESIDUAL = 0.2  # the release scales every dense and RRDB residual by 0.2
@@ -125,7 +122,5 @@ class UpsamplerModels:
 
 
 def build_random_upsampler(cfg: PresetConfig, seed: int = 0) -> UpsamplerModels:
-    from interlcm.weights import WeightsIdentity  # interlcm.weights builds these: imported when used
-
     net = build_random_rrdbnet(get_upsampler(cfg.name), seed)
     return UpsamplerModels(cfg, net, f"random, seed {seed}", WeightsIdentity.random(cfg.name, seed))

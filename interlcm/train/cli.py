@@ -29,11 +29,11 @@ import click
 @click.option("--out", type=click.Path(path_type=Path, file_okay=False), help="Run folder (overrides `out`).")
 def main(config_path: Path | None, overrides: tuple[str, ...], resume: Path | None, out: Path | None) -> None:
     """Train VE and SE through the frozen LCM chain; EMA weights go to OUT/weights in the released format."""
+    from interlcm.checkpoint import WeightsError
     from interlcm.files import FilesError, describe_os_error
     from interlcm.train.config import TrainConfig, apply_overrides, read_config_file
     from interlcm.train.losses import PerceptualWeightsError
     from interlcm.train.trainer import Trainer, read_checkpoint
-    from interlcm.weights import WeightsError
 
     if config_path is None and resume is None:
         raise click.UsageError(

@@ -34,11 +34,12 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from interlcm.engines.torch_backend import TorchBackend
+from interlcm.checkpoint import atomic_torch_save, save_params_ema
 from interlcm.files import atomic_write_text, check_replaceable, make_folder
 from interlcm.models.container import InterLCMModels
 from interlcm.sampler import SamplerSettings, restore
 from interlcm.schedule import inference_steps_for, make_noise, make_schedule
+from interlcm.torch_backend import TorchBackend
 from interlcm.train.config import TrainConfig
 from interlcm.train.data import FaceDataset
 from interlcm.train.losses import (
@@ -49,7 +50,7 @@ from interlcm.train.losses import (
     hinge_d_loss,
     hinge_g_loss,
 )
-from interlcm.weights import atomic_torch_save, encoder_paths, load_models, save_params_ema, write_info
+from interlcm.weights import encoder_paths, load_models, write_info
 
 TRAINABLE = ("visual_encoder", "spatial_encoder")
 FROZEN = ("clip", "unet", "vae")

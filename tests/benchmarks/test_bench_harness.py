@@ -9,15 +9,15 @@ import math
 import pytest
 import torch
 
+from interlcm.backend import TimedBackend
 from interlcm.benchmarks.backends import ReleaseStyle
 from interlcm.benchmarks.harness import run_benchmark
 from interlcm.benchmarks.measure import CpuMeter, PeakRss, Stats
 from interlcm.benchmarks.report import plot, render, write_json
 from interlcm.benchmarks.schema import BenchSettings
-from interlcm.engines.backend import TimedBackend
-from interlcm.engines.torch_backend import TorchBackend
 from interlcm.sampler import SamplerSettings, restore
 from interlcm.schedule import make_noise, make_schedule
+from interlcm.torch_backend import TorchBackend
 
 ROW_FIELDS = {
     "backend", "precision", "batch", "label", "device", "description", "skipped", "failed", "load_s", "first_run_s",

@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 import torch
 
-from interlcm.weights import WeightsIdentity
+from interlcm.identity import WeightsIdentity
 
 
 class _Enum:

@@ -8,9 +8,11 @@ import shutil
 import pytest
 from click.testing import CliRunner
 
+from interlcm.checkpoint import WeightsError
 from interlcm.engines.cli import main
 from interlcm.export.manifest import ManifestError, load_manifest
-from interlcm.weights import WeightsError, WeightsIdentity, check_identity
+from interlcm.identity import WeightsIdentity
+from interlcm.weights import check_identity, folder_identity
 
 
 def _fails_in_one_sentence(args, match):
@@ -40,7 +42,7 @@ def test_onnx_of_one_variant_with_another_is_refused(tiny_onnx, tmp_path, flag):
 
 
 def test_same_identity_passes_and_another_seed_does_not(tmp_path, tiny_weights):
-    folder = WeightsIdentity.of_folder(tiny_weights, "3step")
+    folder = folder_identity(tiny_weights, "3step")
     check_identity(folder, weights=tiny_weights, variant="3step", what="x")  # the same weights: accepted
     with pytest.raises(WeightsError, match="1step encoders"):
         check_identity(folder, variant="1step", what="x")

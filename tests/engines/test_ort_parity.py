@@ -14,10 +14,10 @@ import pytest
 import torch
 
 from interlcm.components import BY_NAME
-from interlcm.engines.parity import ParityError, compare_traces, format_table, require
-from interlcm.engines.runtime import RestoreOptions, Restorer
-from interlcm.engines.torch_backend import TorchBackend
+from interlcm.engines.restorer import RestoreOptions, Restorer
+from interlcm.parity import ParityError, compare_traces, format_table, require
 from interlcm.sampler import Trace
+from interlcm.torch_backend import TorchBackend
 
 FP16_MIN_PSNR = 35.0  # dB, output image in [-1, 1]; measured 77 dB on tiny
 
@@ -155,7 +155,8 @@ def test_run_bound_binds_fp32_buffers_of_the_described_shapes(tiny_cfg):
 
 
 def test_gpu_providers_run_on_the_torch_stream():
-    from interlcm.engines.ort import PROVIDERS, provider_options
+    from interlcm.engines.ort import provider_options
+    from interlcm.export.session import PROVIDERS
 
     providers = [PROVIDERS["tensorrt"], PROVIDERS["cuda"], PROVIDERS["cpu"]]
     options = provider_options(providers, torch.device("cuda", 1), stream=0xABC)

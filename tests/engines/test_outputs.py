@@ -1,4 +1,4 @@
-"""Output names (engines.runtime.plan_outputs): every input keeps its own result, no input is replaced."""
+"""Output names (engines.outputs.plan_outputs): every input keeps its own result, no input is replaced."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from interlcm.engines.runtime import OutputClash, OutputPlan, output_complete, plan_outputs
+from interlcm.engines.outputs import OutputClash, OutputPlan, output_complete, plan_outputs
 
 
 def _touch(root: Path, *names: str) -> list[Path]:

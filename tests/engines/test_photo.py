@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from interlcm.engines.photo import PhotoOptions, PhotoRestorer, is_gray
-from interlcm.engines.runtime import RestoreOptions, Restorer
+from interlcm.engines.restorer import RestoreOptions, Restorer
 from interlcm.faces.detect import Detection
 from interlcm.faces.paste import upscale_photo
 from interlcm.testing import face_landmarks, group_photo
@@ -138,7 +138,7 @@ def test_whole_photo_mode_needs_a_detector():
 
 def test_batching_across_photos_gives_the_same_faces(tiny_models):
     """Tiny model: two photos (2 + 1 faces) in one call with batch 2 == each photo alone with batch 1."""
-    from interlcm.engines.torch_backend import TorchBackend
+    from interlcm.torch_backend import TorchBackend
 
     photos = [group_photo((320, 240)), group_photo((240, 320))]
     detector = PlacedFaces((0.3, 0.3, 0.06, 0), (0.7, 0.35, 0.05, 10))

@@ -110,7 +110,7 @@ def _restore_actor_pids() -> list[int]:
 def test_killed_actor_loses_nothing(ray_session, faces, tmp_path):
     from interlcm.engines.photo import PhotoOptions
     from interlcm.engines.ray_job import JobSpec, run_job
-    from interlcm.engines.runtime import RestoreOptions
+    from interlcm.engines.restorer import RestoreOptions
 
     src = _folder(faces, tmp_path / "in", 12)
     out = tmp_path / "out"

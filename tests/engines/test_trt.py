@@ -263,7 +263,7 @@ def _real_manifest_export(write_fake_export, root, cfg, components):
     """The fake "ONNX" files under a real interlcm.export.manifest manifest.json."""
     from interlcm.components import get_component
     from interlcm.export.manifest import FORMAT, FileEntry, Manifest, TensorInfo
-    from interlcm.weights import WeightsIdentity
+    from interlcm.identity import WeightsIdentity
 
     def infos(shapes):  # noqa: ANN001, ANN202 - the manifest's shapes: "batch", then the preset's
         return [TensorInfo(n, ["batch", *s[1:]], "float32") for n, s in shapes.items()]
@@ -484,7 +484,7 @@ def test_check_cuda_says_why_not(monkeypatch):
 @pytest.mark.parametrize("name", DEFAULT_COMPONENTS)
 def test_engine_matches_torch_per_component(real_engines, tiny_models, name):
     """Each fp16 engine against torch fp32 at a batch other than the profile's opt, within its fp16 tolerance."""
-    from interlcm.engines.parity import compare, require, tolerance
+    from interlcm.parity import compare, require, tolerance
 
     component = get_component(name)
     inputs = component.sample_inputs(tiny_models.config, 3)
@@ -503,10 +503,10 @@ def test_engine_matches_torch_per_component(real_engines, tiny_models, name):
 @pytest.mark.gpu
 def test_engines_restore_like_torch(real_engines, tiny_models, lq_photo):
     """Every stage of the sampler within its component's fp16 tolerance, and the image above 35 dB."""
-    from interlcm.engines.parity import compare_traces, format_table, require
-    from interlcm.engines.torch_backend import TorchBackend
+    from interlcm.parity import compare_traces, format_table, require
     from interlcm.sampler import SamplerSettings, Trace, restore
     from interlcm.schedule import make_noise, make_schedule
+    from interlcm.torch_backend import TorchBackend
 
     cfg = tiny_models.config
     settings = SamplerSettings(make_schedule(cfg.scheduler, 4), guidance_dim=cfg.guidance_dim)

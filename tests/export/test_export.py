@@ -12,13 +12,13 @@ import torch
 from onnx import TensorProto, helper
 
 from interlcm.components import BY_NAME, DEFAULT_COMPONENTS
-from interlcm.engines.ort import open_session
-from interlcm.engines.parity import ParityError, compare, tolerance
 from interlcm.export.manifest import MANIFEST, ManifestError, load_manifest
 from interlcm.export.onnx_export import export_all
+from interlcm.export.session import open_session
 from interlcm.export.trt_support import check_trt_support
 from interlcm.export.validate import validate
-from interlcm.weights import WeightsIdentity
+from interlcm.identity import WeightsIdentity
+from interlcm.parity import ParityError, compare, tolerance
 
 BATCH = (1, 2, 4)  # the session export `tiny_onnx` (tests/conftest.py): traced at 2, validated at 1 and 3
 

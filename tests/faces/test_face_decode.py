@@ -16,12 +16,12 @@ import numpy as np
 import pytest
 import torch
 
+from interlcm.faces.detectors import RetinaFaceDetector
 from interlcm.faces.retinaface import (
     MOBILENET,
     RESNET50,
     DetectOptions,
     RawDetections,
-    RetinaFaceDetector,
     decode,
     detection_sizes,
     nms,

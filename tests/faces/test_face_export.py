@@ -14,11 +14,12 @@ import pytest
 import torch
 
 from interlcm.components import get_component
-from interlcm.engines.parity import ParityError
 from interlcm.export.manifest import load_manifest
 from interlcm.export.onnx_export import export_all
 from interlcm.export.validate import validate
-from interlcm.faces.retinaface import DetectOptions, RetinaFaceDetector, num_priors
+from interlcm.faces.detectors import RetinaFaceDetector
+from interlcm.faces.retinaface import DetectOptions, num_priors
+from interlcm.parity import ParityError
 
 # Small sizes keep it fast; min/opt/max differ so validation runs at a size other than the traced.
 DIMS = {"height": (64, 96, 128), "width": (64, 128, 160), "size": (32, 64, 64)}
@@ -87,7 +88,7 @@ def test_validation_fails_on_a_wrong_graph(mobile_onnx, face_models):
 def test_backends_agree_through_the_detector(mobile_onnx, face_models, precision):
     """ONNX Runtime and torch backends give the same detections, at a size the graph was not traced at."""
     from interlcm.engines.ort import OrtBackend
-    from interlcm.engines.torch_backend import TorchBackend
+    from interlcm.torch_backend import TorchBackend
 
     ort = OrtBackend(mobile_onnx, precision, provider="cpu", components=["retinaface_mobile"])
     ref = TorchBackend(face_models)

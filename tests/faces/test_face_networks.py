@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from interlcm.checkpoint import WeightsError
 from interlcm.faces.networks import FACE_NETWORKS, load_network, random_network, save_network
 from interlcm.faces.retinaface import RetinaFaceStep, num_priors
-from interlcm.weights import WeightsError
 
 # Keys read off facexlib's modules (retinaface.py with torchvision's resnet50 behind an
 # IntermediateLayerGetter, retinaface_net.py, parsing/parsenet.py): a sample from every part,

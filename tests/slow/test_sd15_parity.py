@@ -16,14 +16,14 @@ import torch
 from interlcm.components import DEFAULT_COMPONENTS
 from interlcm.config import SD15
 from interlcm.engines.backend import open_backend
-from interlcm.engines.parity import compare_traces, format_table
-from interlcm.engines.runtime import RestoreOptions, Restorer
-from interlcm.engines.torch_backend import TorchBackend
+from interlcm.engines.restorer import RestoreOptions, Restorer
 from interlcm.export.onnx_export import export_all
 from interlcm.export.validate import validate
 from interlcm.models.container import build_random
+from interlcm.parity import compare_traces, format_table
 from interlcm.sampler import Trace
 from interlcm.testing import photo
+from interlcm.torch_backend import TorchBackend
 
 pytestmark = pytest.mark.slow
 

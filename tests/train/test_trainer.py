@@ -9,12 +9,12 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from interlcm.engines.torch_backend import TorchBackend
 from interlcm.imageio import to_uint8
 from interlcm.models.lcm import VaeDecode, VaeEncode
 from interlcm.sampler import SamplerSettings, restore
 from interlcm.schedule import make_noise, make_schedule
 from interlcm.testing import photo
+from interlcm.torch_backend import TorchBackend
 from interlcm.train.config import TrainConfig
 from interlcm.train.losses import PerceptualWeightsError
 from interlcm.train.trainer import Trainer

@@ -1,0 +1,53 @@
+"""Checkpoint files: atomic torch.save, strict state-dict loading, and the error both raise.
+
+A leaf below the model builders and the weights folder (interlcm.weights), so the face networks,
+the upsampler and training write and read checkpoints without importing the weights folder's code.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from interlcm.files import atomic_save
+
+
+class WeightsError(RuntimeError):
+    """A weights folder or checkpoint is missing, incomplete or does not match the model."""
+
+
+def save_params_ema(module: nn.Module, path: Path) -> None:
+    """Write a checkpoint in the release's format, atomically."""
+    state = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
+    atomic_torch_save({"params_ema": state}, path)
+
+
+def atomic_torch_save(obj: Any, path: Path) -> None:
+    atomic_save(Path(path), lambda tmp: torch.save(obj, tmp))
+
+
+def load_state_strict(module: nn.Module, state: Mapping[str, torch.Tensor], source: Path) -> None:
+    """Load a state dict, naming every missing, unexpected and mis-shaped key in one error."""
+    own = module.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    mismatched = [
+        f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+        for k in sorted(set(own) & set(state))
+        if tuple(state[k].shape) != tuple(own[k].shape)
+    ]
+    if missing or unexpected or mismatched:
+        parts = []
+        for label, items in (("missing", missing), ("unexpected", unexpected), ("wrong shape", mismatched)):
+            if items:
+                more = f" (+{len(items) - 3} more)" if len(items) > 3 else ""
+                parts.append(f"{len(items)} {label} keys: {', '.join(items[:3])}{more}")
+        raise WeightsError(
+            f"{source} does not match the {type(module).__name__} this preset builds: {'; '.join(parts)}. "
+            "Is it the right file for this model size and variant?"
+        )
+    module.load_state_dict(state, strict=True)
