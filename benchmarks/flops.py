@@ -23,6 +23,7 @@ import time
 from dataclasses import dataclass
 
 import torch
+from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
 from interlcm.components import BY_NAME
@@ -60,8 +61,6 @@ def count_component_flops(
         fake = sum(p.numel() for p in module.parameters()) > FAKE_ABOVE_PARAMS
     with torch.inference_mode(), FlopCounterMode(display=False, custom_mapping=ATTENTION_FORMULAS) as counter:
         if fake:
-            from torch._subclasses.fake_tensor import FakeTensorMode
-
             # parameters stay real tensors and are converted on the fly; nothing is computed
             with FakeTensorMode(allow_non_fake_inputs=True) as mode:
                 module(*(mode.from_tensor(t) for t in inputs.values()))

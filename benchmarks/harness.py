@@ -39,6 +39,7 @@ from interlcm.components import BY_NAME, DEFAULT_COMPONENTS
 from interlcm.config import PresetConfig
 from interlcm.engines.backend import open_backend
 from interlcm.engines.restorer import RestoreOptions, Restorer
+from interlcm.engines.trt import PRECISION
 from interlcm.export.session import cuda_device_count
 from interlcm.models.container import build_random
 from interlcm.torch_backend import TorchBackend
@@ -90,8 +91,6 @@ def _open_exported(stack: contextlib.ExitStack, kind: str, folder: Path | None, 
                    precision: str, threads: int, names: list[str]) -> _Opened:
     """ONNX Runtime or TensorRT through `open_backend`, closed when `stack` closes."""
     if kind == "tensorrt":
-        from interlcm.engines.trt import PRECISION
-
         devices, why = cuda_device_count()
         if not devices:
             raise _Skip(f"TensorRT needs an NVIDIA GPU: {why}")

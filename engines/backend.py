@@ -20,6 +20,7 @@ from interlcm.backend import Backend
 from interlcm.choices import BACKENDS, DEFAULT_VARIANT, get_variant
 from interlcm.config import PresetConfig, get_preset
 from interlcm.engines.ort import OrtBackend
+from interlcm.engines.trt import TrtBackend
 from interlcm.export.session import cuda_device_count
 from interlcm.identity import WeightsIdentity
 from interlcm.models.container import InterLCMModels, build_random
@@ -97,8 +98,6 @@ def _open(kind: str, why: str, *, weights, onnx, engines, preset, variant, preci
     if kind == "tensorrt":
         if engines is None:
             raise ValueError("the tensorrt backend needs --engines DIR (build them with `interlcm-trt build`)")
-        from interlcm.engines.trt import TrtBackend  # here: TensorRT is an optional dependency
-
         trt_backend = TrtBackend(engines, components=components).__enter__()  # closed by open_backend's exit
         recorded = trt_backend._index.get("identity")  # the export manifest's identity, when the index records it
         identity = WeightsIdentity.from_dict(recorded) if recorded else None

@@ -320,9 +320,3 @@ def write_results(fs, out_root: str, rows: list[dict]) -> str:  # noqa: ANN001
     rows = sorted(rows, key=lambda r: r["input"])
     _write_bytes(fs, path, "".join(json.dumps(r) + "\n" for r in rows).encode())
     return path
-
-
-def read_results(path: str) -> list[dict]:
-    fs, p = open_location(path)
-    return [json.loads(line) for line in _read_bytes(fs, p).decode().splitlines() if line.strip()]
-

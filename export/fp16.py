@@ -21,6 +21,8 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+from onnx.external_data_helper import ExternalDataInfo
+from onnxconverter_common import float16
 
 from interlcm.components import Component
 
@@ -33,8 +35,6 @@ def _fp16_block_lists(comp: Component, model: onnx.ModelProto) -> tuple[list[str
     *op types* of name-blocked nodes would keep every Mul, Exp and Cast of the
     graph in fp32 (and makes the converter loop on its own Casts).
     """
-    from onnxconverter_common import float16
-
     ops = set(float16.DEFAULT_OP_BLOCK_LIST) | {k for k in comp.fp16_keep_fp32 if "/" not in k}
     fragments = tuple(k for k in comp.fp16_keep_fp32 if "/" in k)
     present = {n.op_type for n in model.graph.node}
@@ -120,8 +120,6 @@ def _fp32_outputs(model: onnx.ModelProto) -> None:
 
 def to_fp16(model: onnx.ModelProto, comp: Component) -> onnx.ModelProto:
     """fp16 weights and arithmetic, `comp.fp16_keep_fp32` left in fp32, fp32 inputs and outputs."""
-    from onnxconverter_common import float16
-
     model = onnx.ModelProto.FromString(model.SerializeToString())  # a copy: the fp32 model is saved too
     del model.graph.value_info[:]  # onnxslim's annotations can be stale: the converter re-infers them
     op_types, names = _fp16_block_lists(comp, model)
@@ -178,8 +176,6 @@ def fp16_from_saved(comp: Component, fp32_path: Path) -> onnx.ModelProto:
     copy (every initializer still points into the fp32 data file), then read each
     initializer from that file and cast it to the dtype the converter chose.
     """
-    from onnx.external_data_helper import ExternalDataInfo
-
     skeleton = onnx.load(str(fp32_path), load_external_data=False)
     _drop_noop_casts(skeleton)
     source_types = {t.name: t.data_type for t in skeleton.graph.initializer}

@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from interlcm.components import get_component
 from interlcm.config import PresetConfig
 from interlcm.files import atomic_write_text, sha256_file  # noqa: F401 - re-exported
 from interlcm.identity import WeightsIdentity
@@ -138,8 +139,6 @@ def read_manifest(root: Path) -> Manifest:
 
 def _check_consistent(path: Path, m: Manifest) -> None:
     """An edited manifest whose resolution or tensor shapes disagree with its preset is refused here."""
-    from interlcm.components import get_component
-
     try:
         cfg = m.config
     except (TypeError, KeyError, ValueError) as exc:

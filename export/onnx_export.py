@@ -26,7 +26,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import onnx
+import onnxconverter_common
+import onnxslim
 import torch
+from tqdm import tqdm
 
 from interlcm.components import DEFAULT_COMPONENTS, Component, get_component
 from interlcm.config import PresetConfig
@@ -67,8 +70,7 @@ def file_name(component: str, precision: str) -> str:
 
 
 def versions(precisions: Iterable[str] = ("fp32",)) -> dict[str, str]:
-    import onnxruntime
-    import onnxslim
+    import onnxruntime  # an extra (cpu or gpu)
 
     v = {
         "torch": torch.__version__,
@@ -79,8 +81,6 @@ def versions(precisions: Iterable[str] = ("fp32",)) -> dict[str, str]:
         "recipe": str(RECIPE_VERSION),
     }
     if "fp16" in precisions:
-        import onnxconverter_common
-
         v["onnxconverter_common"] = onnxconverter_common.__version__
     return v
 
@@ -152,8 +152,6 @@ def _simplify(raw: Path) -> onnx.ModelProto:
     """
     model = onnx.load(str(raw))  # loads the exporter's per-tensor external files too
     if _weight_bytes(model) < EXTERNAL_DATA_BYTES:
-        import onnxslim
-
         return onnxslim.slim(model)
     skeleton = onnx.load(str(raw), load_external_data=False)  # dims and dtypes, no data
     model.graph.ClearField("value_info")
@@ -307,8 +305,6 @@ def export_all(
 
 
 def _export_locked(models, out_dir, comps, precisions, batch, opset, force, progress, identity) -> Manifest:  # noqa: ANN001
-    from tqdm import tqdm
-
     cfg = models.config
     clean_stale_temporaries(out_dir)  # scratch left by an interrupted run
     identity = identity or models.identity

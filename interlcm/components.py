@@ -82,7 +82,6 @@ class Component:
     dims: Mapping[str, tuple[int, int, int]] = field(default_factory=dict)
     fp16_keep_fp32: tuple[str, ...] = FP16_KEEP_FP32  # op types / node-name fragments left in fp32
     notes: str = ""
-    extra: dict = field(default_factory=dict)
 
     @property
     def input_names(self) -> tuple[str, ...]:

@@ -11,6 +11,7 @@ and a downloaded checkpoint folder describe a model the same way.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -254,8 +255,6 @@ def get_upsampler(preset: str) -> RRDBConfig:
 
 def reject_unknown_keys(cls: type, data: dict[str, Any], what: str) -> None:
     """Raise naming every key of `data` that is not a field of dataclass `cls`."""
-    import dataclasses
-
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - names)
     if unknown:

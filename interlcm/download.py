@@ -60,6 +60,11 @@ from functools import partial
 from pathlib import Path
 from typing import IO, Any
 
+from huggingface_hub import hf_hub_download
+from huggingface_hub.errors import RemoteEntryNotFoundError
+from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
+from tqdm.auto import tqdm
+
 from interlcm.choices import VARIANTS
 from interlcm.faces.networks import FACE_NETWORKS
 from interlcm.faces.networks import FOLDER as FACE_FOLDER
@@ -291,8 +296,6 @@ def _download_url(spec: ReleasedFile, target: Path, fetch: FetchUrl, progress: b
 def _stream(
     spec: ReleasedFile, target: Path, fetch: FetchUrl, sink: IO[bytes], progress: bool
 ) -> tuple[str, int]:
-    from tqdm.auto import tqdm
-
     digest = hashlib.sha256()
     size = 0
     try:
@@ -395,10 +398,6 @@ def _hub_download(
     *, repo_id: str, filename: str, local_dir: Path, revision: str | None, progress: bool
 ) -> Path:
     """The default ``hf_download``: ``hf_hub_download`` into ``local_dir``."""
-    from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import RemoteEntryNotFoundError
-    from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
-
     # The Hub's bars are a global switch; restore it so callers are not surprised.
     silence = not progress and not are_progress_bars_disabled()
     if silence:

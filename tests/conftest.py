@@ -49,3 +49,15 @@ def tiny_onnx(tiny_models, tmp_path_factory):
     out = tmp_path_factory.mktemp("onnx")
     export_all(tiny_models, out, DEFAULT_COMPONENTS, ("fp32", "fp16"), batch=(1, 2, 4), progress=False)
     return out
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """torch at 1 thread for a module: on a 2-core machine shared with other jobs, two spinning OpenMP
+    threads make the tiny model up to 20x slower; one thread is slower only on an idle machine.
+    Modules that assert no timing use it with `pytestmark = pytest.mark.usefixtures("one_thread")`."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+

@@ -14,20 +14,15 @@ def _restore(models, lq, seed, n=4, colorfix="wavelet"):
     return restore(TorchBackend(models), lq, noise, settings)
 
 
-def test_restoration_is_deterministic_per_seed(tiny_models, lq_photo):
-    a = _restore(tiny_models, lq_photo, seed=1)
-    b = _restore(tiny_models, lq_photo, seed=1)
-    c = _restore(tiny_models, lq_photo, seed=2)
-    assert a.shape == lq_photo.shape and a.dtype == torch.float32
-    assert torch.isfinite(a).all() and a.abs().max() < 10
-    assert torch.equal(a, b)
-    assert (a - c).abs().max() > 1e-3
+# The values themselves are pinned by tests/test_golden.py; these check properties the golden
+# values do not: a rerun is bit-identical, and AdaIN's defining property.
 
 
-def test_one_step_model_and_colour_fixes(tiny_models, lq_photo):
-    one = _restore(tiny_models, lq_photo, seed=1, n=2, colorfix="none")
-    three = _restore(tiny_models, lq_photo, seed=1, n=4, colorfix="none")
-    assert one.shape == three.shape and (one - three).abs().max() > 1e-3
+def test_restoration_is_bit_identical_per_seed(tiny_models, lq_photo):
+    assert torch.equal(_restore(tiny_models, lq_photo, seed=1), _restore(tiny_models, lq_photo, seed=1))
+
+
+def test_adain_colour_fix_gives_each_channel_the_inputs_mean(tiny_models, lq_photo):
     adain = _restore(tiny_models, lq_photo, seed=1, n=4, colorfix="adain")
     # AdaIN gives each channel the LQ image's mean
     torch.testing.assert_close(adain.mean(dim=(2, 3)), lq_photo.mean(dim=(2, 3)), atol=1e-4, rtol=0)

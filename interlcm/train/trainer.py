@@ -33,9 +33,12 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch.utils.data import DataLoader
+from tqdm import tqdm
 
 from interlcm.checkpoint import atomic_torch_save, save_params_ema
 from interlcm.files import atomic_write_text, check_replaceable, make_folder
+from interlcm.imageio import write_image
 from interlcm.models.container import InterLCMModels
 from interlcm.sampler import SamplerSettings, restore
 from interlcm.schedule import inference_steps_for, make_noise, make_schedule
@@ -281,8 +284,6 @@ class Trainer:
 
     def fit(self) -> Path:
         """Train to `max_steps`; returns the exported weights folder."""
-        from tqdm import tqdm
-
         cfg = self.cfg
         self._claim_out()
         self._open_dataset()
@@ -354,8 +355,6 @@ class Trainer:
         sits at a fixed place in it, so resuming at step s starts at micro-batch
         s * grad_accum with no state but the step.
         """
-        from torch.utils.data import DataLoader
-
         assert self.dataset is not None
         cfg, ds = self.cfg, self.dataset
         per_epoch = len(ds) // (cfg.batch_size * self.world)
@@ -385,8 +384,6 @@ class Trainer:
         """Write OUT/val/step_NNNNNN.png: rows of [LQ | EMA restoration | HQ] for fixed images."""
         if self.rank != 0 or self.cfg.val_images < 1 or not self.cfg.data:
             return None
-        from interlcm.imageio import write_image
-
         cfg, mc = self.cfg, self.models.config
         val = FaceDataset(cfg.data, mc.resolution, cfg.degradation_config(), seed=cfg.seed + 1, hflip=False)
         items = [val[i] for i in range(min(cfg.val_images, len(val)))]

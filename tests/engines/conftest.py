@@ -20,7 +20,6 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
-import torch
 
 from interlcm.identity import WeightsIdentity
 
@@ -381,12 +380,3 @@ def real_engines(tiny_models, tmp_path_factory):
     out = tmp_path_factory.mktemp("engines")
     trt_mod.build_engines(onnx_dir, out, opt_level=2)
     return out
-
-
-@pytest.fixture(scope="module")
-def one_thread():
-    """torch at 1 thread for a module: the tiny model at 2 threads on a loaded 2-core machine is 20x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)

@@ -20,15 +20,7 @@ from interlcm.train.losses import PerceptualWeightsError
 from interlcm.train.trainer import Trainer
 from interlcm.weights import encoder_paths, load_models, read_params_ema
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: on a 2-core machine shared with other jobs, two spinning OpenMP
-    threads make a 0.3 s step take 2-25 s; one thread is slower only on an idle machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_config(weights, out, **overrides) -> TrainConfig:
@@ -55,11 +47,13 @@ def faces(tmp_path_factory):
 
 
 def test_overfits_a_fixed_batch(tiny_weights, tmp_path):
-    """40 steps on 2 fixed real crops with fixed noise: the loss must fall below 0.7x its start.
+    """40 steps on 2 fixed real crops with fixed noise: the loss must fall below 0.67x its start.
 
     The frozen tiny VAE is random, so it cannot draw a real photo; the target is the photo
     through that VAE (an image its decoder can make), the input the photo downsampled 4x.
-    Measured (1 thread): 0.3977 -> 0.2597 (0.65x); see interlcm/train/README.md.
+    Measured (1 thread): 0.3977 -> 0.2597 (0.65x); see interlcm/train/README.md. Seeded and on one
+    thread, so the ratio moves only by float reassociation; half the learning rate gives 0.69x and
+    fails here (the 0.7x limit this replaced let it pass).
     """
     cfg = tiny_config(tiny_weights, tmp_path, variant="1step", lr=3e-3, lr_min_ratio=1.0, disc_start=10**6)
     trainer = Trainer(cfg)
@@ -71,7 +65,7 @@ def test_overfits_a_fixed_batch(tiny_weights, tmp_path):
     losses = [trainer.train_step({"hq": target, "lq": lq}, noise_seed=0)["loss"] for _ in range(40)]
     start, end = losses[0], sum(losses[-3:]) / 3
     print(f"overfit: loss {start:.4f} -> {end:.4f} ({end / start:.2f}x) over {len(losses)} steps")
-    assert end < 0.7 * start, losses
+    assert end < 0.67 * start, losses
 
 
 def test_frozen_parts_get_no_grads_and_stay_put(tiny_weights, tmp_path):
