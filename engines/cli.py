@@ -62,6 +62,9 @@ def _backend_args(backend, weights, onnx, engines, preset, precision, variant, s
 @click.option("--upscale", type=click.IntRange(1, 8), default=2, show_default=True, help="Whole photos: output size factor.")
 @click.option("--save-faces", is_flag=True, help="Also write the restored faces, in NAME_faces/ beside each output.")
 @click.option("--skip-existing", is_flag=True, help="Skip inputs whose output is already complete.")
+@click.option("--workers", type=click.IntRange(0), default=None,
+              help="CPU threads decoding, pasting back and writing while the device restores "
+              "[default: cores, at most 4]; 0 runs every stage in turn.")
 @click.option("--out", default="outputs/restored", show_default=True, help="Output folder (with --ray also a URI: s3://...).")
 # --- scale out ---
 @click.option("--ray", "ray_address", metavar="local|ADDRESS",
@@ -76,7 +79,7 @@ def _backend_args(backend, weights, onnx, engines, preset, precision, variant, s
 @click.option("--face-upsample", is_flag=True, help="Also upscale restored faces with Real-ESRGAN before paste-back.")
 @click.option("--save-frames", is_flag=True, help="Videos: also write every restored frame, in OUT/NAME_frames/.")
 def restore(inputs, engines, onnx, weights, preset, backend, precision, variant, steps, seed, colorfix, batch,  # noqa: ANN001
-            threads, timing, aligned, detector, only_center_face, upscale, save_faces, skip_existing, out,
+            threads, timing, aligned, detector, only_center_face, upscale, save_faces, skip_existing, workers, out,
             ray_address, actors, bg_upsampler, bg_tile, face_upsample, save_frames) -> None:
     """Restore every face of whole photos (default) or aligned face crops: files, folders or globs.
 
@@ -86,13 +89,14 @@ def restore(inputs, engines, onnx, weights, preset, backend, precision, variant,
     from interlcm.engines.backend import open_backend
     from interlcm.engines.outputs import plan_outputs
     from interlcm.engines.photo import PhotoOptions, open_photo_restorer
-    from interlcm.engines.pipeline import restore_files
+    from interlcm.engines.pipeline import DEFAULT_WORKERS, restore_files
     from interlcm.engines.restorer import RestoreOptions
     from interlcm.files import make_folder
     from interlcm.imageio import demo_image_path, demo_photo_path, list_images
     from interlcm.video import is_video
 
     chosen = _variant(variant, steps)
+    workers = DEFAULT_WORKERS if workers is None else workers
     if not inputs:
         inputs = (str(demo_image_path() if aligned else demo_photo_path()),)
         click.echo(f"no input given: restoring the embedded demo {'face' if aligned else 'photo'} {inputs[0]}")
@@ -122,9 +126,9 @@ def restore(inputs, engines, onnx, weights, preset, backend, precision, variant,
                 click.echo("note: random weights: the output shows the pipeline runs, not a restoration "
                            "(get real weights with `interlcm-weights download`)")
             if videos:
-                video_failed = _restore_videos(photo_restorer, videos, out, save_frames)
+                video_failed = _restore_videos(photo_restorer, videos, out, save_frames, workers)
             if paths:
-                report = restore_files(photo_restorer, paths, out, skip_existing=skip_existing)
+                report = restore_files(photo_restorer, paths, out, skip_existing=skip_existing, workers=workers)
     except (ValueError, RuntimeError, FileNotFoundError) as exc:  # incl. FilesError: disk full while writing
         raise click.ClickException(str(exc)) from None
     if report is not None:
@@ -185,8 +189,9 @@ def _upsamplers(cfg, weights, bg_upsampler: str, bg_tile: int, face_upsample: bo
     return upsamplers
 
 
-def _restore_videos(photo_restorer, videos, out, save_frames) -> bool:  # noqa: ANN001
+def _restore_videos(photo_restorer, videos, out, save_frames, workers: int) -> bool:  # noqa: ANN001
     """Each video through the photo pipeline; True if any failed (each failure: one line)."""
+    from interlcm.engines.pipeline import PhotoPipeline
     from interlcm.video import VideoError, VideoOptions, output_path, restore_video
 
     failed, taken = False, set()
@@ -199,8 +204,9 @@ def _restore_videos(photo_restorer, videos, out, save_frames) -> bool:  # noqa: 
             continue
         taken.add(dst)
         try:
-            report = restore_video(photo_restorer, src, out, VideoOptions(frames_per_batch=max(batch, 8),
-                                                                          save_frames=save_frames))
+            with PhotoPipeline(photo_restorer, workers) as pipeline:  # frames decoded ahead, encoded behind
+                report = restore_video(pipeline, src, out, VideoOptions(frames_per_batch=max(batch, 8),
+                                                                        save_frames=save_frames))
         except VideoError as exc:
             click.echo(f"failed: {exc}", err=True)
             failed = True

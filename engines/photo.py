@@ -22,6 +22,7 @@ Modes:
 
 from __future__ import annotations
 
+import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
@@ -117,10 +118,33 @@ def select_faces(detections: list[Detection], kind: str, shape: tuple[int, int],
     return kept
 
 
+@dataclass
+class PhotoInput:
+    """A photo ready for the device stages: `PhotoRestorer.prepare`'s output (CPU work)."""
+
+    pixels: np.ndarray  # (H, W, 3) uint8 RGB
+    gray: bool = False  # whole-photo mode with keep_gray: the photo is grayscale, so its faces will be
+
+
+@dataclass
+class FacesRestored:
+    """One photo after the device stages: what paste-back needs (`PhotoRestorer.run_device`'s output)."""
+
+    photo: PhotoInput
+    pasted: list[PastedFace] = field(default_factory=list)  # whole-photo mode: restored faces, where they go
+    faces: list[np.ndarray] = field(default_factory=list)  # (R', R', 3) uint8 faces as pasted (gray, upsampled)
+    background: np.ndarray | None = None  # Real-ESRGAN's upscaled photo (--bg-upsampler), else None
+
+
 class PhotoRestorer:
     """A restorer plus the photo-level options: turns photos into restored photos.
 
     Whole-photo mode needs a `detector`; `parser` (None: the soft box mask alone) refines the paste mask.
+    The work comes in three stages, which `restore_photos` runs one after the other and
+    `interlcm.engines.pipeline` overlaps: `prepare` (CPU, per photo), `run_device` (the backend's
+    device: detect, align, restore, parse, upsample; photos together), `finish` (paste-back, per photo).
+    `warp_device`: align and paste with torch on this device (the backend's, when it is a GPU);
+    None: OpenCV on the CPU.
     """
 
     def __init__(
@@ -130,6 +154,7 @@ class PhotoRestorer:
         detector: Detector | None = None,
         parser: FaceParser | None = None,
         upsamplers: Upsamplers | None = None,
+        warp_device: torch.device | None = None,
     ):
         if not options.aligned and detector is None:
             raise ValueError("whole-photo mode needs a face detector (or pass aligned=True for face crops)")
@@ -139,28 +164,60 @@ class PhotoRestorer:
         self.parser = parser
         # Real-ESRGAN for the background canvas and the restored faces (aligned mode: unused, as the release)
         self.upsamplers = upsamplers or Upsamplers()
-        self.seconds: dict[str, float] = defaultdict(float)  # detect / align / restore / paste, summed
+        self.warp_device = warp_device
+        self.seconds: dict[str, float] = defaultdict(float)  # detect / align / restore / parse / paste, summed
+        self._seconds_lock = threading.Lock()  # stages of several photos may run at once (pipeline.py)
 
     def restore_photos(self, photos: Sequence[np.ndarray]) -> list[PhotoResult]:
+        """The three stages one after the other: (H, W, 3) uint8 RGB photos -> one result each."""
+        return [self.finish(item) for item in self.run_device([self.prepare(photo) for photo in photos])]
+
+    def prepare(self, photo: np.ndarray) -> PhotoInput:
+        """CPU work before the device: is the photo grayscale (whole-photo mode, keep_gray)."""
+        if self.options.aligned or not self.options.keep_gray:
+            return PhotoInput(photo)
+        with self._timed("gray test"):
+            return PhotoInput(photo, is_gray(photo))
+
+    def run_device(self, photos: Sequence[PhotoInput]) -> list[FacesRestored]:
+        """Detect, align, restore (every photo's faces in full batches), parse and upsample."""
         if self.options.aligned:
-            restored = restore_faces(self.restorer, photos)
-            return [PhotoResult(img, [img] if self.options.save_faces else []) for img in restored]
+            restored = restore_faces(self.restorer, [p.pixels for p in photos])
+            return [FacesRestored(photo, faces=[face]) for photo, face in zip(photos, restored)]
         assert self.detector is not None
         with self._timed("detect"):
-            found = self._detect(photos)
+            found = self._detect([p.pixels for p in photos])
         with self._timed("align"):
-            aligned = [[self._align(photo, d) for d in dets] for photo, dets in zip(photos, found)]
+            aligned = [[self._align(p.pixels, d) for d in dets] for p, dets in zip(photos, found)]
         flat = [face.image for faces in aligned for face in faces]
         with self._timed("restore"):
             restored = restore_faces(self.restorer, flat)  # every photo's faces, in full batches
-        with self._timed("paste"):
+        with self._timed("parse"):
             masks = self.parser(restored) if (self.parser is not None and restored) else [None] * len(restored)
-            results, start = [], 0
-            for photo, faces in zip(photos, aligned):
-                mine = slice(start, start + len(faces))
-                start += len(faces)
-                results.append(self._paste(photo, faces, restored[mine], masks[mine]))
+        results, start = [], 0
+        for photo, faces in zip(photos, aligned):
+            mine = slice(start, start + len(faces))
+            start += len(faces)
+            results.append(self._faces_to_paste(photo, faces, restored[mine], masks[mine]))
         return results
+
+    def finish(self, item: FacesRestored) -> PhotoResult:
+        """Paste the restored faces back (whole-photo mode); the photo's result."""
+        keep = self.options.save_faces
+        if self.options.aligned:
+            return PhotoResult(item.faces[0], list(item.faces) if keep else [])
+        photo = item.photo.pixels
+        with self._timed("paste"):
+            image = paste_faces(photo, item.pasted, self.options.upscale, item.background, device=self.warp_device)
+        if not item.pasted:
+            notes = ["no face found: the photo is only upscaled"]
+        elif self.parser is not None:
+            notes = ["paste-back mask: soft box mask combined with the face-parsing mask"]
+        else:
+            notes = ["paste-back mask: soft box mask alone (no face parser)"]
+        if item.photo.gray and item.pasted:
+            notes.append("grayscale photo: faces kept gray")
+        return PhotoResult(image, list(item.faces) if keep else [], notes, found=len(item.pasted))
 
     def _detect(self, photos: Sequence[np.ndarray]) -> list[list[Detection]]:
         """Faces of each photo, landmarks in the photo's own pixels, filtered as the options say."""
@@ -176,11 +233,12 @@ class PhotoRestorer:
 
     def _align(self, photo: np.ndarray, detection: Detection) -> AlignedFace:
         assert self.detector is not None
-        return align_face(photo, detection.landmarks, self.detector.landmark_kind, self.restorer.config.resolution)
+        resolution = self.restorer.config.resolution
+        return align_face(photo, detection.landmarks, self.detector.landmark_kind, resolution, self.warp_device)
 
-    def _paste(self, photo, aligned, restored, masks) -> PhotoResult:  # noqa: ANN001 - lists of the above
-        gray = self.options.keep_gray and is_gray(photo)
-        if gray:
+    def _faces_to_paste(self, photo: PhotoInput, aligned, restored, masks) -> FacesRestored:  # noqa: ANN001 - lists
+        """The device work after restoring: gray faces for gray photos, Real-ESRGAN on faces and background."""
+        if photo.gray:
             restored = [to_gray(face) for face in restored]
         inverses = [a.inverse for a in aligned]
         if self.upsamplers.face is not None and restored and self.options.upscale > 1:
@@ -191,21 +249,12 @@ class PhotoRestorer:
             inverses = [larger_crop_inverse(inverse, s) for inverse in inverses]
             side = restored[0].shape[0]
             masks = [None if m is None else cv2.resize(m, (side, side), interpolation=cv2.INTER_LINEAR) for m in masks]
-        pasted = [PastedFace(face, inverse, mask) for inverse, face, mask in zip(inverses, restored, masks)]
         background = None
         if self.upsamplers.background is not None:  # the release's --bg_upsampler: Real-ESRGAN canvas
             with self._timed("background"):
-                background = self.upsamplers.background.enhance(photo, outscale=self.options.upscale)
-        image = paste_faces(photo, pasted, self.options.upscale, background)
-        if not restored:
-            notes = ["no face found: the photo is only upscaled"]
-        elif self.parser is not None:
-            notes = ["paste-back mask: soft box mask combined with the face-parsing mask"]
-        else:
-            notes = ["paste-back mask: soft box mask alone (no face parser)"]
-        if gray and restored:
-            notes.append("grayscale photo: faces kept gray")
-        return PhotoResult(image, list(restored) if self.options.save_faces else [], notes, found=len(restored))
+                background = self.upsamplers.background.enhance(photo.pixels, outscale=self.options.upscale)
+        pasted = [PastedFace(face, inverse, mask) for inverse, face, mask in zip(inverses, restored, masks)]
+        return FacesRestored(photo, pasted, list(restored), background)
 
     @contextmanager
     def _timed(self, stage: str) -> Iterator[None]:
@@ -213,7 +262,8 @@ class PhotoRestorer:
         try:
             yield
         finally:
-            self.seconds[stage] += time.perf_counter() - start
+            with self._seconds_lock:
+                self.seconds[stage] += time.perf_counter() - start
 
 
 def open_photo_restorer(
@@ -228,10 +278,13 @@ def open_photo_restorer(
     """The one way the CLI, the Ray actors and the Serve replicas build a PhotoRestorer on an opened backend.
 
     Whole-photo mode opens `detector` (a one-line RuntimeError if it cannot run) and ParseNet
-    when the backend has it (else the soft box mask alone, said in each result's notes).
+    when the backend has it (else the soft box mask alone, said in each result's notes). On a GPU
+    backend, alignment and paste-back run there too (torch warps); on the CPU, OpenCV's.
     """
     found_by = parser = None
     if not photo.aligned:
         found_by = open_detector(detector, DetectorContext(weights=weights, backend=backend))
         parser = open_parser(backend)
-    return PhotoRestorer(Restorer(backend, options, timing=timing), photo, found_by, parser, upsamplers=upsamplers)
+    warp_device = backend.device if backend.device.type == "cuda" else None  # OpenCV is faster on the CPU
+    return PhotoRestorer(Restorer(backend, options, timing=timing), photo, found_by, parser, upsamplers=upsamplers,
+                         warp_device=warp_device)

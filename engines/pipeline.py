@@ -1,17 +1,141 @@
-"""Folders of photos through a PhotoRestorer: read, restore in groups, write, one failure per bad input."""
+"""The pipelined runtime: the device restores one group of photos while CPU workers read and write others.
+
+A photo goes through three stages (`PhotoRestorer`'s), run by `concurrent.futures` executors:
+
+1. CPU workers: read and decode it (folders), `PhotoRestorer.prepare` it;
+2. one device thread, the only caller of the backend: `PhotoRestorer.run_device` on a group of
+   photos (detect, align, restore, parse, upsample), their faces sharing model batches;
+3. CPU workers: `PhotoRestorer.finish` (paste-back), then the front end's own step (folders:
+   encode and write the outputs atomically).
+
+Folders (`restore_files`), videos (`PhotoPipeline.submit_photos`, interlcm.video) and Serve
+(`PhotoPipeline.restore_photos`) run on it. ``workers=0`` runs every stage in the calling thread,
+one after the other: the sequential runtime, the benchmark's baseline (benchmarks/pipeline.py).
+
+Same results as sequential, byte for byte: groups are made of the same photos (input order,
+unreadable ones left out), so faces share the same batches, and outcomes are recorded in input
+order. A group whose device stage fails is retried one photo at a time, so one bad photo fails
+alone, with one line. Memory: reads run at most one group ahead, and at most `GROUPS_IN_FLIGHT`
+groups are between the device and their last write.
+"""
 
 from __future__ import annotations
 
+import os
 import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
+from typing import Any, TypeVar
 
-import numpy as np
 from tqdm import tqdm
 
 from interlcm.engines.outputs import OutputPlan, output_complete, plan_outputs
-from interlcm.engines.photo import PhotoRestorer, PhotoResult
-from interlcm.imageio import ImageReadError, read_rgb, write_image
+from interlcm.engines.photo import FacesRestored, PhotoInput, PhotoRestorer, PhotoResult
+from interlcm.imageio import read_rgb, write_image
+
+DEFAULT_WORKERS = min(4, os.cpu_count() or 1)  # CPU workers: each holds at most one output canvas at a time
+GROUPS_IN_FLIGHT = 2  # groups past the device stage and not yet written: the device works on the next meanwhile
+PHOTO_FAILURES = (ValueError, RuntimeError, OSError, MemoryError)  # one photo's failure: reported, the rest go on
+
+T = TypeVar("T")
+
+
+class InlineExecutor(Executor):
+    """Runs each task at once in the calling thread: the sequential runtime (workers=0)."""
+
+    def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T]:
+        future: Future[T] = Future()
+        try:
+            future.set_result(fn(*args, **kwargs))
+        except Exception as exc:  # noqa: BLE001 - handed to whoever asks for the result, as a thread pool does
+            future.set_exception(exc)
+        return future
+
+
+@dataclass
+class Batch:
+    """A group of photos in the pipeline. `stage`: its device stage, whose result is one future per photo
+    (paste-back and the front end's step; each raises that photo's failure)."""
+
+    stage: Future[list[Future[Any]]]
+
+    def outcomes(self) -> list[Future[Any]]:
+        return self.stage.result()
+
+    def result(self) -> list[Any]:
+        """Every photo's result in order; raises the first failure (as `PhotoRestorer.restore_photos`)."""
+        return [future.result() for future in self.outcomes()]
+
+
+class PhotoPipeline:
+    """A PhotoRestorer's three stages on one device thread and `workers` CPU threads (0: all inline).
+
+    A context manager: leaving it waits for the work under way and cancels what has not started.
+    """
+
+    def __init__(self, photos: PhotoRestorer, workers: int = DEFAULT_WORKERS):
+        if workers < 0:
+            raise ValueError(f"workers={workers}: use 0 (sequential) or more")
+        self.photos = photos
+        self.workers = workers
+        self.cpu: Executor = ThreadPoolExecutor(workers, "interlcm-cpu") if workers else InlineExecutor()
+        self.device: Executor = ThreadPoolExecutor(1, "interlcm-device") if workers else InlineExecutor()
+
+    def __enter__(self) -> PhotoPipeline:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.device.shutdown(cancel_futures=True)  # first: a running device stage still hands its photos on
+        self.cpu.shutdown(cancel_futures=True)
+
+    @property
+    def seconds(self) -> dict[str, float]:
+        """Time per stage, summed over photos (stages overlap, so the sum may exceed the wall time)."""
+        return self.photos.seconds
+
+    def submit(
+        self, photos: Sequence[PhotoInput | Future[PhotoInput]], then: Sequence[Callable[[PhotoResult], Any]] | None = None
+    ) -> Batch:
+        """Queue one group for the device: prepared photos (or futures of them: the device waits), and
+        for each an optional step after its paste-back (`then(result)`, on a CPU worker)."""
+        return Batch(self.device.submit(self._device_stage, photos, then))
+
+    def submit_photos(self, photos: Sequence[Any]) -> Batch:
+        """(H, W, 3) uint8 RGB photos: prepared on CPU workers, then as `submit`."""
+        return self.submit([self.cpu.submit(self.photos.prepare, photo) for photo in photos])
+
+    def restore_photos(self, photos: Sequence[Any]) -> list[PhotoResult]:
+        """`PhotoRestorer.restore_photos` through the pipeline: blocks for this group's results."""
+        return self.submit_photos(photos).result()
+
+    def _device_stage(
+        self, photos: Sequence[PhotoInput | Future[PhotoInput]], then: Sequence[Callable[[PhotoResult], Any]] | None
+    ) -> list[Future[Any]]:
+        restored = self._run_device([p.result() if isinstance(p, Future) else p for p in photos])
+        steps = then or [None] * len(restored)
+        return [self.cpu.submit(self._finish, item, step) for item, step in zip(restored, steps)]
+
+    def _run_device(self, photos: list[PhotoInput]) -> list[FacesRestored | Exception]:
+        """The device stages for a group; if the group fails, one photo at a time (which one failed?)."""
+        try:
+            return self.photos.run_device(photos)
+        except (ValueError, RuntimeError, MemoryError) as exc:
+            if len(photos) == 1:
+                return [exc]
+            return [item for photo in photos for item in self._run_device([photo])]
+
+    def _finish(self, item: FacesRestored | Exception, then: Callable[[PhotoResult], Any] | None) -> Any:
+        if isinstance(item, Exception):
+            raise item
+        result = self.photos.finish(item)
+        return result if then is None else then(result)
 
 
 @dataclass
@@ -23,6 +147,19 @@ class RestoreReport:
     seconds: float = 0.0
 
 
+@dataclass
+class _Entry:
+    """One input past its read, waiting to be recorded in input order."""
+
+    plan: OutputPlan
+    read: Future[tuple[PhotoInput, list[str]]]  # done: the driver waits for reads in input order
+    group: int | None = None  # index of its group once sent to the device
+    outcome: Callable[[], Any] | None = None  # its result (after paste-back and the write), or raises
+
+    def ready(self, upto: int) -> bool:
+        """Recordable once groups before `upto` are done: a failed read at once."""
+        return self.read.exception() is not None or (self.group is not None and self.group < upto)
+
 
 def restore_files(
     photo_restorer: PhotoRestorer,
@@ -31,15 +168,17 @@ def restore_files(
     *,
     progress: bool = True,
     skip_existing: bool = False,
+    workers: int = DEFAULT_WORKERS,
 ) -> RestoreReport:
-    """Restore image files, a group of photos per call; a bad image is reported and skipped, the rest go on.
+    """Restore image files, a group of photos per device call; a bad image is reported and skipped.
 
     Output names are settled first (`plan_outputs`), so a clash fails before any work.
+    `workers`: CPU threads reading and writing beside the device thread; 0 runs sequentially.
     """
     plans = plan_outputs(paths, out_dir, save_faces=photo_restorer.options.save_faces)
     report = RestoreReport()
     start = time.perf_counter()
-    group = max(4, photo_restorer.restorer.options.batch)  # photos per call: their faces share batches
+    group_size = max(4, photo_restorer.restorer.options.batch)  # photos per device call: their faces share batches
     todo = []
     for plan in plans:
         if skip_existing and output_complete(plan):
@@ -47,45 +186,91 @@ def restore_files(
         else:
             todo.append(plan)
 
-    def write(plan: OutputPlan, result: PhotoResult) -> None:
-        for i, face in enumerate(result.faces):
-            write_image(plan.faces / f"{i:02d}.png", face)
-        write_image(plan.photo, result.image)  # last: its presence means the output is complete
-        report.written.append(plan.photo)
-        report.notes += [(plan.source, note) for note in result.notes]
+    def read(plan: OutputPlan) -> tuple[PhotoInput, list[str]]:
+        notes: list[str] = []  # a multi-frame file: which frame was used
+        return photo_restorer.prepare(read_rgb(plan.source, notes=notes)), notes
 
-    def run(batch: list[tuple[OutputPlan, np.ndarray]]) -> None:
+    def write(plan: OutputPlan, result: PhotoResult) -> PhotoResult:
         try:
-            results = photo_restorer.restore_photos([photo for _, photo in batch])
-        except (ValueError, RuntimeError) as exc:
-            if len(batch) > 1:  # find the photo that failed; the others go on
-                for one in batch:
-                    run([one])
-                return
-            report.failed.append((batch[0][0].source, str(exc)))
-            return
-        for (plan, _), result in zip(batch, results):
-            try:
-                write(plan, result)
-            except OSError as exc:
-                report.failed.append((plan.source, f"cannot write {plan.photo}: {exc.strerror or exc}"))
+            for i, face in enumerate(result.faces):
+                write_image(plan.faces / f"{i:02d}.png", face)
+            write_image(plan.photo, result.image)  # last: its presence means the output is complete
+        except OSError as exc:
+            raise RuntimeError(f"cannot write {plan.photo}: {exc.strerror or exc}") from None
+        return result
 
-    with tqdm(total=len(todo), unit="img", disable=not progress, desc="restoring") as bar:
-        pending: list[tuple[OutputPlan, np.ndarray]] = []
-        for plan in todo:
-            try:
-                read_notes: list[str] = []  # a multi-frame file: which frame was used
-                pending.append((plan, read_rgb(plan.source, notes=read_notes)))
-                report.notes += [(plan.source, note) for note in read_notes]
-            except ImageReadError as exc:
-                report.failed.append((plan.source, str(exc)))
+    with PhotoPipeline(photo_restorer, workers) as pipeline, tqdm(
+        total=len(todo), unit="img", disable=not progress, desc="restoring"
+    ) as bar:
+        entries: deque[_Entry] = deque()  # in input order, not yet recorded
+        group: list[_Entry] = []  # read, not yet sent to the device
+        launched = recorded = 0  # groups sent to the device; groups whose every photo is recorded
+
+        def record(upto: int) -> None:
+            """Record the outcomes of groups before `upto`, and failed reads among them, in input order."""
+            while entries and entries[0].ready(upto):
+                _record(entries.popleft(), report)
                 bar.update(1)
-            if len(pending) == group:
-                run(pending)
-                bar.update(len(pending))
-                pending = []
-        if pending:
-            run(pending)
-            bar.update(len(pending))
+
+        def launch() -> None:
+            nonlocal launched, recorded
+            batch = pipeline.submit([e.read.result()[0] for e in group], [partial(write, e.plan) for e in group])
+            for i, entry in enumerate(group):
+                entry.group, entry.outcome = launched, partial(_nth_outcome, batch, i)
+            launched += 1
+            group.clear()
+            if launched - recorded > GROUPS_IN_FLIGHT:  # bounded: wait for the oldest group's writes
+                recorded += 1
+                record(recorded)
+
+        for plan, future in _ahead(partial(pipeline.cpu.submit, read), todo, group_size):
+            entry = _Entry(plan, future)
+            entries.append(entry)
+            if future.exception() is None:  # waits for the read; input order
+                group.append(entry)
+                if len(group) == group_size:
+                    launch()
+            else:
+                record(recorded)  # a failed read ahead of every unfinished group: report it now
+        if group:
+            launch()
+        record(launched)
     report.seconds = time.perf_counter() - start
     return report
+
+
+def _ahead(submit: Callable[[T], Future[Any]], items: Iterable[T], depth: int) -> Iterator[tuple[T, Future[Any]]]:
+    """(item, submit(item)) in order, keeping `depth` submitted beyond the one handed out."""
+    window: deque[tuple[T, Future[Any]]] = deque()
+    for item in items:
+        window.append((item, submit(item)))
+        if len(window) > depth:
+            yield window.popleft()
+    yield from window
+
+
+def _nth_outcome(batch: Batch, i: int) -> Any:
+    return batch.outcomes()[i].result()
+
+
+def _record(entry: _Entry, report: RestoreReport) -> None:
+    source = entry.plan.source
+    try:
+        _, read_notes = entry.read.result()
+    except PHOTO_FAILURES as exc:  # ImageReadError is a ValueError
+        report.failed.append((source, _one_line(exc)))
+        return
+    report.notes += [(source, note) for note in read_notes]
+    assert entry.outcome is not None
+    try:
+        result = entry.outcome()
+    except PHOTO_FAILURES as exc:
+        report.failed.append((source, _one_line(exc)))
+        return
+    report.written.append(entry.plan.photo)
+    report.notes += [(source, note) for note in result.notes]
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text or type(exc).__name__

@@ -2,8 +2,10 @@
 
 Frames are decoded one packet at a time (PyAV, which ships its own ffmpeg), restored
 ``frames_per_batch`` at a time through :meth:`PhotoRestorer.restore_photos` (so the faces of
-several frames share a model batch), and encoded at once: memory holds one batch of frames,
-not the video. The output has the input's frame rate and frame count; the first audio stream is
+several frames share a model batch), and encoded in order: memory holds a few batches of frames
+(``BATCHES_AHEAD`` restoring, one being decoded), not the video. Through a pipeline
+(interlcm.engines.pipeline) the device restores one batch while the next is decoded and earlier
+frames are pasted back and encoded. The output has the input's frame rate and frame count; the first audio stream is
 copied packet by packet, unchanged (no re-encoding). A frame with no face comes back from the
 photo restorer upscaled, so it is kept, never dropped.
 
@@ -22,8 +24,9 @@ from __future__ import annotations
 import os
 import time
 import uuid
-from collections import defaultdict
+from collections import defaultdict, deque
 from collections.abc import Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
@@ -31,6 +34,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+BATCHES_AHEAD = 2  # batches of frames restoring while the next are decoded (a pipeline overlaps them)
 VIDEO_EXTENSIONS: frozenset[str] = frozenset({".mp4", ".mov", ".avi", ".mkv", ".webm"})
 
 # container suffix -> (ffmpeg muxer, video encoder, encoder options). The output keeps the input's
@@ -49,7 +53,11 @@ class VideoError(RuntimeError):
 
 
 class PhotoRestoring(Protocol):
-    """What the video path needs of `interlcm.engines.photo.PhotoRestorer`."""
+    """What the video path needs of `interlcm.engines.photo.PhotoRestorer`.
+
+    One that also has `submit_photos(photos)` (interlcm.engines.pipeline.PhotoPipeline: a handle whose
+    `result()` is the list) restores a batch while the next frames are decoded and earlier ones encoded.
+    """
 
     def restore_photos(self, photos: Sequence[np.ndarray]) -> list[Any]: ...  # each result has .image
 
@@ -130,23 +138,25 @@ def _transcode(photo: PhotoRestoring, src: Path, tmp: Path, dst: Path, options: 
         report = VideoReport(dst, 0, Fraction(fps), (0, 0), 0)
         frames_dir = dst.parent / f"{dst.stem}_frames" if options.save_frames else None
         pending: list[np.ndarray] = []
+        in_flight: deque[Any] = deque()  # batches handed to the restorer, oldest first
         bar = tqdm(total=expected or None, unit="frame", disable=not options.progress, desc=src.name)
 
-        def flush() -> None:
-            if not pending:
-                return
-            start = time.perf_counter()
-            images = [r.image for r in photo.restore_photos(pending)]
-            report.seconds["photos"] += time.perf_counter() - start  # detect + align + restore + paste
-            start = time.perf_counter()
-            for img in images:
-                writer.write(img)
-                if frames_dir is not None:
-                    _save_frame(frames_dir, report.frames + 1, img)
-                report.frames += 1
-            report.seconds["encode"] += time.perf_counter() - start
-            bar.update(len(pending))
-            pending.clear()
+        def flush(last: bool = False) -> None:
+            if pending:
+                in_flight.append(_submit(photo, list(pending)))
+                pending.clear()
+            while len(in_flight) > (0 if last else BATCHES_AHEAD):  # bounded: encode the oldest batch
+                start = time.perf_counter()
+                images = [r.image for r in in_flight.popleft().result()]
+                report.seconds["photos"] += time.perf_counter() - start  # waiting for detect ... paste
+                start = time.perf_counter()
+                for img in images:
+                    writer.write(img)
+                    if frames_dir is not None:
+                        _save_frame(frames_dir, report.frames + 1, img)
+                    report.frames += 1
+                report.seconds["encode"] += time.perf_counter() - start
+                bar.update(len(images))
 
         with bar, writer:
             streams = [vin] + ([ain] if ain is not None else [])
@@ -161,7 +171,7 @@ def _transcode(photo: PhotoRestoring, src: Path, tmp: Path, dst: Path, options: 
                 if len(pending) >= options.frames_per_batch:
                     flush()
                 start = time.perf_counter()
-            flush()
+            flush(last=True)
             writer.close()
         if report.frames == 0:
             raise VideoError(f"{src}: no frame could be decoded; is it a complete video?")
@@ -174,6 +184,16 @@ def _transcode(photo: PhotoRestoring, src: Path, tmp: Path, dst: Path, options: 
         report.audio_packets = writer.audio_packets
     _merge_stage_seconds(report, photo)
     return report
+
+
+def _submit(photo: PhotoRestoring, frames: list[np.ndarray]) -> Any:
+    """A batch of frames to restore: under way (a pipeline) or done now; `.result()` gives the results."""
+    submit = getattr(photo, "submit_photos", None)
+    if submit is not None:
+        return submit(frames)
+    done: Future[list[Any]] = Future()
+    done.set_result(photo.restore_photos(frames))
+    return done
 
 
 def _merge_stage_seconds(report: VideoReport, photo: PhotoRestoring) -> None:

@@ -14,7 +14,12 @@ As the release (CodeFormer's ``FaceRestoreHelper.paste_faces_to_input_image``), 
 The soft mask is the release's: the crop's footprint, eroded by ``2 * upscale`` px, eroded again
 by ``2 * w`` and blurred over ``2 * w + 1`` px, where ``w = sqrt(footprint area) // 20``. A face
 parser's mask, when given, is combined with it by taking the smaller value per pixel (the release's
-"fuse"). Work is done on each face's bounding box, not the whole canvas.
+"fuse").
+
+Memory: each face is blended inside its bounding box on the canvas, in float32, and rounded back
+into the uint8 canvas in place; the canvas itself is never copied. Where two faces' boxes overlap,
+the second blends over the first's rounded pixels (within one level of blending over unrounded ones).
+`device` runs the same recipe as torch ops (interlcm.faces.warp) on a GPU; only the boxes travel.
 """
 
 from __future__ import annotations
@@ -24,6 +29,9 @@ from dataclasses import dataclass
 
 import cv2
 import numpy as np
+import torch
+
+from interlcm.faces.warp import erode, gaussian_blur, warp_affine
 
 
 @dataclass(frozen=True)
@@ -58,51 +66,92 @@ def canvas_inverse(inverse: np.ndarray, upscale: int) -> np.ndarray:
 
 
 def paste_faces(
-    photo: np.ndarray, faces: Sequence[PastedFace], upscale: int, background: np.ndarray | None = None
+    photo: np.ndarray,
+    faces: Sequence[PastedFace],
+    upscale: int,
+    background: np.ndarray | None = None,
+    strength: float = 1.0,
+    device: torch.device | None = None,
 ) -> np.ndarray:
     """Blend restored faces into the photo upscaled by `upscale`; (H, W, 3) uint8 -> (s H, s W, 3) uint8.
 
-    `background`: the upscaled photo to paste onto (e.g. Real-ESRGAN's); default bilinear.
+    `background`: the upscaled photo to paste onto (e.g. Real-ESRGAN's), pasted into in place;
+    default bilinear. `strength`: the blend masks are scaled by it (1.0: the restored faces, 0.0:
+    the canvas unchanged). `device`: warp and blend with torch there (a GPU); None: OpenCV on the CPU.
     """
     canvas = upscale_photo(photo, upscale) if background is None else background
     if canvas.shape[:2] != (photo.shape[0] * upscale, photo.shape[1] * upscale):
         raise ValueError(f"background {canvas.shape[:2]} is not the photo {photo.shape[:2]} times {upscale}")
-    if not faces:
-        return canvas
-    out = canvas.astype(np.float32)
     for face in faces:
-        _blend_one(out, face, upscale)
-    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+        res = face.image.shape[0]
+        matrix = canvas_inverse(face.inverse, upscale)
+        box = _footprint_box(matrix, res, canvas.shape[:2])
+        if box is None:  # the crop lies wholly outside the photo
+            continue
+        x0, y0, x1, y1 = box
+        local = matrix.copy()
+        local[:, 2] -= (x0, y0)  # warp straight into the box
+        region = canvas[y0:y1, x0:x1]  # a view: blended in place, rounded to uint8 per face
+        if device is None:
+            _blend_cv2(region, face, local, upscale, strength)
+        else:
+            _blend_torch(region, face, local, upscale, strength, device)
+    return canvas
 
 
-def _blend_one(canvas: np.ndarray, face: PastedFace, upscale: int) -> None:
-    """Blend one face into `canvas` ((H', W', 3) float32), in place, inside the face's bounding box."""
+def soft_mask_sizes(footprint_area: float) -> tuple[int, int]:
+    """The release's soft mask for a footprint of this area (canvas px): (second erosion, blur kernel side)."""
+    edge = int(np.sqrt(footprint_area)) // 20
+    return 2 * edge, 2 * edge + 1
+
+
+def _blend_cv2(region: np.ndarray, face: PastedFace, local: np.ndarray, upscale: int, strength: float) -> None:
+    """Blend one face into `region` ((h, w, 3) uint8 box of the canvas) in place; OpenCV, float32."""
     res = face.image.shape[0]
-    matrix = canvas_inverse(face.inverse, upscale)
-    box = _footprint_box(matrix, res, canvas.shape[:2])
-    if box is None:  # the crop lies wholly outside the photo
-        return
-    x0, y0, x1, y1 = box
-    local = matrix.copy()
-    local[:, 2] -= (x0, y0)  # warp straight into the box
-    size = (x1 - x0, y1 - y0)
-
+    size = region.shape[1::-1]
     footprint = cv2.warpAffine(np.ones((res, res), np.float32), local, size, flags=cv2.INTER_LINEAR)
     hard = cv2.erode(footprint, np.ones((2 * upscale, 2 * upscale), np.uint8))
-    edge = int(np.sqrt(hard.sum())) // 20
+    erosion, blur = soft_mask_sizes(hard.sum(dtype=np.float64))
     mask = hard
-    if edge > 0:
-        mask = cv2.erode(hard, np.ones((2 * edge, 2 * edge), np.uint8))
-        mask = cv2.GaussianBlur(mask, (2 * edge + 1, 2 * edge + 1), 0)
+    if erosion > 0:
+        mask = cv2.erode(hard, np.ones((erosion, erosion), np.uint8))
+        mask = cv2.GaussianBlur(mask, (blur, blur), 0)
     if face.parse_mask is not None:
         parsed = cv2.warpAffine(face.parse_mask.astype(np.float32), local, size, flags=cv2.INTER_LINEAR)
         mask = np.minimum(mask, parsed)
-
     restored = cv2.warpAffine(
         face.image.astype(np.float32), local, size, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE
     )
-    region = canvas[y0:y1, x0:x1]
-    region += mask[..., None] * (restored - region)
+    if strength != 1.0:  # the user's mix of restored and original (1.0: the mask as it is, byte for byte)
+        mask = mask * np.float32(strength)
+    blended = region.astype(np.float32)
+    blended += mask[..., None] * (restored - blended)
+    region[...] = np.clip(np.rint(blended), 0, 255)
+
+
+def _blend_torch(
+    region: np.ndarray, face: PastedFace, local: np.ndarray, upscale: int, strength: float, device: torch.device
+) -> None:
+    """`_blend_cv2` as torch ops on `device` (interlcm.faces.warp); only the box travels."""
+    res = face.image.shape[0]
+    size = region.shape[1::-1]
+    ones = torch.ones((1, res, res), dtype=torch.float32, device=device)
+    footprint = warp_affine(ones, local, size, "zeros")[0]
+    hard = erode(footprint, 2 * upscale)
+    erosion, blur = soft_mask_sizes(float(hard.sum(dtype=torch.float64)))
+    mask = hard
+    if erosion > 0:
+        mask = gaussian_blur(erode(hard, erosion), blur)
+    if face.parse_mask is not None:
+        parse = torch.from_numpy(np.ascontiguousarray(face.parse_mask, np.float32)).to(device)
+        mask = torch.minimum(mask, warp_affine(parse[None], local, size, "zeros")[0])
+    image = torch.from_numpy(np.ascontiguousarray(face.image)).to(device).permute(2, 0, 1).float()
+    restored = warp_affine(image, local, size, "border").permute(1, 2, 0)  # (h, w, 3)
+    if strength != 1.0:
+        mask = mask * strength
+    blended = torch.from_numpy(region).to(device).float()
+    blended += mask[..., None] * (restored - blended)
+    region[...] = blended.round().clamp(0, 255).to(torch.uint8).cpu().numpy()
 
 
 def _footprint_box(matrix: np.ndarray, res: int, shape: tuple[int, int]) -> tuple[int, int, int, int] | None:
