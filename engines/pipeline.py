@@ -71,29 +71,43 @@ class Batch:
         return [future.result() for future in self.outcomes()]
 
 
-class PhotoPipeline:
-    """A PhotoRestorer's three stages on one device thread and `workers` CPU threads (0: all inline).
+class PipelineThreads:
+    """One device thread (the only caller of the backend) and `workers` CPU threads; 0: all inline.
 
-    A context manager: leaving it waits for the work under way and cancels what has not started.
+    One per opened backend; Serve shares it between the pipelines of its per-request options.
     """
 
-    def __init__(self, photos: PhotoRestorer, workers: int = DEFAULT_WORKERS):
+    def __init__(self, workers: int = DEFAULT_WORKERS):
         if workers < 0:
             raise ValueError(f"workers={workers}: use 0 (sequential) or more")
-        self.photos = photos
         self.workers = workers
         self.cpu: Executor = ThreadPoolExecutor(workers, "interlcm-cpu") if workers else InlineExecutor()
         self.device: Executor = ThreadPoolExecutor(1, "interlcm-device") if workers else InlineExecutor()
+
+    def close(self) -> None:
+        """Wait for the work under way; cancel what has not started."""
+        self.device.shutdown(cancel_futures=True)  # first: a running device stage still hands its photos on
+        self.cpu.shutdown(cancel_futures=True)
+
+
+class PhotoPipeline:
+    """A PhotoRestorer's three stages on pipeline threads: its own (`workers`) or shared ones.
+
+    A context manager: leaving it closes the threads it made.
+    """
+
+    def __init__(self, photos: PhotoRestorer, threads: PipelineThreads | int = DEFAULT_WORKERS):
+        self.photos = photos
+        self._owns = isinstance(threads, int)
+        self.threads = PipelineThreads(threads) if isinstance(threads, int) else threads
+        self.cpu, self.device = self.threads.cpu, self.threads.device
 
     def __enter__(self) -> PhotoPipeline:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def close(self) -> None:
-        self.device.shutdown(cancel_futures=True)  # first: a running device stage still hands its photos on
-        self.cpu.shutdown(cancel_futures=True)
+        if self._owns:
+            self.threads.close()
 
     @property
     def seconds(self) -> dict[str, float]:

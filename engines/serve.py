@@ -25,6 +25,7 @@ from ray import serve
 
 from interlcm.choices import COLORFIXES, Variant
 from interlcm.engines.photo import PhotoOptions
+from interlcm.engines.pipeline import PhotoPipeline, PipelineThreads
 
 MEDIA_TYPES = {"png": "image/png", "jpeg": "image/jpeg"}  # response format -> content type
 
@@ -111,6 +112,8 @@ class RestoreServer:
         self.restore_batch.set_max_batch_size(max_batch)
         self.restore_batch.set_batch_wait_timeout_s(batch_wait_s)
         self._faces: tuple[Any, Any] | None = None  # (detector, parser), opened on the first whole photo
+        # one device thread calls the backend while CPU threads paste back: batches overlap (pipeline.py)
+        self.threads = PipelineThreads()
         self.batch_sizes: list[int] = []  # faces of every engine call, for tests and the benchmark
 
     @app.get("/healthz")
@@ -142,7 +145,7 @@ class RestoreServer:
             return PlainTextResponse(f"{exc}\n", status_code=exc.status)
         return Response(encode_image(image, f"restored.{options.format}"), media_type=MEDIA_TYPES[options.format])
 
-    @serve.batch(max_batch_size=4, batch_wait_timeout_s=0.05)
+    @serve.batch(max_batch_size=4, batch_wait_timeout_s=0.05, max_concurrent_batches=2)
     async def restore_batch(self, items: list[tuple[Any, RequestOptions]]) -> list[Any]:
         """[(photo, options)] gathered from concurrent requests -> [restored photo or BadRequest]."""
         return await asyncio.to_thread(self._restore_groups, items)  # keep the event loop (healthz) responsive
@@ -175,7 +178,7 @@ class RestoreServer:
                 found_by, parser = (None, None) if options.aligned else self._face_tools()
                 photos = PhotoRestorer(restorer, PhotoOptions(aligned=options.aligned, upscale=options.upscale),
                                        found_by, parser)
-                restored = photos.restore_photos([items[i][0] for i in members])
+                restored = PhotoPipeline(photos, self.threads).restore_photos([items[i][0] for i in members])
             except FaceToolsMissing as exc:
                 restored = [BadRequest(f"{exc}; or pass aligned=true for face crops", 501)] * len(members)
             except (ValueError, RuntimeError) as exc:
