@@ -158,3 +158,93 @@ def test_an_upsampled_face_pastes_where_the_crop_did(group, upscale):
     )
     inside = _footprints(faces, RES, upscale, plain.shape[:2])
     assert _psnr(enlarged[inside], plain[inside]) >= 50.0
+
+
+# --- paste-back per face box, and the torch (GPU) implementation --------------------------------
+
+# Six faces on the group photo: the four heads, one cut by the left edge, one overlapping two others.
+_WHOLE_PHOTO_FACES = (*_GROUP_FACES, ((60, 250), 50, 20), ((480, 300), 45, 25))
+
+
+def _restored_faces(photo: np.ndarray, res: int = RES) -> list[PastedFace]:
+    """Aligned crops 'restored' into their negatives, each with a face-shaped parse mask (values in (0, 1))."""
+    faces = [align_face(photo, _landmarks(c, gap, angle), "retinaface", res) for c, gap, angle in _WHOLE_PHOTO_FACES]
+    yy, xx = (np.mgrid[0:res, 0:res] + 0.5) / res - 0.5
+    parse = np.clip(1.6 - 4.5 * (xx**2 + (yy / 1.3) ** 2) ** 0.5, 0, 1).astype(np.float32)
+    return [PastedFace(255 - f.image, f.inverse, parse) for f in faces]
+
+
+def _float_canvas_paste(photo: np.ndarray, faces: list[PastedFace], upscale: int) -> np.ndarray:
+    """The paste-back before it blended in place: the whole canvas in float32, rounded once at the end."""
+    canvas = upscale_photo(photo, upscale).astype(np.float32)
+    for face in faces:
+        matrix = canvas_inverse(face.inverse, upscale)
+        size = canvas.shape[1::-1]
+        footprint = cv2.warpAffine(np.ones((RES, RES), np.float32), matrix, size, flags=cv2.INTER_LINEAR)
+        hard = cv2.erode(footprint, np.ones((2 * upscale, 2 * upscale), np.uint8))
+        edge = int(np.sqrt(hard.sum(dtype=np.float64))) // 20
+        mask = cv2.GaussianBlur(cv2.erode(hard, np.ones((2 * edge, 2 * edge), np.uint8)), (2 * edge + 1,) * 2, 0)
+        mask = np.minimum(mask, cv2.warpAffine(face.parse_mask, matrix, size, flags=cv2.INTER_LINEAR))
+        restored = cv2.warpAffine(face.image.astype(np.float32), matrix, size, flags=cv2.INTER_LINEAR,
+                                  borderMode=cv2.BORDER_REPLICATE)
+        canvas += mask[..., None] * (restored - canvas)
+    return np.clip(np.rint(canvas), 0, 255).astype(np.uint8)
+
+
+@pytest.mark.parametrize("upscale", [1, 2])
+def test_paste_in_place_equals_the_float_canvas_blend(group, upscale):
+    """Per box, in place on uint8: bit-identical to blending the whole canvas in float32, except where
+    two faces' masks overlap (the second blends over the first's rounded pixels there: one level at most)."""
+    faces = _restored_faces(group)
+    want = _float_canvas_paste(group, faces, upscale)
+    got = paste_faces(group, faces, upscale)
+    diff = np.abs(got.astype(int) - want)
+    assert diff.max() <= 1
+    apart = paste_faces(group, faces[:4], upscale)  # the four heads' masks do not overlap
+    assert np.array_equal(apart, _float_canvas_paste(group, faces[:4], upscale))
+
+
+def test_paste_never_copies_the_canvas_to_float(group):
+    """The group photo in a 4096x3072 frame, at upscale 2: the canvas is 144 MiB as uint8 (576 MiB as float32).
+    Paste-back works in each face's box (a few MiB); blending on a float copy of the canvas allocated 1.7 GiB."""
+    import tracemalloc
+
+    photo = np.zeros((3072, 4096, 3), np.uint8)
+    photo[: group.shape[0], : group.shape[1]] = group
+    faces = _restored_faces(group)
+    canvas = upscale_photo(photo, 2)
+    tracemalloc.start()  # numpy reports its allocations to tracemalloc
+    try:
+        out = paste_faces(photo, faces, 2, background=canvas)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert out is canvas  # pasted in place
+    assert peak < canvas.nbytes / 4, f"{peak / 2**20:.0f} MiB at peak"
+
+
+@pytest.mark.parametrize("strength", [1.0, 0.5])
+def test_torch_paste_agrees_with_opencv_on_a_whole_photo(group, strength):
+    """The GPU implementation, run on the CPU (the same torch code as on CUDA): within one level of OpenCV's."""
+    import torch
+
+    faces = _restored_faces(group)
+    ref = paste_faces(group, faces, 2, strength=strength)
+    got = paste_faces(group, faces, 2, strength=strength, device=torch.device("cpu"))
+    diff = np.abs(got.astype(int) - ref)
+    assert diff.max() <= 1
+    # float rounding at .5 boundaries only (0.01% of pixels; 0.1% at strength 0.5, where the negated face
+    # averages with the photo to exactly x.5); half a pixel off moves most pixels of every face (~20%)
+    assert (diff > 0).mean() < 0.01
+    assert not np.array_equal(ref, upscale_photo(group, 2))  # the faces really were pasted
+
+
+def test_torch_alignment_agrees_with_opencv(group):
+    import torch
+
+    for (centre, gap, angle), res in zip(((c, g, a) for c, g, a in _WHOLE_PHOTO_FACES), (512, 64, 512, 64, 512, 512)):
+        lm = _landmarks(centre, gap, angle)
+        ref = align_face(group, lm, "retinaface", res)
+        got = align_face(group, lm, "retinaface", res, device=torch.device("cpu"))
+        diff = np.abs(got.image.astype(int) - ref.image)
+        assert diff.max() <= 1 and (diff > 0).mean() < 1e-3, (centre, diff.max(), (diff > 0).mean())
