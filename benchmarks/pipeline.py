@@ -103,12 +103,13 @@ class KnownFaces:
 
     landmark_kind = "retinaface"
 
-    def __init__(self, gpu: StandInGpu, landmarks: dict[str, list[list[list[float]]]]):
+    def __init__(self, landmarks: dict[str, list[list[list[float]]]], gpu: StandInGpu | None = None):
         self.gpu = gpu
         self.landmarks = landmarks
 
     def detect(self, photos: list[np.ndarray]) -> list[list[Detection]]:
-        self.gpu.take(len(photos))
+        if self.gpu is not None:
+            self.gpu.take(len(photos))
         found = []
         for photo in photos:
             faces = [np.asarray(lm, np.float32) for lm in self.landmarks[photo_key(photo)]]
@@ -137,9 +138,10 @@ def photo_key(photo: np.ndarray) -> str:
     return hashlib.blake2b(np.ascontiguousarray(photo[::97, ::89]).tobytes(), digest_size=16).hexdigest()
 
 
-def make_photos(folder: Path, count: int, size: tuple[int, int]) -> dict[str, list]:
-    """`count` JPEG photos of `size` (w, h) with 1 to 4 faces (the demo face, turned and scaled) on a
-    smooth background; their landmarks (the alignment template carried along), by photo key. Cached."""
+def make_photos(folder: Path, count: int, size: tuple[int, int], faces_each: int | None = None) -> dict[str, list]:
+    """`count` JPEG photos of `size` (w, h) with 1 to 4 faces (or `faces_each`: the demo face, turned and
+    scaled) on a smooth background; their landmarks (the alignment template carried along), by photo key.
+    Cached."""
     index = folder / "landmarks.json"
     if index.exists():
         return json.loads(index.read_text())
@@ -152,10 +154,12 @@ def make_photos(folder: Path, count: int, size: tuple[int, int]) -> dict[str, li
         xx, yy = np.meshgrid(np.linspace(0, 1, w, dtype=np.float32), np.linspace(0, 1, h, dtype=np.float32))
         photo = np.stack([90 + 60 * xx, 110 + 40 * yy, 140 - 50 * xx], axis=2).astype(np.uint8)
         faces = []
-        n = i % 4 + 1
+        n = faces_each or i % 4 + 1
+        columns = min(n, 5)
+        rows = -(-n // columns)
         for k in range(n):
-            scale, angle = rng.uniform(0.2, 0.3) * h / face.shape[0], rng.uniform(-12, 12)
-            centre = ((k + 0.5) / n * w, rng.uniform(0.35, 0.65) * h)
+            scale, angle = rng.uniform(0.2, 0.3) / rows * h / face.shape[0], rng.uniform(-12, 12)
+            centre = ((k % columns + 0.5) / columns * w, (k // columns + rng.uniform(0.35, 0.65)) / rows * h)
             matrix = cv2.getRotationMatrix2D((128.0, 128.0), angle, scale)
             matrix[:, 2] += np.subtract(centre, (128.0, 128.0))
             _paste(photo, face, matrix)
@@ -206,7 +210,7 @@ def run_once(folder: Path, workers: int, device_ms: float, upscale: int, batch: 
     restorer.restore(torch.zeros(1, 3, cfg.resolution, cfg.resolution))  # count the calls one face makes
     calls_per_face = gpu.calls + 1  # + ParseNet
     gpu.seconds, gpu.busy, gpu.calls = device_ms / 1000 / calls_per_face, 0.0, 0
-    photos = PhotoRestorer(restorer, PhotoOptions(upscale=upscale), KnownFaces(gpu, landmarks),
+    photos = PhotoRestorer(restorer, PhotoOptions(upscale=upscale), KnownFaces(landmarks, gpu),
                            FixedParser(gpu, cfg.resolution))
     paths = sorted(folder.glob("*.jpg"))
     with tempfile.TemporaryDirectory(dir=folder.parent) as out, PeakRss() as rss, CpuMeter() as cpu:
@@ -218,15 +222,36 @@ def run_once(folder: Path, workers: int, device_ms: float, upscale: int, batch: 
                cpu.result.other_cores, rss.peak / 2**20, dict(photos.seconds))
 
 
-def _child(folder: Path, workers: int, device_ms: float, upscale: int, batch: int) -> Run:
-    """run_once in a fresh process: its peak RSS is its own."""
-    args = json.dumps({"folder": str(folder), "workers": workers, "device_ms": device_ms, "upscale": upscale,
-                       "batch": batch})
-    done = subprocess.run([sys.executable, "-m", "interlcm.benchmarks.pipeline", "--child", args],
-                          capture_output=True, text=True, check=False)
+def big_photo(folder: Path, workers: int, upscale: int) -> dict[str, float]:
+    """Peak RSS of `restore_files` on the folder's one big photo: tiny random weights (torch), its known faces."""
+    from interlcm.config import TINY
+    from interlcm.models.container import build_random
+    from interlcm.torch_backend import TorchBackend
+
+    torch.set_num_threads(1)
+    landmarks = json.loads((folder / "landmarks.json").read_text())
+    restorer = Restorer(TorchBackend(build_random(TINY, seed=0)), RestoreOptions(batch=4))
+    photos = PhotoRestorer(restorer, PhotoOptions(upscale=upscale), KnownFaces(landmarks))
+    paths = sorted(folder.glob("*.jpg"))
+    with tempfile.TemporaryDirectory(dir=folder.parent) as out:
+        before = PeakRss()
+        with before:
+            pass  # the process's size before the run: models, libraries
+        with PeakRss() as rss, CpuMeter() as cpu:
+            report = restore_files(photos, paths, Path(out), progress=False, workers=workers)
+    if report.failed:
+        raise RuntimeError(f"failed: {report.failed[0]}")
+    return {"workers": workers, "wall_s": cpu.result.wall_s, "rss_before_mb": before.peak / 2**20,
+            "peak_rss_mb": rss.peak / 2**20, "faces": sum(len(v) for v in landmarks.values())}
+
+
+def _child(task: str, **args: object) -> dict:
+    """`task` (run_once or big_photo) in a fresh process: its peak RSS is its own."""
+    done = subprocess.run([sys.executable, "-m", "interlcm.benchmarks.pipeline", "--child",
+                           json.dumps({"task": task, **args})], capture_output=True, text=True, check=False)
     if done.returncode != 0:
-        raise click.ClickException(f"the run with workers={workers} failed:\n{done.stderr[-3000:]}")
-    return Run(**json.loads(done.stdout.strip().splitlines()[-1]))
+        raise click.ClickException(f"{task} {args} failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def compare(seq: Run, pipe: Run, cores: int) -> dict[str, float]:
@@ -246,25 +271,39 @@ def compare(seq: Run, pipe: Run, cores: int) -> dict[str, float]:
 @click.option("--device-ms", type=float, multiple=True, default=(40.0, 10.0), show_default=True,
               help="Simulated device time per face (restore + parse); repeatable.")
 @click.option("--workers", type=click.IntRange(1), default=2, show_default=True, help="CPU workers of the pipelined run.")
+@click.option("--big", metavar="WxH", help="Instead: peak RSS of one photo this big with --big-faces faces, "
+              "tiny random weights, sequential and pipelined.")
+@click.option("--big-faces", type=click.IntRange(1), default=10, show_default=True)
 @click.option("--json", "json_out", type=click.Path(path_type=Path), help="Also write the numbers here.")
 @click.option("--child", hidden=True)
-def main(count, size, upscale, batch, device_ms, workers, json_out, child) -> None:  # noqa: ANN001
+def main(count, size, upscale, batch, device_ms, workers, big, big_faces, json_out, child) -> None:  # noqa: ANN001
     """Sequential vs pipelined photos/s on a stand-in GPU, and the ideal."""
     if child:
         args = json.loads(child)
-        click.echo(json.dumps(asdict(run_once(Path(args.pop("folder")), **args))))
+        task, folder = args.pop("task"), Path(args.pop("folder"))
+        result = asdict(run_once(folder, **args)) if task == "run_once" else big_photo(folder, **args)
+        click.echo(json.dumps(result))
         return
-    w, h = (int(v) for v in size.lower().split("x"))
-    folder = CACHE / f"{count}x{w}x{h}"
-    click.echo(f"photos: {folder} ({count} x {w}x{h} JPEG, 1-4 faces each; generated once)")
-    make_photos(folder, count, (w, h))
     cores = os.cpu_count() or 1
-    rows = []
-    for ms in device_ms:
-        seq = _child(folder, 0, ms, upscale, batch)
-        pipe = _child(folder, workers, ms, upscale, batch)
-        rows.append({"sequential": asdict(seq), "pipelined": asdict(pipe), **compare(seq, pipe, cores)})
-        click.echo(_table(seq, pipe, rows[-1]))
+    if big:
+        w, h = (int(v) for v in big.lower().split("x"))
+        folder = CACHE / f"big-{w}x{h}-{big_faces}"
+        make_photos(folder, 1, (w, h), faces_each=big_faces)
+        rows = [_child("big_photo", folder=str(folder), workers=n, upscale=upscale) for n in (0, workers)]
+        for row in rows:
+            click.echo(f"{w}x{h}, {row['faces']} faces, --upscale {upscale}, workers={row['workers']}: peak RSS "
+                       f"{row['peak_rss_mb']:.0f} MB ({row['rss_before_mb']:.0f} MB before the run), {row['wall_s']:.1f} s")
+    else:
+        w, h = (int(v) for v in size.lower().split("x"))
+        folder = CACHE / f"{count}x{w}x{h}"
+        click.echo(f"photos: {folder} ({count} x {w}x{h} JPEG, 1-4 faces each; generated once)")
+        make_photos(folder, count, (w, h))
+        rows = []
+        for ms in device_ms:
+            seq, pipe = (Run(**_child("run_once", folder=str(folder), workers=n, device_ms=ms, upscale=upscale,
+                                      batch=batch)) for n in (0, workers))
+            rows.append({"sequential": asdict(seq), "pipelined": asdict(pipe), **compare(seq, pipe, cores)})
+            click.echo(_table(seq, pipe, rows[-1]))
     if json_out is not None:
         json_out.write_text(json.dumps({"photos": count, "size": [w, h], "upscale": upscale, "batch": batch,
                                         "workers": workers, "cores": cores, "rows": rows}, indent=1))
