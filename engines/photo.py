@@ -7,6 +7,10 @@ Faces of all the photos in a call are restored together in batches of the
 restorer's batch size; since every face gets the same seeded noise (see the
 spec's "Seeded noise"), how photos are grouped never changes a result.
 
+The work comes in three stages: `prepare` (CPU, per photo), `run_device` (detect, align,
+restore, parse, upsample: the backend's device, photos together) and `finish` (paste-back,
+per photo). `restore_photos` runs them in turn; interlcm.engines.pipeline overlaps them.
+
 Modes:
 
 * aligned (the release's ``--has_aligned``): the photo *is* a face crop. It is
