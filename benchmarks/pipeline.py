@@ -43,7 +43,7 @@ from PIL import Image
 from interlcm.benchmarks.measure import CpuMeter, PeakRss
 from interlcm.components import get_component
 from interlcm.config import PRESETS, PresetConfig
-from interlcm.engines.photo import PhotoOptions, PhotoRestorer
+from interlcm.engines.photo import DETECT_MIN_SIDE, PhotoOptions, PhotoRestorer
 from interlcm.engines.pipeline import restore_files
 from interlcm.engines.restorer import RestoreOptions, Restorer
 from interlcm.faces.align import template
@@ -142,6 +142,8 @@ def make_photos(folder: Path, count: int, size: tuple[int, int], faces_each: int
     """`count` JPEG photos of `size` (w, h) with 1 to 4 faces (or `faces_each`: the demo face, turned and
     scaled) on a smooth background; their landmarks (the alignment template carried along), by photo key.
     Cached."""
+    if min(size) < DETECT_MIN_SIDE:  # the detector would see an enlarged view, which the known faces do not key
+        raise ValueError(f"photos of {size[0]}x{size[1]}: use a short side of at least {DETECT_MIN_SIDE} px")
     index = folder / "landmarks.json"
     if index.exists():
         return json.loads(index.read_text())
