@@ -163,16 +163,17 @@ class RestoreReport:
 
 @dataclass
 class _Entry:
-    """One input past its read, waiting to be recorded in input order."""
+    """One input past its read, waiting to be recorded in input order (it holds no pixels)."""
 
     plan: OutputPlan
-    read: Future[tuple[PhotoInput, list[str]]]  # done: the driver waits for reads in input order
+    notes: list[str] = field(default_factory=list)  # from reading it, e.g. which frame of a multi-frame file
+    failure: Exception | None = None  # its read failed
     group: int | None = None  # index of its group once sent to the device
-    outcome: Callable[[], Any] | None = None  # its result (after paste-back and the write), or raises
+    outcome: Callable[[], list[str]] | None = None  # its result's notes (after paste-back and the write), or raises
 
     def ready(self, upto: int) -> bool:
         """Recordable once groups before `upto` are done: a failed read at once."""
-        return self.read.exception() is not None or (self.group is not None and self.group < upto)
+        return self.failure is not None or (self.group is not None and self.group < upto)
 
 
 def restore_files(
@@ -204,20 +205,20 @@ def restore_files(
         notes: list[str] = []  # a multi-frame file: which frame was used
         return photo_restorer.prepare(read_rgb(plan.source, notes=notes)), notes
 
-    def write(plan: OutputPlan, result: PhotoResult) -> PhotoResult:
+    def write(plan: OutputPlan, result: PhotoResult) -> list[str]:
         try:
             for i, face in enumerate(result.faces):
                 write_image(plan.faces / f"{i:02d}.png", face)
             write_image(plan.photo, result.image)  # last: its presence means the output is complete
         except OSError as exc:
             raise RuntimeError(f"cannot write {plan.photo}: {exc.strerror or exc}") from None
-        return result
+        return result.notes  # the pixels go: memory holds only what is in flight
 
     with PhotoPipeline(photo_restorer, workers) as pipeline, tqdm(
         total=len(todo), unit="img", disable=not progress, desc="restoring"
     ) as bar:
         entries: deque[_Entry] = deque()  # in input order, not yet recorded
-        group: list[_Entry] = []  # read, not yet sent to the device
+        group: list[tuple[_Entry, PhotoInput]] = []  # read, not yet sent to the device
         launched = recorded = 0  # groups sent to the device; groups whose every photo is recorded
 
         def record(upto: int) -> None:
@@ -228,8 +229,8 @@ def restore_files(
 
         def launch() -> None:
             nonlocal launched, recorded
-            batch = pipeline.submit([e.read.result()[0] for e in group], [partial(write, e.plan) for e in group])
-            for i, entry in enumerate(group):
+            batch = pipeline.submit([photo for _, photo in group], [partial(write, e.plan) for e, _ in group])
+            for i, (entry, _) in enumerate(group):
                 entry.group, entry.outcome = launched, partial(_nth_outcome, batch, i)
             launched += 1
             group.clear()
@@ -238,14 +239,16 @@ def restore_files(
                 record(recorded)
 
         for plan, future in _ahead(partial(pipeline.cpu.submit, read), todo, group_size):
-            entry = _Entry(plan, future)
-            entries.append(entry)
-            if future.exception() is None:  # waits for the read; input order
-                group.append(entry)
-                if len(group) == group_size:
-                    launch()
-            else:
-                record(recorded)  # a failed read ahead of every unfinished group: report it now
+            try:
+                photo, notes = future.result()  # waits for the read; input order
+            except PHOTO_FAILURES as exc:  # ImageReadError is a ValueError
+                entries.append(_Entry(plan, failure=exc))
+                record(recorded)  # ahead of every unfinished group: report it now
+                continue
+            entries.append(_Entry(plan, notes))
+            group.append((entries[-1], photo))
+            if len(group) == group_size:
+                launch()
         if group:
             launch()
         record(launched)
@@ -269,20 +272,18 @@ def _nth_outcome(batch: Batch, i: int) -> Any:
 
 def _record(entry: _Entry, report: RestoreReport) -> None:
     source = entry.plan.source
-    try:
-        _, read_notes = entry.read.result()
-    except PHOTO_FAILURES as exc:  # ImageReadError is a ValueError
-        report.failed.append((source, _one_line(exc)))
+    if entry.failure is not None:
+        report.failed.append((source, _one_line(entry.failure)))
         return
-    report.notes += [(source, note) for note in read_notes]
+    report.notes += [(source, note) for note in entry.notes]
     assert entry.outcome is not None
     try:
-        result = entry.outcome()
+        notes = entry.outcome()
     except PHOTO_FAILURES as exc:
         report.failed.append((source, _one_line(exc)))
         return
     report.written.append(entry.plan.photo)
-    report.notes += [(source, note) for note in result.notes]
+    report.notes += [(source, note) for note in notes]
 
 
 def _one_line(exc: BaseException) -> str:
