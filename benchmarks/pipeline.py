@@ -278,7 +278,8 @@ def compare(seq: Run, pipe: Run, cores: int) -> dict[str, float]:
 @click.option("--big-faces", type=click.IntRange(1), default=10, show_default=True)
 @click.option("--json", "json_out", type=click.Path(path_type=Path), help="Also write the numbers here.")
 @click.option("--child", hidden=True)
-def main(count, size, upscale, batch, device_ms, workers, big, big_faces, json_out, child) -> None:  # noqa: ANN001
+def main(count: int, size: str, upscale: int, batch: int, device_ms: tuple[float, ...], workers: int, big: str | None,
+         big_faces: int, json_out: Path | None, child: str | None) -> None:
     """Sequential vs pipelined photos/s on a stand-in GPU, and the ideal."""
     if child:
         args = json.loads(child)

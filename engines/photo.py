@@ -247,7 +247,9 @@ class PhotoRestorer:
         resolution = self.restorer.config.resolution
         return align_face(photo, detection.landmarks, self.detector.landmark_kind, resolution, self.warp_device)
 
-    def _faces_to_paste(self, photo: PhotoInput, aligned, restored, masks) -> FacesRestored:  # noqa: ANN001 - lists
+    def _faces_to_paste(
+        self, photo: PhotoInput, aligned: list[AlignedFace], restored: list[np.ndarray], masks: list[np.ndarray | None]
+    ) -> FacesRestored:
         """The device work after restoring: gray faces for gray photos, Real-ESRGAN on faces and background."""
         if photo.gray:
             restored = [to_gray(face) for face in restored]

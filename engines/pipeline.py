@@ -51,7 +51,7 @@ class InlineExecutor(Executor):
         future: Future[T] = Future()
         try:
             future.set_result(fn(*args, **kwargs))
-        except Exception as exc:  # noqa: BLE001 - handed to whoever asks for the result, as a thread pool does
+        except Exception as exc:  # handed to whoever asks for the result, as a thread pool does
             future.set_exception(exc)
         return future
 

@@ -15,7 +15,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from interlcm.engines.cli import main
-from interlcm.engines.photo import PhotoOptions, PhotoRestorer
+from interlcm.engines.photo import FacesRestored, PhotoInput, PhotoOptions, PhotoRestorer, PhotoResult
 from interlcm.engines.pipeline import GROUPS_IN_FLIGHT, PhotoPipeline, restore_files
 from interlcm.faces.detect import Detection
 from interlcm.testing import face_landmarks, group_photo
@@ -84,7 +84,7 @@ class _SlowDevice:
         self.lock = threading.Lock()
         self.alive = self.most_alive = 0
 
-    def detect(self, photos):  # noqa: ANN001
+    def detect(self, photos: list[np.ndarray]) -> list[list[Detection]]:
         self.groups.append(len(photos))
         time.sleep(self.seconds * len(photos))  # releases the GIL, as a GPU would
         if any(tuple(p[0, 0]) == POISON for p in photos):
@@ -107,11 +107,11 @@ class _CountingPhotos(PhotoRestorer):
         super().__init__(device, PhotoOptions(), device)  # type: ignore[arg-type]  # the stand-ins duck-type
         self.device = device
 
-    def prepare(self, photo):  # noqa: ANN001
+    def prepare(self, photo: np.ndarray) -> PhotoInput:
         self.device.count(+1)
         return super().prepare(photo)
 
-    def finish(self, item):  # noqa: ANN001
+    def finish(self, item: FacesRestored) -> PhotoResult:
         result = super().finish(item)
         self.device.count(-1)
         return result
