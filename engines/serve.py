@@ -175,7 +175,8 @@ class RestoreServer:
                 steps=self.variant.steps, seed=options.seed, colorfix=options.colorfix, batch=self.max_batch))
             self.batch_sizes.append(len(members))
             try:
-                found_by, parser = (None, None) if options.aligned else self._face_tools()
+                # opened on the device thread: the only caller of the backend while batches overlap
+                found_by, parser = (None, None) if options.aligned else self.threads.device.submit(self._face_tools).result()
                 photos = PhotoRestorer(restorer, PhotoOptions(aligned=options.aligned, upscale=options.upscale),
                                        found_by, parser)
                 restored = PhotoPipeline(photos, self.threads).restore_photos([items[i][0] for i in members])
