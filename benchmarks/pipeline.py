@@ -259,7 +259,7 @@ def _child(task: str, **args: object) -> dict:
 def compare(seq: Run, pipe: Run, cores: int) -> dict[str, float]:
     """The ideal from the sequential run's work, and how the pipelined run did against it."""
     ideal = max(seq.device_s, seq.cpu_s / pipe.workers)
-    left = max(1.0, min(pipe.workers, cores - pipe.other_cores))  # cores the pipelined run could have had
+    left = max(0.1, min(pipe.workers, cores - pipe.other_cores))  # cores the pipelined run could have had
     ideal_left = max(seq.device_s, seq.cpu_s / left)
     return {"ideal_s": ideal, "pipelined_over_ideal": pipe.wall_s / ideal, "speedup": seq.wall_s / pipe.wall_s,
             "cores_left": left, "pipelined_over_ideal_left": pipe.wall_s / ideal_left}
