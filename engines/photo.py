@@ -298,6 +298,10 @@ def open_photo_restorer(
     if not photo.aligned:
         found_by = open_detector(detector, DetectorContext(weights=weights, backend=backend))
         parser = open_parser(backend)
-    warp_device = backend.device if backend.device.type == "cuda" else None  # OpenCV is faster on the CPU
     return PhotoRestorer(Restorer(backend, options, timing=timing), photo, found_by, parser, upsamplers=upsamplers,
-                         warp_device=warp_device)
+                         warp_device=warp_device_for(backend))
+
+
+def warp_device_for(backend: Backend) -> torch.device | None:
+    """Where alignment and paste-back warp: the backend's GPU; on the CPU, OpenCV (None), which is faster there."""
+    return backend.device if backend.device.type == "cuda" else None

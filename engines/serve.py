@@ -24,7 +24,7 @@ from fastapi.responses import PlainTextResponse, Response
 from ray import serve
 
 from interlcm.choices import COLORFIXES, Variant
-from interlcm.engines.photo import PhotoOptions
+from interlcm.engines.photo import PhotoOptions, warp_device_for
 from interlcm.engines.pipeline import PhotoPipeline, PipelineThreads
 
 MEDIA_TYPES = {"png": "image/png", "jpeg": "image/jpeg"}  # response format -> content type
@@ -178,7 +178,7 @@ class RestoreServer:
                 # opened on the device thread: the only caller of the backend while batches overlap
                 found_by, parser = (None, None) if options.aligned else self.threads.device.submit(self._face_tools).result()
                 photos = PhotoRestorer(restorer, PhotoOptions(aligned=options.aligned, upscale=options.upscale),
-                                       found_by, parser)
+                                       found_by, parser, warp_device=warp_device_for(self.opened.backend))
                 restored = PhotoPipeline(photos, self.threads).restore_photos([items[i][0] for i in members])
             except FaceToolsMissing as exc:
                 restored = [BadRequest(f"{exc}; or pass aligned=true for face crops", 501)] * len(members)
