@@ -314,11 +314,11 @@ def main(count: int, size: str, upscale: int, batch: int, device_ms: tuple[float
 
 def _table(seq: Run, pipe: Run, ratios: dict[str, float]) -> str:
     lines = [f"\n{seq.device_ms:g} ms per simulated face, {seq.photos} photos, {seq.faces} faces",
-             "| runtime | wall s | photos/s | CPU s | device s | other cores | peak RSS MB |",
-             "|---|---|---|---|---|---|---|"]
+             "| runtime | wall s | photos/s | CPU s | cores used | device s | other cores | peak RSS MB |",
+             "|---|---|---|---|---|---|---|---|"]
     for name, r in (("sequential", seq), (f"pipelined, {pipe.workers} workers", pipe)):
-        lines.append(f"| {name} | {r.wall_s:.1f} | {r.photos / r.wall_s:.2f} | {r.cpu_s:.1f} | {r.device_s:.1f} | "
-                     f"{r.other_cores:.2f} | {r.peak_rss_mb:.0f} |")
+        lines.append(f"| {name} | {r.wall_s:.1f} | {r.photos / r.wall_s:.2f} | {r.cpu_s:.1f} | {r.cpu_s / r.wall_s:.2f} | "
+                     f"{r.device_s:.1f} | {r.other_cores:.2f} | {r.peak_rss_mb:.0f} |")
     lines.append(f"ideal max(device {seq.device_s:.1f} s, CPU {seq.cpu_s:.1f} s / {pipe.workers}) = "
                  f"{ratios['ideal_s']:.1f} s: pipelined / ideal = {ratios['pipelined_over_ideal']:.2f}, "
                  f"speed-up over sequential {ratios['speedup']:.2f}x; with the {ratios['cores_left']:.2f} cores "
