@@ -164,11 +164,11 @@ def test_gpu_providers_run_on_the_torch_stream():
 
 
 def test_onnxruntime_and_onnxruntime_gpu_together_are_refused(monkeypatch):
-    from interlcm.engines import ort
+    from interlcm.export import session
 
-    monkeypatch.setattr(ort, "_installed_distributions", lambda: {"onnxruntime", "onnxruntime-gpu"})
+    monkeypatch.setattr(session, "_installed_distributions", lambda: {"onnxruntime", "onnxruntime-gpu"})
     with pytest.raises(RuntimeError, match="both onnxruntime and onnxruntime-gpu are installed"):
-        ort.pick_providers("cpu")
+        session.pick_providers("cpu")
 
 
 # --- the fused step (SE + UNet in one `denoise_step` call) ---------------------------------------
