@@ -18,17 +18,27 @@ so the ratios measure Ray's overhead, not scaling.
 from __future__ import annotations
 
 import json
+import os
+import socket
 import tempfile
 import time
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import click
+import numpy as np
+from PIL import Image
+
+from interlcm.config import get_preset
+from interlcm.engines.backend import open_backend
+from interlcm.engines.photo import PhotoOptions, PhotoRestorer
+from interlcm.engines.ray_job import JobSpec, run_job
+from interlcm.engines.restorer import RestoreOptions, Restorer
+from interlcm.imageio import read_rgb
 
 
 def _faces(folder: Path, n: int, size: int) -> list[Path]:
-    import numpy as np
-    from PIL import Image
-
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)
     paths = []
@@ -39,11 +49,6 @@ def _faces(folder: Path, n: int, size: int) -> list[Path]:
 
 
 def single_process(backend_args: dict, paths: list[Path], batch: int) -> float:
-    from interlcm.engines.backend import open_backend
-    from interlcm.engines.photo import PhotoOptions, PhotoRestorer
-    from interlcm.engines.restorer import RestoreOptions, Restorer
-    from interlcm.imageio import read_rgb
-
     with open_backend(**backend_args) as opened:
         photos = PhotoRestorer(Restorer(opened.backend, RestoreOptions(batch=batch)), PhotoOptions(aligned=True))
         photos.restore_photos([read_rgb(paths[0])])  # warm-up
@@ -54,10 +59,6 @@ def single_process(backend_args: dict, paths: list[Path], batch: int) -> float:
 
 
 def ray_job(backend_args: dict, folder: Path, out: Path, batch: int, actors: int) -> float:
-    from interlcm.engines.photo import PhotoOptions
-    from interlcm.engines.ray_job import JobSpec, run_job
-    from interlcm.engines.restorer import RestoreOptions
-
     spec = JobSpec(backend_args, RestoreOptions(batch=batch), PhotoOptions(aligned=True), actors)
     report = run_job(spec, [str(folder)], str(out))
     assert report.count("written") == len(report.rows), report.summary()
@@ -65,11 +66,7 @@ def ray_job(backend_args: dict, folder: Path, out: Path, batch: int, actors: int
 
 
 def serve_endpoint(backend_args: dict, paths: list[Path], batch: int, concurrency: int) -> tuple[float, list[int]]:
-    import socket
-    import urllib.request
-    from concurrent.futures import ThreadPoolExecutor
-
-    from interlcm.engines.serve import build_app, start
+    from interlcm.engines.serve import build_app, start  # Ray Serve: an optional dependency
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -107,12 +104,10 @@ def serve_endpoint(backend_args: dict, paths: list[Path], batch: int, concurrenc
 @click.option("--json", "json_path", type=click.Path(path_type=Path), help="Write the numbers here.")
 def main(preset, backend, onnx, images, batch, actors, concurrency, threads, json_path) -> None:  # noqa: ANN001
     """Images per second: single process vs Ray Data job vs Ray Serve, same inputs, one run."""
-    import os
 
     import ray
     from ray import serve
 
-    from interlcm.config import get_preset
 
     backend_args = {"kind": backend, "preset": preset, "onnx": onnx, "batch": batch, "threads": threads}
     with tempfile.TemporaryDirectory() as tmp:
