@@ -67,7 +67,7 @@ def test_video_frames_rate_size_audio_and_saved_frames(clip, tiny_models, tmp_pa
     res = tiny_models.config.resolution
     assert size == (res, res) == (SIDE * 2, SIDE * 2)
     # audio: the same packets, bytes and times, as the input's
-    assert _audio_packets(report.output) == _audio_packets(clip) and report.audio_packets > 0
+    assert _audio_packets(report.output) == _audio_packets(clip) and report.packets_copied > 0 and report.copied == ["audio #1 (aac)"]
     assert sorted(p.name for p in out.iterdir()) == ["clip.mp4", "clip_frames"]  # no temporary file left
     assert {"decode", "photos", "encode"} <= set(report.seconds)
     # --save-frames: one PNG per frame, in order: each is the video's frame up to x264 at crf 18
@@ -108,7 +108,7 @@ def test_no_face_frames_are_kept_and_upscaled(tmp_path):
     fake = _FakeWholePhoto(upscale=2)
     report = restore_video(fake, tmp_path / "c.mkv", tmp_path / "o", VideoOptions(frames_per_batch=4, progress=False))
     assert fake.seen == 6 and _video_info(report.output)[0] == 6 and report.size == (80, 48)
-    assert report.audio_packets == 0
+    assert report.packets_copied == 0 and report.copied == []
 
 
 def test_whole_photo_video_upscales(clip, tiny_models, tmp_path):
