@@ -42,8 +42,9 @@ def write_clip(
     import av
 
     frames = list(frames)
-    time_base = Fraction(1, fps) if times is None else Fraction(1, 1000)
     times = [i / fps for i in range(len(frames))] if times is None else list(times)
+    on_the_rate = all(abs(t * fps - round(t * fps)) < 1e-9 for t in times)  # frames skipped, none in between
+    time_base = Fraction(1, fps) if on_the_rate else Fraction(1, 1000)
     with av.open(str(path), "w") as out:
         video = out.add_stream(codec, rate=fps)
         video.codec_context.time_base = time_base
