@@ -334,3 +334,106 @@ def test_stream_the_container_cannot_hold_is_named(tmp_path):
     assert [n.split(" is not")[0] for n in report.notes] == ["audio #1 (aac, eng)", "audio #2 (aac, fra)",
                                                               "subtitle #3 (srt, fra)"]
     assert _streams(report.output) == []
+
+
+# --- names, temporaries, and which side failed ------------------------------------------------------
+
+
+@pytest.mark.parametrize("stem", ["é" * 123, "v" * 251])  # 250- and 255-byte names: UTF-8 and ASCII
+def test_long_names(tmp_path, stem):
+    """Names up to the file system's 255 bytes restore; a frames folder that cannot fit is one line before any work."""
+    src = tmp_path / f"{stem}.mp4"
+    write_clip(src, [_quadrants()] * 2, fps=4, audio_rate=None)
+    fits = len(f"{stem}_frames".encode()) <= 255
+    restorer = _AsIs()
+    if fits:
+        report = restore_video(restorer, src, tmp_path / "o", VideoOptions(save_frames=True, progress=False))
+        assert report.output.name == src.name and len(list((tmp_path / "o" / f"{stem}_frames").iterdir())) == 2
+        assert sorted(p.name for p in (tmp_path / "o").iterdir()) == sorted([src.name, f"{stem}_frames"])
+    else:
+        report = restore_video(restorer, src, tmp_path / "o", VideoOptions(progress=False))
+        assert [p.name for p in (tmp_path / "o").iterdir()] == [src.name]
+        restorer.frames.clear()
+        with pytest.raises(VideoError, match="longer than 255 bytes: rename the video shorter or leave out --save-frames"):
+            restore_video(restorer, src, tmp_path / "o2", VideoOptions(save_frames=True, progress=False))
+        assert restorer.frames == [] and not (tmp_path / "o2").exists()
+
+
+_KILLED_RUN = """
+import os, signal, sys
+from interlcm.engines.photo import PhotoResult
+from interlcm.video import VideoOptions, restore_video
+
+class KilledMidway:
+    calls = 0
+
+    def restore_photos(self, photos):
+        KilledMidway.calls += 1
+        if KilledMidway.calls == 2:  # the video and the first batch of frames are half-written
+            os.kill(os.getpid(), signal.SIGKILL)
+        return [PhotoResult(p) for p in photos]
+
+restore_video(KilledMidway(), sys.argv[1], sys.argv[2], VideoOptions(frames_per_batch=2, save_frames=True, progress=False))
+"""
+
+
+def test_killed_run_leaves_only_temporaries_the_next_run_removes(clip, tmp_path):
+    import subprocess
+    import sys
+
+    from interlcm.files import TEMP_PREFIX, clean_stale_temporaries
+
+    out = tmp_path / "out"
+    run = subprocess.run([sys.executable, "-c", _KILLED_RUN, str(clip), str(out)], timeout=120, capture_output=True)
+    assert run.returncode == -9, run.stderr.decode()[-2000:]
+    left = sorted(p.name for p in out.iterdir())
+    assert len(left) == 2 and all(name.startswith(TEMP_PREFIX) for name in left), left  # the video and its frames
+    assert sorted(p.name for p in clean_stale_temporaries(out)) == left and list(out.iterdir()) == []
+
+
+@pytest.mark.skipif(not __import__("os").path.exists("/dev/full"), reason="needs Linux's /dev/full")
+def test_full_disk_is_a_write_error_not_a_read_error(clip, tmp_path, monkeypatch):
+    """The output's temporary is /dev/full, so ffmpeg's own writes fail with ENOSPC."""
+    import interlcm.video as video
+
+    out = tmp_path / "out"
+    real = video.temp_sibling
+
+    def onto_a_full_disk(path):  # noqa: ANN001
+        tmp = real(path)
+        if path.name == clip.name:
+            tmp.parent.mkdir(parents=True, exist_ok=True)
+            tmp.symlink_to("/dev/full")
+        return tmp
+
+    monkeypatch.setattr(video, "temp_sibling", onto_a_full_disk)
+    with pytest.raises(VideoError) as info:
+        restore_video(_AsIs(), clip, out, VideoOptions(progress=False))
+    message = str(info.value)
+    assert message == f"cannot write {out / clip.name}: no space left on the device: free some space or choose another location"
+    assert list(out.iterdir()) == [] and __import__("os").path.exists("/dev/full")
+
+
+def test_permission_denied_on_the_output_is_a_write_error(clip, tmp_path, monkeypatch):
+    import errno
+
+    import av
+
+    opened = av.open
+
+    def refuse_output(target, mode="r", **kwargs):  # noqa: ANN001
+        if mode == "w" and isinstance(target, str):
+            raise PermissionError(errno.EACCES, "Permission denied", target)
+        return opened(target, mode, **kwargs)
+
+    monkeypatch.setattr(av, "open", refuse_output)
+    with pytest.raises(VideoError, match=r"^cannot write .*clip.mp4: permission denied: choose a folder you can write to$"):
+        restore_video(_AsIs(), clip, tmp_path / "out", VideoOptions(progress=False))
+    assert list((tmp_path / "out").iterdir()) == []
+
+
+def test_truncated_input_is_a_read_error(clip, tmp_path):
+    data = clip.read_bytes()
+    (tmp_path / "cut.mp4").write_bytes(data[: len(data) // 2])
+    with pytest.raises(VideoError, match=r"^cannot read .*cut.mp4: .*re-export or re-download it\)$"):
+        restore_video(_AsIs(), tmp_path / "cut.mp4", tmp_path / "out", VideoOptions(progress=False))
