@@ -5,7 +5,7 @@ Frames are decoded one packet at a time (PyAV, which ships its own ffmpeg), rest
 several frames share a model batch), and encoded at once: memory holds one batch of frames,
 not the video. A frame with no face comes back from the photo restorer upscaled, so it is kept,
 never dropped. Every frame gets the same seeded noise (the spec's contract), so a still face does
-not flicker from noise (benchmarks/video.py measures it).
+not flicker from noise (`python -m interlcm.benchmarks.video` measures it).
 
 What the output keeps of the input:
 
