@@ -141,10 +141,11 @@ def restore_video(
             with os_errors(f"cannot create {frames_dir}"):
                 frames_tmp.mkdir(FOLDER_MODE)
         report = _transcode(photo, src, tmp, dst, frames_tmp, options)
+        if frames_tmp is not None:
+            with os_errors(f"cannot write {frames_dir}"):
+                _place_frames(frames_tmp, frames_dir)  # first: the video's presence means all is there
         with os_errors(f"cannot write {dst}"):
             _fsync(tmp)
-            if frames_tmp is not None:
-                _place_frames(frames_tmp, frames_dir)  # first: the video's presence means all is there
             os.replace(tmp, dst)
     finally:
         tmp.unlink(missing_ok=True)
@@ -303,7 +304,7 @@ def _why_not_copied(fmt: str, stream: Any) -> str | None:
             _add_copy(scratch, stream)
             scratch.start_encoding()
     except (av.error.FFmpegError, ValueError, TypeError, AttributeError, NotImplementedError) as exc:
-        return _one_line(exc)
+        return "it has no place for attached files" if stream.type == "attachment" else _one_line(exc)
     return None
 
 
