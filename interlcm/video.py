@@ -231,25 +231,22 @@ def upright(img: np.ndarray, matrix: np.ndarray | None) -> np.ndarray:
     view), with [[a, b], [c, d]] the matrix's top-left 2x2 (av_display_rotation_set's layout).
     Raises ValueError for an angle that is not a multiple of 90 degrees.
     """
+    import cv2
+
     if matrix is None:
         return img
     m = matrix[:2, :2].astype(np.int64)
     (a, b), (c, d) = np.where(np.abs(m) * 1000 > np.abs(m).max(), np.sign(m), 0)  # 16.16 rounding noise is 0
     if b == 0 and c == 0 and a != 0 and d != 0:  # no axis swap: 0 or 180 degrees, or a mirror
-        out = img
-        if a < 0:
-            out = out[:, ::-1]
-        if d < 0:
-            out = out[::-1]
+        out, flip_cols, flip_rows = img, a < 0, d < 0
     elif a == 0 and d == 0 and b != 0 and c != 0:  # 90 or 270 degrees: x' comes from y, y' from x
-        out = img.transpose(1, 0, 2)  # out[x, y] = img[y, x]: columns are the source rows
-        if c < 0:
-            out = out[:, ::-1]
-        if b < 0:
-            out = out[::-1]
+        # out[x, y] = img[y, x]; OpenCV: ~10 ms at 1080p, numpy's strided copy ~50 ms (loaded 2-core machine)
+        out, flip_cols, flip_rows = cv2.transpose(img), c < 0, b < 0
     else:
         raise ValueError("display matrix rotation is not a multiple of 90 degrees")
-    return np.ascontiguousarray(out)
+    if flip_cols or flip_rows:  # OpenCV's flip codes: 1 mirrors the columns, 0 the rows, -1 both
+        out = cv2.flip(out, -1 if flip_cols and flip_rows else int(flip_cols))
+    return out
 
 
 # --- the transcode --------------------------------------------------------------------------------
