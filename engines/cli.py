@@ -186,8 +186,12 @@ def _upsamplers(cfg, weights, bg_upsampler: str, bg_tile: int, face_upsample: bo
 
 
 def _restore_videos(photo_restorer, videos, out, save_frames) -> bool:  # noqa: ANN001
-    """Each video through the photo pipeline; True if any failed (each failure: one line)."""
-    from interlcm.video import VideoError, VideoOptions, output_path, restore_video
+    """Each video through the photo pipeline; True if any failed.
+
+    A failure belongs to its video (one `failed:` line) and the next video goes on, whatever
+    failed: reading, writing, the engine or memory.
+    """
+    from interlcm.video import VideoOptions, output_path, restore_video
 
     failed, taken = False, set()
     batch = photo_restorer.restorer.options.batch
@@ -201,15 +205,27 @@ def _restore_videos(photo_restorer, videos, out, save_frames) -> bool:  # noqa: 
         try:
             report = restore_video(photo_restorer, src, out, VideoOptions(frames_per_batch=max(batch, 8),
                                                                           save_frames=save_frames))
-        except VideoError as exc:
-            click.echo(f"failed: {exc}", err=True)
+        except (ValueError, RuntimeError, OSError, MemoryError) as exc:  # VideoError, FilesError, EngineError ...
+            click.echo(f"failed: {_video_failure(src, exc)}", err=True)
             failed = True
             continue
         per_frame = ", ".join(f"{k} {v / report.frames:.3f}" for k, v in report.seconds.items())
+        turned = f", turned upright ({report.rotation} degrees)" if report.rotation else ""
         click.echo(f"{src} -> {report.output}: {report.frames} frames at {report.fps} fps, "
-                   f"{report.size[0]}x{report.size[1]}, {report.audio_packets} audio packets copied; "
-                   f"s per frame: {per_frame}")
+                   f"{report.size[0]}x{report.size[1]}{turned}, {len(report.copied)} other stream(s) copied "
+                   f"({report.packets_copied} packets); s per frame: {per_frame}")
+        for note in report.notes:
+            click.echo(f"  note: {note}")
     return failed
+
+
+def _video_failure(src: Path, exc: BaseException) -> str:
+    """One line naming the video: the error's first line, with the video's name in front unless it has it."""
+    if isinstance(exc, MemoryError):
+        return f"{src}: out of memory; lower --batch or --upscale, or free memory"
+    lines = [line for line in str(exc).splitlines() if line.strip()]
+    reason = lines[0] if lines else type(exc).__name__
+    return reason if str(src) in reason else f"{src}: {reason}"
 
 
 def _print_summary(photo_restorer, report, total: int) -> None:  # noqa: ANN001
