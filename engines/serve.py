@@ -301,7 +301,7 @@ class RestoreFront:
             body = await read_body(request, limits.max_bytes, limits.body_timeout_s)
             pixels = await asyncio.to_thread(decode_photo, body, options, limits.pixels)
             try:
-                image = await self.model.restore.remote(pixels, options)
+                image = await self.model.restore.remote((pixels, options))
             except BackPressureError:
                 raise BadRequest(f"the server is busy (more than {limits.max_queued} photos waiting): "
                                  f"retry in {limits.retry_after_s} s", 503,
