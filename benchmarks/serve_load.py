@@ -40,7 +40,7 @@ class Answer:
     status: int  # HTTP status; 0: no answer (connection error or client timeout)
     seconds: float
     body: bytes = b""
-    headers: dict[str, str] = field(default_factory=dict)
+    headers: dict[str, str] = field(default_factory=dict)  # names in lower case
 
 
 def post(url: str, body: bytes, query: str = "aligned=true", timeout: float = 120.0) -> Answer:
@@ -49,11 +49,15 @@ def post(url: str, body: bytes, query: str = "aligned=true", timeout: float = 12
     request = urllib.request.Request(f"{url}/restore?{query}", data=body, method="POST")
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
-            return Answer(response.status, time.perf_counter() - start, response.read(), dict(response.headers))
+            return Answer(response.status, time.perf_counter() - start, response.read(), _headers(response.headers))
     except urllib.error.HTTPError as exc:
-        return Answer(exc.code, time.perf_counter() - start, exc.read(), dict(exc.headers))
+        return Answer(exc.code, time.perf_counter() - start, exc.read(), _headers(exc.headers))
     except OSError as exc:
         return Answer(0, time.perf_counter() - start, str(exc).encode())
+
+
+def _headers(message) -> dict[str, str]:  # noqa: ANN001 - http.client.HTTPMessage
+    return {name.lower(): value for name, value in message.items()}
 
 
 def get(url: str, timeout: float = 30.0) -> Answer:
@@ -135,13 +139,20 @@ class SlowClients:
         selector.close()
 
     def _answered(self, i: int, sock: socket.socket, selector: selectors.BaseSelector) -> None:
-        data = b""
-        with contextlib.suppress(BlockingIOError, OSError):
-            data = sock.recv(65536)
+        """Read the whole answer (headers and body may come in separate packets), at most 2 s."""
         selector.unregister(sock)
+        sock.settimeout(2.0)
+        data = b""
+        with contextlib.suppress(OSError):
+            while chunk := sock.recv(65536):
+                data += chunk
+                head, _, body = data.partition(b"\r\n\r\n")
+                length = next((int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                               if line.lower().startswith(b"content-length:")), None)
+                if length is not None and len(body) >= length:
+                    break
         status = int(data.split()[1]) if data.startswith(b"HTTP/") else 0
-        body = data.split(b"\r\n\r\n", 1)[1] if b"\r\n\r\n" in data else b""
-        self.answers[i] = (status, time.perf_counter() - self._start, body)
+        self.answers[i] = (status, time.perf_counter() - self._start, data.partition(b"\r\n\r\n")[2])
 
 
 def percentile(values: list[float], q: float) -> float:

@@ -274,18 +274,26 @@ class RestoreFront:
         _replica_grpc_on_loopback()
         self.model, self.limits = model, limits or ServeLimits()
         self._described: tuple[str, Variant] | None = None  # (backend description, variant), asked once
+        self._describing = asyncio.Lock()  # the first requests arrive together: one of them asks
 
     async def _describe(self) -> tuple[str, Variant]:
         from interlcm.choices import get_variant
 
-        if self._described is None:
-            description, variant = await self.model.describe.remote()
-            self._described = (description, get_variant(variant))
+        async with self._describing:
+            if self._described is None:
+                description, variant = await self.model.describe.remote()
+                self._described = (description, get_variant(variant))
         return self._described
 
     @app.get("/healthz")
     async def healthz(self) -> PlainTextResponse:
-        description, _ = await self._describe()
+        from ray.serve.exceptions import BackPressureError
+
+        try:
+            description, _ = await self._describe()  # asked once; then answered here, whatever the load
+        except BackPressureError:
+            return PlainTextResponse("busy: the model has not described itself yet\n", status_code=503,
+                                     headers={"Retry-After": str(self.limits.retry_after_s)})
         return PlainTextResponse(f"ok: {description}\n")
 
     @app.post("/restore")
@@ -300,17 +308,16 @@ class RestoreFront:
             options = parse_options(dict(request.query_params), variant)
             body = await read_body(request, limits.max_bytes, limits.body_timeout_s)
             pixels = await asyncio.to_thread(decode_photo, body, options, limits.pixels)
-            try:
-                image = await self.model.restore.remote((pixels, options))
-            except BackPressureError:
-                raise BadRequest(f"the server is busy (more than {limits.max_queued} photos waiting): "
-                                 f"retry in {limits.retry_after_s} s", 503,
-                                 {"Retry-After": str(limits.retry_after_s)}) from None
+            image = await self.model.restore.remote((pixels, options))
             if isinstance(image, BadRequest):
                 raise image
             data = await asyncio.to_thread(encode_image, image, f"restored.{options.format}")
         except BadRequest as exc:
             return PlainTextResponse(f"{exc}\n", status_code=exc.status, headers=exc.headers)
+        except BackPressureError:  # the model replicas' queue is full
+            return PlainTextResponse(f"the server is busy (more than {limits.max_queued} photos waiting): "
+                                     f"retry in {limits.retry_after_s} s\n", status_code=503,
+                                     headers={"Retry-After": str(limits.retry_after_s)})
         return Response(data, media_type=MEDIA_TYPES[options.format])
 
     async def seen_batch_sizes(self) -> list[int]:

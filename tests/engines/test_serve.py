@@ -164,8 +164,9 @@ def test_overload_gets_503_with_retry_after_not_a_hang(server, reference_faces):
         answers = list(pool.map(lambda b: post(url, b, "aligned=true", timeout=60), bodies))
     refused = [a for a in answers if a.status == 503]
     assert {a.status for a in answers} == {200, 503}, {a.status for a in answers}
-    assert len(refused) >= 40 - 4 - 12 - 4, len(refused)  # a few may slip in as the first batch finishes
-    assert all(a.headers.get("Retry-After") == "3" and _one_line(a) for a in refused), refused[0]
+    assert len(refused) >= 10, len(refused)  # more slip in as batches finish while the others arrive
+    assert all(a.headers.get("retry-after") == "3" and b"the server is busy" in a.body and _one_line(a)
+               for a in refused), refused[0]
     assert max(a.seconds for a in refused) < 10
     assert get(f"{url}/healthz").status == 200
 
