@@ -28,6 +28,7 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.responses import PlainTextResponse, Response
 from ray import serve
@@ -213,7 +214,8 @@ class RestoreModel:
             groups.setdefault(options, []).append(i)
         results: list[Any] = [None] * len(items)
         for options, members in groups.items():
-            for i, result in zip(members, self._restore_group(options, [items[i][0] for i in members])):
+            photos = [np.array(items[i][0]) for i in members]  # writable copies of Ray's read-only views
+            for i, result in zip(members, self._restore_group(options, photos)):
                 results[i] = result
         return results
 

@@ -186,7 +186,7 @@ def test_a_photo_that_fails_fails_alone(reference_faces, monkeypatch):
 
     monkeypatch.setattr(PhotoRestorer, "restore_photos", out_of_memory_for_large_photos)
     model = RestoreModel.func_or_class({"kind": "torch", "preset": "tiny", "threads": 1}, max_batch=4)
-    small = [np.asarray(Image.open(reference_faces.root / "in" / f"face{i:02d}.png")) for i in range(3)]
+    small = [np.array(Image.open(reference_faces.root / "in" / f"face{i:02d}.png")) for i in range(3)]
     large = np.zeros((400, 600, 3), np.uint8)
     options = RequestOptions(seed=reference_faces.seed, aligned=True)
     results = model._restore_groups([(small[0], options), (large, options), (small[1], options), (small[2], options)])
