@@ -251,8 +251,8 @@ def _print_summary(photo_restorer, report, total: int) -> None:  # noqa: ANN001
         click.echo("time per stage (s, total over all images):")
         for name, secs in sorted(timed.seconds.items(), key=lambda kv: -kv[1]):
             click.echo(f"  {name:<18} {secs:8.3f}  ({timed.counts[name]} calls)")
-    for path, reason in report.failed:
-        click.echo(f"failed: {path}: {reason}", err=True)
+    for path, reason in report.failed:  # the reason names the file unless it came from elsewhere
+        click.echo(f"failed: {reason if str(path) in reason else f'{path}: {reason}'}", err=True)
 
 
 @main.command()

@@ -53,7 +53,7 @@ class PixelLimits:
 
 
 def _mp(pixels: int) -> str:
-    return f"{pixels / MEGAPIXEL:.1f} MP"
+    return f"{pixels / MEGAPIXEL:.3g} MP"
 
 
 @dataclass(frozen=True)
