@@ -113,12 +113,13 @@ def main(preset, backend, onnx, images, batch, actors, concurrency, threads, jso
     from ray import serve
 
     from interlcm.config import get_preset
+    from interlcm.engines.ray_job import start_local_ray
 
     backend_args = {"kind": backend, "preset": preset, "onnx": onnx, "batch": batch, "threads": threads}
     with tempfile.TemporaryDirectory() as tmp:
         paths = _faces(Path(tmp) / "in", images, get_preset(preset).resolution)
         rows = {"single process": single_process(backend_args, paths, batch)}
-        ray.init(include_dashboard=False, _node_ip_address="127.0.0.1", logging_level="warning", log_to_driver=False)
+        start_local_ray(log_to_driver=False)
         ray.data.DataContext.get_current().enable_progress_bars = False
         try:
             rows[f"ray job, {actors} actors"] = ray_job(backend_args, Path(tmp) / "in", Path(tmp) / "out", batch, actors)

@@ -7,8 +7,9 @@ Starts a local Ray (loopback only) and the Serve app, warms it up, then sends th
 
 1. alone;
 2. while `--slow` clients each upload a body at 1 byte every `--trickle-s` seconds (they get
-   408 when the server's body deadline passes) and one pixel-bomb PNG (a few hundred bytes
-   whose header says 13000x13000) is sent every second.
+   408 when the server's body deadline passes) and, every second, an oversized photo: in turn
+   a pixel-bomb PNG (a few hundred bytes whose header says 13000x13000) and a real 8000x6000
+   JPEG (a 48 MP phone photo, over the server's default 24 MP).
 
 For each phase: p50 / p99 / max latency of the normal requests and their failures, the slowest
 `/healthz` (asked every second), and what the slow and the oversized requests got. Everything
@@ -211,6 +212,19 @@ def _faces(n: int, size: int) -> list[bytes]:
     return bodies
 
 
+def _large_jpeg(width: int, height: int) -> bytes:
+    """A smooth `width` x `height` JPEG: the size of a phone photo, a few hundred KB."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    ramp = np.linspace(0, 255, width, dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(np.broadcast_to(ramp[None, :, None], (height, width, 3)).copy()).save(buffer, format="JPEG")
+    return buffer.getvalue()
+
+
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--preset", type=click.Choice(["tiny", "sd15"]), default="tiny", show_default=True)
 @click.option("--requests", "count", type=click.IntRange(1, 10_000), default=120, show_default=True)
@@ -252,7 +266,7 @@ def main(preset, count, in_flight, slow, trickle_s, batch, threads, body_timeout
             report["alone"]["wall_s"] = round(time.perf_counter() - started, 2)
         report["alone"]["healthz_max_s"] = round(max((a.seconds for a in health), default=float("nan")), 3)
 
-        bomb = pixel_bomb_png(13000, 13000)
+        oversized_bodies = [pixel_bomb_png(13000, 13000), _large_jpeg(8000, 6000)]
         with SlowClients(port, slow, trickle_s, until_s=limits.body_timeout_s + 30) as trickling, \
                 health_probe(url) as health:
             oversized: list[Answer] = []
@@ -260,7 +274,7 @@ def main(preset, count, in_flight, slow, trickle_s, batch, threads, body_timeout
 
             def bombs() -> None:
                 while not stop.wait(1.0):
-                    oversized.append(post(url, bomb))
+                    oversized.append(post(url, oversized_bodies[len(oversized) % 2]))
 
             bomber = threading.Thread(target=bombs, daemon=True)
             bomber.start()
