@@ -11,6 +11,7 @@ from __future__ import annotations
 import http.client
 import io
 import ipaddress
+import pickle
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -193,5 +194,6 @@ def test_a_photo_that_fails_fails_alone(reference_faces, monkeypatch):
     assert model.batch_sizes == [4, 1, 1, 1, 1]  # together, then each alone
     assert isinstance(results[1], BadRequest) and results[1].status == 413, results[1]
     assert "out of memory restoring a 600x400 photo at upscale 2" in str(results[1]) and "\n" not in str(results[1])
+    assert pickle.loads(pickle.dumps(results[1])).status == 413  # what the front receives from the model replica
     for result, i in zip((results[0], results[2], results[3]), range(3)):  # alone: the CLI's pixels at --batch 1
         assert np.array_equal(result, np.asarray(Image.open(reference_faces.root / "reference" / f"face{i:02d}.png"))), i
