@@ -3,7 +3,9 @@ under slow, huge and mixed requests. One server for the module, on the engine te
 
 Limits of this server (small, so the tests are quick): 200 KB bodies, a 10 s body deadline,
 1 MP in, 4 MP out, a model replica takes 4 photos (one batch) and queues 12 more.
-Cost: the server's start (~15-30 s on a loaded 2-core machine) and ~20 s of tests.
+Cost, measured alone on the shared 2-core machine (load ~6-10): 65 s, of which ~40 s is starting
+Ray, the reference faces and the server (in the full suite Ray is already up: ~28 s), 10 s the
+slow uploads' deadline.
 """
 
 from __future__ import annotations
