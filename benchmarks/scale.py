@@ -33,7 +33,7 @@ from PIL import Image
 from interlcm.config import get_preset
 from interlcm.engines.backend import open_backend
 from interlcm.engines.photo import PhotoOptions, PhotoRestorer
-from interlcm.engines.ray_job import JobSpec, run_job
+from interlcm.engines.ray_job import JobSpec, run_job, start_local_ray
 from interlcm.engines.restorer import RestoreOptions, Restorer
 from interlcm.imageio import read_rgb
 
@@ -113,7 +113,7 @@ def main(preset, backend, onnx, images, batch, actors, concurrency, threads, jso
     with tempfile.TemporaryDirectory() as tmp:
         paths = _faces(Path(tmp) / "in", images, get_preset(preset).resolution)
         rows = {"single process": single_process(backend_args, paths, batch)}
-        ray.init(include_dashboard=False, _node_ip_address="127.0.0.1", logging_level="warning", log_to_driver=False)
+        start_local_ray(log_to_driver=False)
         ray.data.DataContext.get_current().enable_progress_bars = False
         try:
             rows[f"ray job, {actors} actors"] = ray_job(backend_args, Path(tmp) / "in", Path(tmp) / "out", batch, actors)

@@ -11,6 +11,7 @@ from interlcm.choices import BACKENDS, COLORFIXES, PRECISIONS, STEPS, VARIANTS
 from interlcm.cli.options import SEED
 from interlcm.config import PRESETS
 from interlcm.faces.detectors import DEFAULT_DETECTOR, DETECTORS  # light: the choice list
+from interlcm.limits import MEGAPIXEL, PixelLimits, ServeLimits
 
 _PATH = click.Path(path_type=Path)
 
@@ -41,6 +42,28 @@ def backend_options(command):  # noqa: ANN001, ANN201 - click decorator
     return command
 
 
+def pixel_options(defaults: PixelLimits):  # noqa: ANN201 - click decorator
+    """--max-input-mp / --max-output-mp, in megapixels, with these defaults (interlcm.limits.PixelLimits)."""
+    megapixels = click.FloatRange(0.0, min_open=True)
+    options = (
+        click.option("--max-input-mp", type=megapixels, default=defaults.input / MEGAPIXEL, show_default=True,
+                     help="Largest input photo, in megapixels (judged from the file header, before decoding)."),
+        click.option("--max-output-mp", type=megapixels, default=defaults.output / MEGAPIXEL, show_default=True,
+                     help="Largest output photo (input x upscale^2), in megapixels; a larger one fails before any work."),
+    )
+
+    def decorate(command):  # noqa: ANN001, ANN202
+        for option in reversed(options):
+            command = option(command)
+        return command
+
+    return decorate
+
+
+def _pixel_limits(max_input_mp: float, max_output_mp: float) -> PixelLimits:
+    return PixelLimits(input=round(max_input_mp * MEGAPIXEL), output=round(max_output_mp * MEGAPIXEL))
+
+
 def _backend_args(backend, weights, onnx, engines, preset, precision, variant, steps, threads, batch) -> dict:  # noqa: ANN001
     """The backend options as engines.backend.open_backend's keyword arguments."""
     return dict(kind=backend, weights=weights, onnx=onnx, engines=engines, preset=preset,
@@ -62,6 +85,7 @@ def _backend_args(backend, weights, onnx, engines, preset, precision, variant, s
 @click.option("--upscale", type=click.IntRange(1, 8), default=2, show_default=True, help="Whole photos: output size factor.")
 @click.option("--save-faces", is_flag=True, help="Also write the restored faces, in NAME_faces/ beside each output.")
 @click.option("--skip-existing", is_flag=True, help="Skip inputs whose output is already complete.")
+@pixel_options(PixelLimits())
 @click.option("--out", default="outputs/restored", show_default=True, help="Output folder (with --ray also a URI: s3://...).")
 # --- scale out ---
 @click.option("--ray", "ray_address", metavar="local|ADDRESS",
@@ -76,8 +100,8 @@ def _backend_args(backend, weights, onnx, engines, preset, precision, variant, s
 @click.option("--face-upsample", is_flag=True, help="Also upscale restored faces with Real-ESRGAN before paste-back.")
 @click.option("--save-frames", is_flag=True, help="Videos: also write every restored frame, in OUT/NAME_frames/.")
 def restore(inputs, engines, onnx, weights, preset, backend, precision, variant, steps, seed, colorfix, batch,  # noqa: ANN001
-            threads, timing, aligned, detector, only_center_face, upscale, save_faces, skip_existing, out,
-            ray_address, actors, bg_upsampler, bg_tile, face_upsample, save_frames) -> None:
+            threads, timing, aligned, detector, only_center_face, upscale, save_faces, skip_existing, max_input_mp,
+            max_output_mp, out, ray_address, actors, bg_upsampler, bg_tile, face_upsample, save_frames) -> None:
     """Restore every face of whole photos (default) or aligned face crops: files, folders or globs.
 
     Videos (.mp4 .mov .avi .mkv .webm) are restored frame by frame, audio kept. With no input,
@@ -100,7 +124,8 @@ def restore(inputs, engines, onnx, weights, preset, backend, precision, variant,
     inputs = tuple(i for i in inputs if not is_video(i))
     options = RestoreOptions(steps=chosen.steps, seed=seed, colorfix=colorfix or chosen.colorfix, batch=batch)
     photo_options = PhotoOptions(aligned=aligned, upscale=upscale, only_center_face=only_center_face,
-                                 save_faces=save_faces, keep_gray=chosen.name != "colorization")
+                                 save_faces=save_faces, keep_gray=chosen.name != "colorization",
+                                 limits=_pixel_limits(max_input_mp, max_output_mp))
     backend_args = _backend_args(backend, weights, onnx, engines, preset, precision, variant, steps, threads, batch)
     if ray_address is not None:
         _restore_on_ray(inputs, out, ray_address, actors, backend_args, options, photo_options, detector)
@@ -244,8 +269,8 @@ def _print_summary(photo_restorer, report, total: int) -> None:  # noqa: ANN001
         click.echo("time per stage (s, total over all images):")
         for name, secs in sorted(timed.seconds.items(), key=lambda kv: -kv[1]):
             click.echo(f"  {name:<18} {secs:8.3f}  ({timed.counts[name]} calls)")
-    for path, reason in report.failed:
-        click.echo(f"failed: {path}: {reason}", err=True)
+    for path, reason in report.failed:  # the reason names the file unless it came from elsewhere
+        click.echo(f"failed: {reason if str(path) in reason else f'{path}: {reason}'}", err=True)
 
 
 @main.command()
@@ -325,6 +350,9 @@ def check(engines, onnx, weights, precision, variant, steps, batch, seed) -> Non
     click.echo(f"all {len(rows)} stages within tolerance")
 
 
+_SERVE = ServeLimits()  # the server's defaults
+
+
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @backend_options
 @click.option("--batch", type=click.IntRange(1, 63), default=4, show_default=True,
@@ -332,26 +360,42 @@ def check(engines, onnx, weights, precision, variant, steps, batch, seed) -> Non
 @click.option("--batch-wait-ms", type=click.IntRange(0), default=20, show_default=True,
               help="How long a replica waits for a batch to fill.")
 @click.option("--replicas", type=click.IntRange(1), default=1, show_default=True, help="One per GPU on GPU machines.")
-@click.option("--max-mb", type=click.FloatRange(0.01), default=20.0, show_default=True, help="Request size limit.")
 @click.option("--port", type=click.IntRange(1, 65535), default=8000, show_default=True, help="Port on 127.0.0.1.")
 @click.option("--ray", "ray_address", default="local", show_default=True, metavar="local|ADDRESS",
-              help="Start a local Ray cluster or join one.")
+              help="Start a local Ray cluster (on loopback only) or join one.")
+# --- what one request may be, and how many wait ---
+@click.option("--max-mb", type=click.FloatRange(0.01), default=_SERVE.max_bytes / 2**20, show_default=True,
+              help="Request body limit (413).")
+@click.option("--body-timeout", type=click.FloatRange(0.1), default=_SERVE.body_timeout_s, show_default=True,
+              help="Seconds the whole body may take to arrive (slower: 408).")
+@pixel_options(_SERVE.pixels)
+@click.option("--max-ongoing", type=click.IntRange(1),
+              help="Photos a replica restores or gathers at once (default: 2 x --batch).")
+@click.option("--max-queued", type=click.IntRange(0), default=_SERVE.max_queued, show_default=True,
+              help="Photos waiting for a replica beyond those; more get 503 with Retry-After.")
+@click.option("--retry-after", type=click.IntRange(0), default=_SERVE.retry_after_s, show_default=True,
+              help="Retry-After (s) of a 503.")
 def serve_main(engines, onnx, weights, preset, backend, precision, variant, steps, threads,  # noqa: ANN001
-               batch, batch_wait_ms, replicas, max_mb, port, ray_address) -> None:
+               batch, batch_wait_ms, replicas, port, ray_address, max_mb, body_timeout, max_input_mp, max_output_mp,
+               max_ongoing, max_queued, retry_after) -> None:
     """Serve POST /restore and GET /healthz on 127.0.0.1:PORT with Ray Serve (Ctrl-C stops)."""
     import time
 
-    import ray
-
     from interlcm.engines.ray_job import connect
-    from interlcm.engines.serve import build_app, start
 
     backend_args = _backend_args(backend, weights, onnx, engines, preset, precision, variant, steps, threads, batch)
     try:
-        connect(ray_address)
+        connect(ray_address)  # before Ray is imported here: a local cluster listens on loopback only
+        import ray
+
+        from interlcm.engines.serve import build_app, start
+
+        limits = ServeLimits(max_bytes=int(max_mb * 2**20), body_timeout_s=body_timeout,
+                             pixels=_pixel_limits(max_input_mp, max_output_mp), max_ongoing=max_ongoing,
+                             max_queued=max_queued, retry_after_s=retry_after)
         gpus = 1.0 if ray.cluster_resources().get("GPU", 0) >= replicas else 0.0
         app = build_app(backend_args, replicas=replicas, max_batch=batch, batch_wait_s=batch_wait_ms / 1000,
-                        max_bytes=int(max_mb * 2**20), gpus=gpus)
+                        limits=limits, gpus=gpus)
         start(app, port=port)
     except (ConnectionError, RuntimeError, ValueError) as exc:
         raise click.ClickException(f"cannot start the server: {_last_line(exc)}") from None

@@ -40,6 +40,7 @@ from interlcm.faces.detect import Detection, Detector
 from interlcm.faces.detectors import DEFAULT_DETECTOR, DetectorContext, open_detector, open_parser
 from interlcm.faces.paste import PastedFace, larger_crop_inverse, paste_faces
 from interlcm.imageio import to_uint8
+from interlcm.limits import PixelLimits
 from interlcm.upsampler import Upsamplers
 
 DETECT_MIN_SIDE = 512  # the release enlarges photos with a shorter short side before detecting
@@ -57,6 +58,12 @@ class PhotoOptions:
     only_center_face: bool = False  # whole-photo mode: keep the face nearest the image centre
     save_faces: bool = False  # also return the aligned restored faces
     keep_gray: bool = True  # whole-photo mode: a grayscale photo gets gray faces (not for the colorization variant)
+    limits: PixelLimits = PixelLimits()  # largest photo read and made; checked on the file's header, before decoding
+
+    @property
+    def output_scale(self) -> int:
+        """Output size over input size, per side, as the pixel limits count it (aligned crops: 1)."""
+        return 1 if self.aligned else self.upscale
 
 
 @dataclass

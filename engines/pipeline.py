@@ -12,6 +12,7 @@ from tqdm import tqdm
 from interlcm.engines.outputs import OutputPlan, output_complete, plan_outputs
 from interlcm.engines.photo import PhotoRestorer, PhotoResult
 from interlcm.imageio import ImageReadError, read_rgb, write_image
+from interlcm.limits import PixelLimitError
 
 
 @dataclass
@@ -75,9 +76,11 @@ def restore_files(
         for plan in todo:
             try:
                 read_notes: list[str] = []  # a multi-frame file: which frame was used
-                pending.append((plan, read_rgb(plan.source, notes=read_notes)))
+                options = photo_restorer.options  # over the pixel limits: refused from the header, one sentence
+                photo = read_rgb(plan.source, notes=read_notes, limits=options.limits, upscale=options.output_scale)
+                pending.append((plan, photo))
                 report.notes += [(plan.source, note) for note in read_notes]
-            except ImageReadError as exc:
+            except (ImageReadError, PixelLimitError) as exc:
                 report.failed.append((plan.source, str(exc)))
                 bar.update(1)
             if len(pending) == group:

@@ -174,15 +174,17 @@ def _objects(items: list) -> np.ndarray:
 _NO_IMAGE = np.zeros((1, 1, 3), np.uint8)  # placeholder pixels of a failed row
 
 
-def decode_stage(batch: dict[str, np.ndarray], fs) -> dict[str, np.ndarray]:  # noqa: ANN001
+def decode_stage(batch: dict[str, np.ndarray], fs, photo: PhotoOptions) -> dict[str, np.ndarray]:  # noqa: ANN001
+    """Read and decode each input; one over the pixel limits is refused from its header, before decoding."""
     from interlcm.imageio import ImageReadError, decode_rgb
+    from interlcm.limits import PixelLimitError
 
     images, errors = [], []
     for src in batch["src"]:
         try:
-            images.append(decode_rgb(_read_bytes(fs, src), src))
+            images.append(decode_rgb(_read_bytes(fs, src), src, limits=photo.limits, upscale=photo.output_scale))
             errors.append("")
-        except (ImageReadError, OSError) as exc:
+        except (ImageReadError, PixelLimitError, OSError) as exc:
             images.append(_NO_IMAGE)
             errors.append(str(exc).splitlines()[0])
     return {"src": batch["src"], "dst": batch["dst"], "image": _objects(images), "error": np.array(errors, dtype=object)}
@@ -242,14 +244,51 @@ def write_stage(batch: dict[str, np.ndarray], fs) -> dict[str, np.ndarray]:  # n
 # --- the job --------------------------------------------------------------------------------------
 
 
+# Ray's own switch between a cluster node and a Ray for this machine alone (its default on macOS and Windows).
+# When it is "0", Ray takes loopback as the node's IP address, and every service binds the node's IP address.
+RAY_LOCAL_ONLY_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+
+
+def start_local_ray(**init: Any) -> None:
+    """Start Ray for this machine alone: every service it starts listens on loopback (127.0.0.1) only.
+
+    Ray binds the GCS, the raylet, the object manager, every worker's gRPC server and its agents to
+    the node's IP address. On Linux that is the external address, even for
+    ``ray.init(_node_ip_address="127.0.0.1")``: ray.init replaces a loopback address by the external
+    one. Ray's local-only mode keeps loopback; it is read when Ray is imported, so the variable is set
+    for the processes Ray starts and the already imported constant follows it. The dashboard is not
+    started (nothing here needs it). ``init``: more ray.init arguments (e.g. num_cpus).
+    Raises RuntimeError, after shutting Ray down, if the node still is not on loopback.
+    """
+    os.environ[RAY_LOCAL_ONLY_ENV] = "0"
+    import ray
+    from ray._private import ray_constants
+
+    ray_constants.ENABLE_RAY_CLUSTER = False  # what Ray reads at import when the variable above is set first
+    ray.init(include_dashboard=False, logging_level="warning", **init)
+    node_ip = ray.util.get_node_ip_address()
+    if not _is_loopback(node_ip):
+        ray.shutdown()
+        raise RuntimeError(f"the local Ray cluster would listen on {node_ip}, not on loopback: "
+                           f"set {RAY_LOCAL_ONLY_ENV}=0 before Ray is imported")
+
+
+def _is_loopback(host: str) -> bool:
+    import ipaddress
+
+    return host == "localhost" or ipaddress.ip_address(host).is_loopback
+
+
 def connect(address: str) -> bool:
-    """Join the cluster at `address`, or start a local one for `local`; True if we started Ray here."""
+    """Join the cluster at `address`, or start one on loopback for `local`; True if we started Ray here."""
     import ray
 
     if ray.is_initialized():
         return False
-    local = {"_node_ip_address": "127.0.0.1"} if address == "local" else {}  # a local cluster listens on loopback only
-    ray.init(address=None if address == "local" else address, include_dashboard=False, logging_level="warning", **local)
+    if address == "local":
+        start_local_ray()
+    else:
+        ray.init(address=address, logging_level="warning")
     return True
 
 
@@ -302,7 +341,7 @@ def run_job(spec: JobSpec, inputs: Sequence[str], out: str) -> JobReport:
         if todo:
             ds = ray.data.from_items([{"src": s, "dst": d} for s, d in todo],
                                      override_num_blocks=min(len(todo), 4 * actors))
-            ds = ds.map_batches(decode_stage, fn_kwargs={"fs": in_fs}, batch_size=spec.options.batch,
+            ds = ds.map_batches(decode_stage, fn_kwargs={"fs": in_fs, "photo": spec.photo}, batch_size=spec.options.batch,
                                 batch_format="numpy")
             ds = ds.map_batches(RestoreActor, fn_constructor_kwargs={"spec": spec}, batch_size=spec.options.batch,
                                 batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=actors), **resources)

@@ -113,3 +113,20 @@ def face_landmarks(centre: tuple[float, float], eye_gap: float, angle_deg: float
     t = np.deg2rad(angle_deg)
     rot = scale * np.array([[np.cos(t), -np.sin(t)], [np.sin(t), np.cos(t)]])
     return ((tpl - 256.0) @ rot.T + np.asarray(centre)).astype(np.float32)
+
+
+def pixel_bomb_png(width: int, height: int) -> bytes:
+    """A PNG file of a few hundred bytes whose header says ``width`` x ``height`` RGB pixels.
+
+    Its image data holds only the first rows (a real bomb compresses every row of zeros): enough
+    for any reader that checks the header's size before decoding, which is what it tests.
+    """
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, payload: bytes) -> bytes:
+        return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
+
+    rows = zlib.compress(b"\x00" * (1 + 3 * width) * 4)
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)  # 8-bit RGB, no interlace
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", rows) + chunk(b"IEND", b"")

@@ -380,3 +380,38 @@ def real_engines(tiny_models, tmp_path_factory):
     out = tmp_path_factory.mktemp("engines")
     trt_mod.build_engines(onnx_dir, out, opt_level=2)
     return out
+
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """One local Ray for the Ray job and Serve tests: 2 CPUs, the project's own loopback-only start."""
+    ray = pytest.importorskip("ray")
+    from interlcm.engines.ray_job import start_local_ray
+
+    start_local_ray(num_cpus=2, log_to_driver=False)
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def reference_faces(tmp_path_factory, tiny_cfg):
+    """12 random face crops at the tiny resolution (ROOT/in) and the single-process CLI's outputs at
+    --batch 1 (ROOT/reference), for the Ray job and Serve tests to compare with byte for byte."""
+    import numpy as np
+    from click.testing import CliRunner
+    from PIL import Image
+
+    from interlcm.engines.cli import main
+
+    args = ["--aligned", "--preset", "tiny", "--backend", "torch", "--seed", "1", "--threads", "1"]
+    root = tmp_path_factory.mktemp("faces")
+    rng = np.random.default_rng(0)
+    (root / "in").mkdir()
+    for i in range(12):
+        pixels = rng.integers(0, 255, (tiny_cfg.resolution, tiny_cfg.resolution, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(root / "in" / f"face{i:02d}.png")
+    result = CliRunner().invoke(main, ["restore", str(root / "in"), *args, "--out", str(root / "reference")])
+    assert result.exit_code == 0, result.output
+    return SimpleNamespace(root=root, args=args, seed=1)
