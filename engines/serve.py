@@ -8,7 +8,7 @@ response is the CLI's output file for the same image and options, byte for byte
 (a lone request runs at batch 1, as ``--batch 1``; see "Batch invariance" in the
 README for what holds at other batch sizes).
 
-    POST /restore?seed=0&steps=3&aligned=true&upscale=2&colorfix=wavelet&format=png
+    POST /restore?seed=0&steps=3&aligned=true&upscale=2&colorfix=wavelet&strength=1&format=png
     body: the image file's bytes (PNG, JPEG, WebP, ...); response: PNG or JPEG bytes
 
 A bad image, a bad option or a body over the size limit gets a 4xx with a
@@ -23,7 +23,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import PlainTextResponse, Response
 from ray import serve
 
-from interlcm.choices import COLORFIXES, Variant
+from interlcm.choices import COLORFIXES, Variant, check_strength
 from interlcm.engines.photo import PhotoOptions
 
 MEDIA_TYPES = {"png": "image/png", "jpeg": "image/jpeg"}  # response format -> content type
@@ -38,6 +38,7 @@ class RequestOptions:
     aligned: bool = PhotoOptions.aligned
     upscale: int = PhotoOptions.upscale
     format: str = "png"
+    strength: float = PhotoOptions.strength
 
 
 class BadRequest(ValueError):
@@ -54,7 +55,7 @@ class FaceToolsMissing(RuntimeError):
 
 def parse_options(query: dict[str, str], variant: Variant) -> RequestOptions:
     """Query parameters -> RequestOptions; BadRequest names the parameter, the value and what is allowed."""
-    allowed = {"seed", "steps", "variant", "colorfix", "aligned", "upscale", "format"}
+    allowed = {"seed", "steps", "variant", "colorfix", "aligned", "upscale", "format", "strength"}
     unknown = sorted(set(query) - allowed)
     if unknown:
         raise BadRequest(f"unknown query parameter(s) {', '.join(unknown)}: use {', '.join(sorted(allowed))}")
@@ -86,7 +87,21 @@ def parse_options(query: dict[str, str], variant: Variant) -> RequestOptions:
         raise BadRequest(f"format={query['format']!r}: use png or jpeg")
     return RequestOptions(seed=integer("seed", 0, 0, 2**63 - 1), colorfix=colorfix,
                           aligned=aligned in ("true", "1"), upscale=integer("upscale", PhotoOptions.upscale, 1, 8),
-                          format=fmt)
+                          format=fmt, strength=_strength(query.get("strength")))
+
+
+def _strength(raw: str | None) -> float:
+    """The `strength` query parameter (choices.STRENGTH_RANGE); BadRequest names the value and the range."""
+    if raw is None:
+        return PhotoOptions.strength
+    try:
+        value = float(raw)
+    except ValueError:
+        raise BadRequest(f"strength={raw!r} is not a number") from None
+    try:
+        return check_strength(value)
+    except ValueError as exc:
+        raise BadRequest(str(exc)) from None
 
 
 app = FastAPI(title="interlcm", docs_url=None, redoc_url=None)
@@ -173,8 +188,8 @@ class RestoreServer:
             self.batch_sizes.append(len(members))
             try:
                 found_by, parser = (None, None) if options.aligned else self._face_tools()
-                photos = PhotoRestorer(restorer, PhotoOptions(aligned=options.aligned, upscale=options.upscale),
-                                       found_by, parser)
+                photos = PhotoRestorer(restorer, PhotoOptions(aligned=options.aligned, upscale=options.upscale,
+                                                              strength=options.strength), found_by, parser)
                 restored = photos.restore_photos([items[i][0] for i in members])
             except FaceToolsMissing as exc:
                 restored = [BadRequest(f"{exc}; or pass aligned=true for face crops", 501)] * len(members)

@@ -62,3 +62,15 @@ def check_colorfix(mode: str) -> str:
     if mode not in COLORFIXES:
         raise ValueError(f"unknown colour fix {mode!r}: choose one of {', '.join(COLORFIXES)}")
     return mode
+
+# How much of each restored face is pasted over the original: 1.0 the restored face (the default), 0.0 the
+# input unchanged, in between a per-pixel mix. A1111 calls it "visibility", facefusion "blend".
+STRENGTH_RANGE: tuple[float, float] = (0.0, 1.0)
+DEFAULT_STRENGTH = 1.0
+
+
+def check_strength(value: float) -> float:
+    low, high = STRENGTH_RANGE
+    if not low <= value <= high:  # also refuses NaN
+        raise ValueError(f"strength {value!r} is out of range: use {low:g} (the input) to {high:g} (the restored face)")
+    return float(value)
