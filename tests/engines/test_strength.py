@@ -93,8 +93,10 @@ def test_aligned_crops_at_0_half_and_1(tmp_path, tiny_cfg):
     Image.fromarray(big).save(tmp_path / "in" / "big.png")
     got = {}
     for s in ("1", "0.5", "0"):
-        _restore(str(tmp_path / "in"), "--aligned", *COMMON, "--strength", s, "--out", str(tmp_path / s))
+        _restore(str(tmp_path / "in"), "--aligned", *COMMON, "--strength", s, "--save-faces", "--out", str(tmp_path / s))
         got[s] = {n: _read(tmp_path / s / f"{n}.png") for n in ("crop", "big")}
+        for n in ("crop", "big"):  # --save-faces writes the model's own output: at 1 the crop is exactly that
+            assert np.array_equal(_read(tmp_path / s / f"{n}_faces" / "00.png"), _read(tmp_path / "1" / f"{n}.png"))
     _restore(str(tmp_path / "in"), "--aligned", *COMMON, "--out", str(tmp_path / "default"))
     for n in ("crop", "big"):
         assert (tmp_path / "1" / f"{n}.png").read_bytes() == (tmp_path / "default" / f"{n}.png").read_bytes()
