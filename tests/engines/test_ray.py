@@ -206,3 +206,18 @@ def test_serve_refuses_bad_requests_and_stays_healthy(server, faces):
         assert len(answer.strip().splitlines()) == 1, answer
     status, body = _post(url, good)
     assert status == 200 and body == (faces / "reference" / "face01.png").read_bytes()
+
+
+def test_serve_strength_query(server, faces):
+    """strength=0 gives the aligned crop back (model-sized already), strength=1 the CLI's bytes."""
+    url, _ = server
+    crop = (faces / "in" / "face02.png").read_bytes()
+    status, body = _post(url, crop, f"seed={SEED}&aligned=true&strength=0")
+    assert status == 200, body
+    import io
+
+    assert np.array_equal(np.asarray(Image.open(io.BytesIO(body))), np.asarray(Image.open(faces / "in" / "face02.png")))
+    status, body = _post(url, crop, f"seed={SEED}&aligned=true&strength=1")
+    assert status == 200 and body == (faces / "reference" / "face02.png").read_bytes()
+    status, body = _post(url, crop, "aligned=true&strength=1.5")
+    assert status == 400 and b"out of range" in body and len(body.strip().splitlines()) == 1
