@@ -96,6 +96,19 @@ def test_the_node_contract():
                 assert options["min"] <= options["default"] <= options["max"], (name, options)
 
 
+def test_image_conversion_rounds_to_the_nearest_level():
+    """IMAGE floats from other nodes (a VAE decode) lie between levels: nearest level, clipped; channels made RGB."""
+    levels = np.arange(256, dtype=np.uint8).reshape(1, 16, 16, 1).repeat(3, axis=3)
+    for shift in (-0.4, 0.0, 0.4):
+        photos = comfy.to_photos(torch.from_numpy((levels.astype(np.float32) + shift) / 255.0))
+        assert np.array_equal(photos[0], levels[0]), shift
+    assert np.array_equal(comfy.to_photos(torch.full((1, 2, 2, 1), 2.0))[0], np.full((2, 2, 3), 255))
+    assert comfy.to_photos(torch.zeros(2, 3, 5, 4))[1].shape == (3, 5, 3)  # RGBA: alpha dropped
+    assert torch.equal(comfy.to_image(comfy.to_photos(_image([levels[0]]))), _image([levels[0]]))
+    with pytest.raises(ValueError, match="expected an IMAGE"):
+        comfy.to_photos(torch.zeros(3, 5, 3))
+
+
 def test_restore_faces_equals_the_cli_on_a_batch_of_frames(model, tmp_path):
     """3 frames (2 faces, the same moved, no face) in one IMAGE batch == the CLI on the 3 files, byte for byte."""
     pytest.importorskip("dlib", reason="the faces-dlib extra is not installed (make install installs it)")
