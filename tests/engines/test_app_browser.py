@@ -122,7 +122,7 @@ class Page:
     def state(self) -> tuple[str | None, str, bool]:
         return tuple(self.driver.execute_script(self.STATE))
 
-    def restore(self) -> tuple[str | None, str, float]:
+    def restore(self, button: str = "restore") -> tuple[str | None, str, float]:
         """Click Restore and wait for the answer: (download URL or None, the message line, seconds)."""
         before, seen_busy = self.state(), False
 
@@ -133,7 +133,7 @@ class Page:
             return not busy and (seen_busy or (link, message) != before[:2])
 
         start = time.perf_counter()
-        self.driver.find_element("css selector", "#restore").click()
+        self.driver.find_element("css selector", f"#{button}").click()
         self.wait.until(done)
         link, message, _ = self.state()
         return link, message, time.perf_counter() - start
@@ -242,3 +242,28 @@ def test_a_second_request_waits_in_the_queue_with_its_position(app, browser, pho
     browser.close()
     browser.switch_to.window(tabs[0])
     first.wait.until(lambda d: first.state()[0] is not None and not first.state()[2])
+
+
+def test_a_short_video_is_restored_frame_by_frame(app, browser, tmp_path):
+    import av
+
+    from interlcm.testing import write_clip
+
+    one = group_photo((160, 120), ((0.5, 0.5, 100, 0),))  # one face a frame: two frames, two faces
+    write_clip(tmp_path / "clip.mp4", [one, np.roll(one, 3, axis=1)], fps=2)
+    page = Page(browser, app)
+    browser.find_element("xpath", "//button[@role='tab'][normalize-space()='Video']").click()
+    browser.find_element("css selector", "#video input[type=file]").send_keys(str(tmp_path / "clip.mp4"))
+    page.wait.until(lambda d: d.find_elements("css selector", "#video video"))
+    link, message, seconds = page.restore("restore_video")
+    print(f"\nvideo restore {seconds:.2f} s")
+    assert link and link.endswith("clip.mp4") and message == "", message
+    (tmp_path / "out.mp4").write_bytes(_fetch(link))
+    with av.open(str(tmp_path / "out.mp4")) as video:
+        frames = [f.to_ndarray(format="rgb24") for f in video.decode(video=0)]
+        assert video.streams.audio  # the sound is kept
+    assert len(frames) == 2 and frames[0].shape == (240, 320, 3)
+    plain = cv2.resize(one, (320, 240), interpolation=cv2.INTER_LINEAR).astype(int)
+    assert np.abs(frames[0][112:128, 152:168] - plain[112:128, 152:168]).mean() > 20  # the face was restored
+    assert np.abs(frames[0][:20] - plain[:20]).mean() < 4  # the rest: the upscaled frame (up to the encoder)
+    assert browser.find_element("css selector", "#video_result video").is_displayed()
