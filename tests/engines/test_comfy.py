@@ -130,6 +130,19 @@ def test_restore_faces_equals_the_cli_on_a_batch_of_frames(model, tmp_path):
     assert not np.array_equal(got[0], frames[0]) and np.array_equal(got[2], frames[2])  # faces restored; none: as is
 
 
+def test_realesrgan_background_and_faces_equal_the_cli(model, tmp_path):
+    """bg_upsampler + face_upsample at upscale 2: Real-ESRGAN opened once by the held model, the CLI's pixels."""
+    pytest.importorskip("dlib", reason="the faces-dlib extra is not installed (make install installs it)")
+    photo = group_photo((128, 96), ((0.45, 0.5, 80, 0),))
+    Image.fromarray(photo).save(tmp_path / "one.png")
+    result = CliRunner().invoke(main, ["restore", str(tmp_path / "one.png"), "--preset", "tiny", "--detector", "dlib",
+                                       "--bg-upsampler", "realesrgan", "--face-upsample", "--out", str(tmp_path / "cli")])
+    assert result.exit_code == 0 and "soft box mask" in result.output, result.output  # its face was found
+    (out,) = run_node(comfy.InterLCMRestoreFaces, {"model": (model, comfy.MODEL), "image": (_image([photo]), "IMAGE")},
+                      upscale=2, detector="dlib", bg_upsampler="realesrgan", face_upsample=True)
+    assert np.array_equal(_pixels(out)[0], np.asarray(Image.open(tmp_path / "cli" / "one.png")))
+
+
 def test_restore_aligned_face_equals_the_cli(model, tmp_path, tiny_cfg):
     rng = np.random.default_rng(1)
     r = tiny_cfg.resolution
