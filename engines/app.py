@@ -34,6 +34,8 @@ from interlcm.cli.options import SEED_MAX
 from interlcm.engines.cli import _backend_args, backend_options
 from interlcm.faces.detectors import DEFAULT_DETECTOR, DETECTORS
 
+UPSCALE = (1, 8)  # the page's upscale range, as `interlcm-trt restore --upscale`
+KEEP_RESULTS_S = 3600  # results older than this are deleted from the app's folder (Gradio's cache: the same)
 VARIANT_COLORFIX = "variant's"  # the colour fix choice that means "the one the encoder variant is meant for"
 OFFERED_BY_SERVE = frozenset({"aligned", "upscale", "colorfix", "seed", "strength"})  # serve.py's query parameters
 RANDOM_WEIGHTS_BANNER = ("**Random weights:** the output only shows the pipeline runs (detect, align, restore, "
@@ -219,6 +221,22 @@ def check_video(path: Path, name: str, limits: Limits) -> None:
         raise InputError(f"{name} has {frames} frames, over the {limits.max_frames}-frame limit: send a shorter clip.")
 
 
+def page_request(aligned, detector, only_center, upscale, bg, face_up, colorfix, seed, strength):  # noqa: ANN001, ANN201
+    """The page's values as a RestoreRequest (unprocessed: an API call can send anything); InputError if out of range."""
+    from interlcm.engines.loaded import RestoreRequest
+    from interlcm.engines.photo import PhotoOptions
+
+    seed, upscale = int(seed or 0), int(upscale)
+    if not 0 <= seed <= SEED_MAX:
+        raise InputError(f"seed {seed} is out of range: use 0 to {SEED_MAX}.")
+    if not UPSCALE[0] <= upscale <= UPSCALE[1]:
+        raise InputError(f"upscale {upscale} is out of range: use {UPSCALE[0]} to {UPSCALE[1]}.")
+    photo = PhotoOptions(aligned=bool(aligned), upscale=upscale, only_center_face=bool(only_center),
+                         strength=float(strength), save_faces=True)
+    return RestoreRequest(photo, seed, None if colorfix == VARIANT_COLORFIX else colorfix, detector, bool(bg),
+                          bool(face_up))
+
+
 # --- the page --------------------------------------------------------------------------------------
 
 
@@ -233,9 +251,6 @@ def build_page(engine: LocalEngine | ServerEngine, workdir: Path, limits: Limits
     """The Gradio page; results are written under `workdir`."""
     import gradio as gr
 
-    from interlcm.engines.loaded import RestoreRequest
-    from interlcm.engines.photo import PhotoOptions
-
     offered = engine.offers
 
     def option(name: str) -> dict:
@@ -243,18 +258,13 @@ def build_page(engine: LocalEngine | ServerEngine, workdir: Path, limits: Limits
             return {}
         return {"interactive": False, "info": "not offered by interlcm-serve"}
 
-    def request_of(aligned, detector, only_center, upscale, bg, face_up, colorfix, seed, strength) -> RestoreRequest:  # noqa: ANN001
-        photo = PhotoOptions(aligned=bool(aligned), upscale=int(upscale), only_center_face=bool(only_center),
-                             strength=float(strength), save_faces=True)
-        return RestoreRequest(photo, int(seed or 0), None if colorfix == VARIANT_COLORFIX else colorfix, detector,
-                              bool(bg), bool(face_up))
-
     def failed(message: str) -> tuple:
         return None, [], "", None, gr.Video(None, visible=False), f"⚠️ {message}"
 
     def shown(outcome: Outcome, stem: str) -> tuple:
         from interlcm.imageio import write_image
 
+        _prune(workdir, KEEP_RESULTS_S)
         folder = workdir / uuid.uuid4().hex[:12]
         after = write_image(folder / f"{stem}_restored.png", outcome.image)
         before = write_image(folder / f"{stem}_input.png", outcome.before)
@@ -269,7 +279,7 @@ def build_page(engine: LocalEngine | ServerEngine, workdir: Path, limits: Limits
             path, name = read_upload(upload, limits)
             photo = decode_photo(path, name, limits)
             progress(0.1, desc="detect, align, restore, paste back")
-            request = request_of(aligned, detector, only_center, upscale, bg, face_up, colorfix, seed, strength)
+            request = page_request(aligned, detector, only_center, upscale, bg, face_up, colorfix, seed, strength)
             outcome = engine.restore_photo(photo, request)
         except (InputError, ValueError, RuntimeError) as exc:  # incl. a detector that cannot run: one sentence
             return failed(str(exc).splitlines()[0])
@@ -282,7 +292,8 @@ def build_page(engine: LocalEngine | ServerEngine, workdir: Path, limits: Limits
         try:
             path, name = read_upload(upload, limits, "video")
             check_video(path, name, limits)
-            request = request_of(aligned, detector, only_center, upscale, bg, face_up, colorfix, seed, strength)
+            request = page_request(aligned, detector, only_center, upscale, bg, face_up, colorfix, seed, strength)
+            _prune(workdir, KEEP_RESULTS_S)
             done = restore_video(engine.photo_restorer(request), path, workdir / uuid.uuid4().hex[:12], VideoOptions())
         except (InputError, VideoError, ValueError, RuntimeError) as exc:
             return failed(str(exc).splitlines()[0])
@@ -293,7 +304,8 @@ def build_page(engine: LocalEngine | ServerEngine, workdir: Path, limits: Limits
         return shown(Outcome(first, _before(_first_frame(path), first), [], text, video=done.output), Path(name).stem)
 
     variant = engine.variant
-    with gr.Blocks(title="InterLCM face restoration", analytics_enabled=False) as page:
+    with gr.Blocks(title="InterLCM face restoration", analytics_enabled=False,
+                   delete_cache=(KEEP_RESULTS_S, KEEP_RESULTS_S)) as page:
         gr.Markdown("# InterLCM face restoration")
         if engine.random_weights:
             gr.Markdown(RANDOM_WEIGHTS_BANNER, elem_id="banner")
@@ -310,7 +322,7 @@ def build_page(engine: LocalEngine | ServerEngine, workdir: Path, limits: Limits
                 strength = gr.Slider(*STRENGTH_RANGE, value=DEFAULT_STRENGTH, step=0.05, label="Strength",
                                      info="1 the restored face, 0 the input (A1111's visibility, facefusion's blend)",
                                      elem_id="strength", **option("strength"))
-                upscale = gr.Slider(1, 8, value=defaults.upscale, step=1, label="Upscale", elem_id="upscale",
+                upscale = gr.Slider(*UPSCALE, value=defaults.upscale, step=1, label="Upscale", elem_id="upscale",
                                     **option("upscale"))
                 aligned = gr.Checkbox(label="Aligned face crop (no detection; output at the model's size)",
                                       elem_id="aligned", **option("aligned"))
@@ -341,6 +353,16 @@ def build_page(engine: LocalEngine | ServerEngine, workdir: Path, limits: Limits
         photo_go.click(restore_photo, [photo_in, *options], outputs, preprocess=False, api_name="restore")
         video_go.click(restore_clip, [video_in, *options], outputs, preprocess=False, api_name="restore_video")
     return page
+
+
+def _prune(workdir: Path, age_s: float) -> None:
+    """Delete result folders older than `age_s` (each request writes one; a long-running app must not fill the disk)."""
+    import shutil
+
+    cutoff = time.time() - age_s
+    for folder in workdir.iterdir():
+        if folder.is_dir() and folder.stat().st_mtime < cutoff:
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 def _first_frame(path: Path) -> np.ndarray:
@@ -385,6 +407,8 @@ def main(engines, onnx, weights, preset, backend, precision, variant, steps, thr
     """Restore faces in the browser: the page prints its URL (Ctrl-C stops)."""
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     limits = Limits(max_mb, max_megapixels, max_frames)
+    if server and (weights or onnx or engines or preset):
+        raise click.UsageError("give --server URL or a model (--weights/--onnx/--engines/--preset), not both")
     if server:
         engine: LocalEngine | ServerEngine = ServerEngine(server)
     else:

@@ -66,6 +66,26 @@ def test_a_refused_upload_is_one_line_naming_the_file(tmp_path, name, data, limi
     assert str(tmp_path) not in str(info.value)  # the user's file name, not the server's temporary path
 
 
+def test_page_values_out_of_range_are_refused_in_one_line():
+    """The handler gets the page's values unprocessed (an API call can send anything): checked before any work."""
+    from interlcm.engines.app import VARIANT_COLORFIX, page_request
+
+    good = dict(aligned=False, detector="dlib", only_center=False, upscale=2, bg=False, face_up=False,
+                colorfix=VARIANT_COLORFIX, seed=7, strength=0.25)
+    request = page_request(**good)
+    assert (request.seed, request.colorfix, request.photo.upscale, request.photo.strength) == (7, None, 2, 0.25)
+    for bad, says in (({"seed": -1}, "seed -1 is out of range"), ({"upscale": 9}, "upscale 9 is out of range"),
+                      ({"strength": 1.5}, "strength 1.5 is out of range")):
+        with pytest.raises(ValueError, match=says) as info:
+            page_request(**{**good, **bad})
+        assert "\n" not in str(info.value)
+
+
+def test_server_and_a_model_are_refused_together():
+    result = CliRunner().invoke(main, ["--server", "http://127.0.0.1:9", "--preset", "tiny"])
+    assert result.exit_code == 2 and "not both" in result.output
+
+
 def test_no_upload_is_one_line():
     with pytest.raises(InputError, match="No photo given"):
         read_upload(None, Limits())
