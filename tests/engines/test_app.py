@@ -154,6 +154,16 @@ def test_server_mode_sends_the_options_serve_understands(stand_in_serve, loaded,
         assert np.array_equal(remote.restore_photo(crop, request).image, here), strength
 
 
+def test_server_mode_greys_out_what_serve_does_not_take(stand_in_serve, tmp_path):
+    from interlcm.engines.app import build_page
+
+    page = build_page(ServerEngine(stand_in_serve), tmp_path)
+    by_id = {c.elem_id: c for c in page.blocks.values() if getattr(c, "elem_id", None)}
+    assert by_id["detector"].interactive is False and by_id["only_center"].interactive is False
+    assert by_id["strength"].interactive is not False and by_id["seed"].interactive is not False
+    assert "banner" in by_id  # the stand-in runs random weights, and says so in /healthz
+
+
 def test_server_mode_passes_serves_refusal_on_in_one_line(stand_in_serve):
     request = RestoreRequest(PhotoOptions(aligned=True), colorfix="sepia")
     with pytest.raises(InputError) as info:
