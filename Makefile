@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH)"
-	$(PY) -m pip install -q -e ".[dev,ray,faces-dlib,$(ORT_EXTRA)]"
+	$(PY) -m pip install -q -e ".[dev,ray,faces-dlib,app,$(ORT_EXTRA)]"
 	# the stubs' metadata depends on tensorrt, whose libraries PyPI only serves to CUDA machines
 	$(PY) -m pip install -q --no-deps tensorrt-stubs
 	touch $(STAMP)

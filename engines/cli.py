@@ -7,7 +7,15 @@ from pathlib import Path
 
 import click
 
-from interlcm.choices import BACKENDS, COLORFIXES, PRECISIONS, STEPS, VARIANTS
+from interlcm.choices import (
+    BACKENDS,
+    COLORFIXES,
+    DEFAULT_STRENGTH,
+    PRECISIONS,
+    STEPS,
+    STRENGTH_RANGE,
+    VARIANTS,
+)
 from interlcm.cli.options import SEED
 from interlcm.config import PRESETS
 from interlcm.faces.detectors import DEFAULT_DETECTOR, DETECTORS  # light: the choice list
@@ -83,6 +91,9 @@ def _backend_args(backend, weights, onnx, engines, preset, precision, variant, s
               help="Face detector for whole photos.")
 @click.option("--only-center-face", is_flag=True, help="Restore only the face nearest each photo's centre.")
 @click.option("--upscale", type=click.IntRange(1, 8), default=2, show_default=True, help="Whole photos: output size factor.")
+@click.option("--strength", type=click.FloatRange(*STRENGTH_RANGE), default=DEFAULT_STRENGTH, show_default=True,
+              help="Mix of restored and original face (A1111's visibility, facefusion's blend): "
+              "1 the restored face, 0 the input unchanged.")
 @click.option("--save-faces", is_flag=True, help="Also write the restored faces, in NAME_faces/ beside each output.")
 @click.option("--skip-existing", is_flag=True, help="Skip inputs whose output is already complete.")
 @pixel_options(PixelLimits())
@@ -100,8 +111,9 @@ def _backend_args(backend, weights, onnx, engines, preset, precision, variant, s
 @click.option("--face-upsample", is_flag=True, help="Also upscale restored faces with Real-ESRGAN before paste-back.")
 @click.option("--save-frames", is_flag=True, help="Videos: also write every restored frame, in OUT/NAME_frames/.")
 def restore(inputs, engines, onnx, weights, preset, backend, precision, variant, steps, seed, colorfix, batch,  # noqa: ANN001
-            threads, timing, aligned, detector, only_center_face, upscale, save_faces, skip_existing, max_input_mp,
-            max_output_mp, out, ray_address, actors, bg_upsampler, bg_tile, face_upsample, save_frames) -> None:
+            threads, timing, aligned, detector, only_center_face, upscale, strength, save_faces, skip_existing,
+            max_input_mp, max_output_mp, out, ray_address, actors, bg_upsampler, bg_tile, face_upsample,
+            save_frames) -> None:
     """Restore every face of whole photos (default) or aligned face crops: files, folders or globs.
 
     Videos (.mp4 .mov .avi .mkv .webm) are restored frame by frame, audio kept. With no input,
@@ -124,7 +136,7 @@ def restore(inputs, engines, onnx, weights, preset, backend, precision, variant,
     inputs = tuple(i for i in inputs if not is_video(i))
     options = RestoreOptions(steps=chosen.steps, seed=seed, colorfix=colorfix or chosen.colorfix, batch=batch)
     photo_options = PhotoOptions(aligned=aligned, upscale=upscale, only_center_face=only_center_face,
-                                 save_faces=save_faces, keep_gray=chosen.name != "colorization",
+                                 save_faces=save_faces, keep_gray=chosen.keep_gray, strength=strength,
                                  limits=_pixel_limits(max_input_mp, max_output_mp))
     backend_args = _backend_args(backend, weights, onnx, engines, preset, precision, variant, steps, threads, batch)
     if ray_address is not None:

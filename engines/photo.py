@@ -18,6 +18,12 @@ Modes:
   input's size times ``upscale``. Faces whose eyes are under 5 px apart are dropped. A grayscale
   photo (the release's test) gets grayscale faces back. The faces of every photo in a call are
   restored together in full batches, then each photo is pasted back.
+
+Strength (``PhotoOptions.strength``, A1111's "visibility", facefusion's "blend") mixes each restored
+face with the original: whole photos scale the paste-back mask by it, so 0.0 gives the upscaled
+canvas a photo without faces gives; aligned crops are mixed with the input crop stretched to the
+model resolution, so 0.0 gives that stretched input (the aligned output is always model-sized).
+1.0, the default, is the restored face, byte for byte as without the option.
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ import numpy as np
 import torch
 
 from interlcm.backend import Backend
+from interlcm.choices import DEFAULT_STRENGTH, check_strength
 from interlcm.engines.restorer import RestoreOptions, Restorer
 from interlcm.faces.align import AlignedFace, align_face, eye_distance
 from interlcm.faces.detect import Detection, Detector
@@ -59,6 +66,10 @@ class PhotoOptions:
     save_faces: bool = False  # also return the aligned restored faces
     keep_gray: bool = True  # whole-photo mode: a grayscale photo gets gray faces (not for the colorization variant)
     limits: PixelLimits = PixelLimits()  # largest photo read and made; checked on the file's header, before decoding
+    strength: float = DEFAULT_STRENGTH  # mix of restored (1.0) and original (0.0) face; choices.STRENGTH_RANGE
+
+    def __post_init__(self) -> None:
+        check_strength(self.strength)
 
     @property
     def output_scale(self) -> int:
@@ -72,6 +83,7 @@ class PhotoResult:
     faces: list[np.ndarray] = field(default_factory=list)  # (R, R, 3) uint8 restored faces, if asked
     notes: list[str] = field(default_factory=list)  # one line each, e.g. which paste-back mask was used
     found: int = 0  # whole-photo mode: faces detected, restored and pasted back
+    originals: list[np.ndarray] = field(default_factory=list)  # (R, R, 3) uint8 aligned input faces, with `faces`
 
 
 def to_model_input(face: np.ndarray, resolution: int) -> torch.Tensor:
@@ -90,6 +102,14 @@ def restore_faces(restorer: Restorer, faces: Sequence[np.ndarray]) -> list[np.nd
         lq = torch.stack([to_model_input(f, resolution) for f in faces[start : start + batch]])
         out += [to_uint8(img) for img in restorer.restore(lq)]
     return out
+
+
+def mix(original: np.ndarray, restored: np.ndarray, strength: float) -> np.ndarray:
+    """Per-pixel mix of two (H, W, 3) uint8 images, as the paste-back blends: strength 1.0 is `restored`."""
+    if strength == 1.0:
+        return restored
+    out = original.astype(np.float32) + np.float32(strength) * (restored.astype(np.float32) - original)
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
 
 
 def is_gray(photo: np.ndarray, threshold: float = GRAY_THRESHOLD) -> bool:
@@ -151,7 +171,12 @@ class PhotoRestorer:
     def restore_photos(self, photos: Sequence[np.ndarray]) -> list[PhotoResult]:
         if self.options.aligned:
             restored = restore_faces(self.restorer, photos)
-            return [PhotoResult(img, [img] if self.options.save_faces else []) for img in restored]
+            size = self.restorer.config.resolution
+            originals = [cv2.resize(p, (size, size), interpolation=cv2.INTER_LINEAR) if p.shape[:2] != (size, size)
+                         else p for p in photos]  # what the model saw (to_model_input's stretch)
+            keep = self.options.save_faces
+            return [PhotoResult(mix(o, r, self.options.strength), [r] if keep else [], originals=[o] if keep else [])
+                    for o, r in zip(originals, restored)]
         assert self.detector is not None
         with self._timed("detect"):
             found = self._detect(photos)
@@ -203,7 +228,7 @@ class PhotoRestorer:
         if self.upsamplers.background is not None:  # the release's --bg_upsampler: Real-ESRGAN canvas
             with self._timed("background"):
                 background = self.upsamplers.background.enhance(photo, outscale=self.options.upscale)
-        image = paste_faces(photo, pasted, self.options.upscale, background)
+        image = paste_faces(photo, pasted, self.options.upscale, background, strength=self.options.strength)
         if not restored:
             notes = ["no face found: the photo is only upscaled"]
         elif self.parser is not None:
@@ -212,7 +237,9 @@ class PhotoRestorer:
             notes = ["paste-back mask: soft box mask alone (no face parser)"]
         if gray and restored:
             notes.append("grayscale photo: faces kept gray")
-        return PhotoResult(image, list(restored) if self.options.save_faces else [], notes, found=len(restored))
+        keep = self.options.save_faces
+        return PhotoResult(image, list(restored) if keep else [], notes, found=len(restored),
+                           originals=[a.image for a in aligned] if keep else [])
 
     @contextmanager
     def _timed(self, stage: str) -> Iterator[None]:

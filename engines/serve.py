@@ -14,7 +14,7 @@ Two deployments, so that receiving requests and restoring photos never wait on e
   what holds at other batch sizes). When a batch fails, each photo is retried alone, so a failure
   stays with the request that caused it.
 
-    POST /restore?seed=0&steps=3&aligned=true&upscale=2&colorfix=wavelet&format=png
+    POST /restore?seed=0&steps=3&aligned=true&upscale=2&colorfix=wavelet&strength=1&format=png
     body: the image file's bytes (PNG, JPEG, WebP, ...); response: PNG or JPEG bytes
 
 Every refusal is a 4xx or 5xx with a one-line reason (``text/plain``), and the replicas stay up:
@@ -33,7 +33,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import PlainTextResponse, Response
 from ray import serve
 
-from interlcm.choices import COLORFIXES, Variant
+from interlcm.choices import COLORFIXES, Variant, check_strength
 from interlcm.engines.photo import PhotoOptions
 from interlcm.limits import PixelLimits, ServeLimits
 
@@ -49,9 +49,11 @@ class RequestOptions:
     aligned: bool = PhotoOptions.aligned
     upscale: int = PhotoOptions.upscale
     format: str = "png"
+    strength: float = PhotoOptions.strength
 
-    def photo_options(self) -> PhotoOptions:
-        return PhotoOptions(aligned=self.aligned, upscale=self.upscale)
+    def photo_options(self, variant: Variant | None = None) -> PhotoOptions:
+        keep_gray = PhotoOptions.keep_gray if variant is None else variant.keep_gray
+        return PhotoOptions(aligned=self.aligned, upscale=self.upscale, strength=self.strength, keep_gray=keep_gray)
 
 
 class BadRequest(ValueError):
@@ -69,7 +71,7 @@ class FaceToolsMissing(RuntimeError):
 
 def parse_options(query: dict[str, str], variant: Variant) -> RequestOptions:
     """Query parameters -> RequestOptions; BadRequest names the parameter, the value and what is allowed."""
-    allowed = {"seed", "steps", "variant", "colorfix", "aligned", "upscale", "format"}
+    allowed = {"seed", "steps", "variant", "colorfix", "aligned", "upscale", "format", "strength"}
     unknown = sorted(set(query) - allowed)
     if unknown:
         raise BadRequest(f"unknown query parameter(s) {', '.join(unknown)}: use {', '.join(sorted(allowed))}")
@@ -101,7 +103,21 @@ def parse_options(query: dict[str, str], variant: Variant) -> RequestOptions:
         raise BadRequest(f"format={query['format']!r}: use png or jpeg")
     return RequestOptions(seed=integer("seed", 0, 0, 2**63 - 1), colorfix=colorfix,
                           aligned=aligned in ("true", "1"), upscale=integer("upscale", PhotoOptions.upscale, 1, 8),
-                          format=fmt)
+                          format=fmt, strength=_strength(query.get("strength")))
+
+
+def _strength(raw: str | None) -> float:
+    """The `strength` query parameter (choices.STRENGTH_RANGE); BadRequest names the value and the range."""
+    if raw is None:
+        return PhotoOptions.strength
+    try:
+        value = float(raw)
+    except ValueError:
+        raise BadRequest(f"strength={raw!r} is not a number") from None
+    try:
+        return check_strength(value)
+    except ValueError as exc:
+        raise BadRequest(str(exc)) from None
 
 
 async def read_body(request: Request, max_bytes: int, timeout_s: float) -> bytes:
@@ -230,7 +246,7 @@ class RestoreModel:
         self.batch_sizes.append(len(photos))
         try:
             found_by, parser = (None, None) if options.aligned else self._face_tools()
-            photo_restorer = PhotoRestorer(restorer, options.photo_options(), found_by, parser)
+            photo_restorer = PhotoRestorer(restorer, options.photo_options(self.variant), found_by, parser)
             return [result.image for result in photo_restorer.restore_photos(photos)]
         except FaceToolsMissing as exc:
             return [BadRequest(f"{exc}; or pass aligned=true for face crops", 501)] * len(photos)

@@ -18,6 +18,12 @@ class Variant:
     steps: int  # network steps it was trained for; the LCM schedule has steps + 1 timesteps
     suffix: str  # released file names: visual_encoder_<suffix>.pth, spatial_encoder_<suffix>.pth
     colorfix: str  # the colour fix it is meant to run with (the spec: colourisation/inpainting use none)
+    colourises: bool = False  # gives grey photos colour: their faces are not turned back to grey
+
+    @property
+    def keep_gray(self) -> bool:
+        """Whether a grayscale photo gets gray faces back (every variant but the colourisation one)."""
+        return not self.colourises
 
     @property
     def files(self) -> tuple[str, str]:
@@ -30,7 +36,7 @@ VARIANTS: dict[str, Variant] = {
     for v in (
         Variant("3step", 3, "3step", "wavelet"),  # the paper's setting
         Variant("1step", 1, "1step", "wavelet"),
-        Variant("colorization", 1, "colorization_1step", "none"),
+        Variant("colorization", 1, "colorization_1step", "none", colourises=True),
         Variant("inpainting", 1, "inpainting_1step", "none"),
     )
 }
@@ -62,3 +68,16 @@ def check_colorfix(mode: str) -> str:
     if mode not in COLORFIXES:
         raise ValueError(f"unknown colour fix {mode!r}: choose one of {', '.join(COLORFIXES)}")
     return mode
+
+
+# How much of each restored face is pasted over the original: 1.0 the restored face (the default), 0.0 the
+# input unchanged, in between a per-pixel mix. A1111 calls it "visibility", facefusion "blend".
+STRENGTH_RANGE: tuple[float, float] = (0.0, 1.0)
+DEFAULT_STRENGTH = 1.0
+
+
+def check_strength(value: float) -> float:
+    low, high = STRENGTH_RANGE
+    if not low <= value <= high:  # also refuses NaN
+        raise ValueError(f"strength {value!r} is out of range: use {low:g} (the input) to {high:g} (the restored face)")
+    return float(value)

@@ -97,6 +97,22 @@ def test_only_center_face():
     assert tuple(result.image[int(0.2 * 640), int(0.2 * 640)]) == tuple(photo[128, 128])  # not the others
 
 
+@pytest.mark.parametrize("strength", [1.0, 0.5, 0.0])
+def test_strength_weighs_the_restored_face(strength):
+    """A face painted red: at its centre (soft mask 1) the output is photo + strength * (red - photo).
+
+    Exact at 0 and 1; at 0.5 within one level (a .5 may round either way after the float blend).
+    """
+    photo = group_photo((640, 480))
+    options = PhotoOptions(upscale=1, strength=strength)
+    result = PhotoRestorer(IdentityRestorer(colour=(255, 0, 0)), options, PlacedFaces((0.5, 0.4, 0.08, 0)))
+    image = result.restore_photos([photo])[0].image
+    y, x = int(0.4 * 640), int(0.5 * 640)
+    want = np.rint(photo[y, x] + strength * (np.array([255, 0, 0]) - photo[y, x].astype(np.float32)))
+    assert np.abs(image[y, x].astype(int) - want).max() <= (0 if strength in (0.0, 1.0) else 1), (image[y, x], want)
+    assert np.array_equal(image[:, :100], photo[:, :100])  # away from the face: the photo, at any strength
+
+
 def test_faces_of_all_photos_share_full_batches():
     """3 photos with 1 + 0 + 3 faces, batch 2: two calls of 2 faces (one photo at a time would be 1, 2, 1)."""
     photos = [group_photo((400, 300)), np.full((300, 400, 3), 90, np.uint8), group_photo((400, 300))]

@@ -199,3 +199,17 @@ def test_a_photo_that_fails_fails_alone(reference_faces, monkeypatch):
     assert pickle.loads(pickle.dumps(results[1])).status == 413  # what the front receives from the model replica
     for result, i in zip((results[0], results[2], results[3]), range(3)):  # alone: the CLI's pixels at --batch 1
         assert np.array_equal(result, np.asarray(Image.open(reference_faces.root / "reference" / f"face{i:02d}.png"))), i
+
+
+def test_serve_strength_query(server, reference_faces):
+    """strength=0 gives the aligned crop back (model-sized already), strength=1 the CLI's bytes; out of range: 400."""
+    url, _, _ = server
+    crop = _face(reference_faces, 2)
+    answer = post(url, crop, f"seed={reference_faces.seed}&aligned=true&strength=0")
+    assert answer.status == 200, answer.body
+    original = np.asarray(Image.open(reference_faces.root / "in" / "face02.png"))
+    assert np.array_equal(np.asarray(Image.open(io.BytesIO(answer.body))), original)
+    answer = post(url, crop, f"seed={reference_faces.seed}&aligned=true&strength=1")
+    assert answer.status == 200 and answer.body == (reference_faces.root / "reference" / "face02.png").read_bytes()
+    answer = post(url, crop, "aligned=true&strength=1.5")
+    assert answer.status == 400 and b"out of range" in answer.body and _one_line(answer)
