@@ -21,8 +21,12 @@ import json
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
+
+if TYPE_CHECKING:
+    from interlcm.engines.backend import BackendOptions
 
 
 def _faces(folder: Path, n: int, size: int) -> list[Path]:
@@ -38,14 +42,15 @@ def _faces(folder: Path, n: int, size: int) -> list[Path]:
     return paths
 
 
-def single_process(backend_args: dict, paths: list[Path], batch: int) -> float:
+def single_process(backend: BackendOptions, paths: list[Path], batch: int) -> float:
     from interlcm.engines.backend import open_backend
     from interlcm.engines.photo import PhotoOptions, PhotoRestorer
     from interlcm.engines.restorer import RestoreOptions, Restorer
     from interlcm.imageio import read_rgb
 
-    with open_backend(**backend_args) as opened:
-        photos = PhotoRestorer(Restorer(opened.backend, RestoreOptions(batch=batch)), PhotoOptions(aligned=True))
+    with open_backend(backend) as opened:
+        photos = PhotoRestorer(Restorer(opened.backend, opened.fast.apply(RestoreOptions(batch=batch))),
+                               PhotoOptions(aligned=True))
         photos.restore_photos([read_rgb(paths[0])])  # warm-up
         start = time.perf_counter()
         for i in range(0, len(paths), batch):
@@ -53,18 +58,18 @@ def single_process(backend_args: dict, paths: list[Path], batch: int) -> float:
         return time.perf_counter() - start
 
 
-def ray_job(backend_args: dict, folder: Path, out: Path, batch: int, actors: int) -> float:
+def ray_job(backend: BackendOptions, folder: Path, out: Path, batch: int, actors: int) -> float:
     from interlcm.engines.photo import PhotoOptions
     from interlcm.engines.ray_job import JobSpec, run_job
     from interlcm.engines.restorer import RestoreOptions
 
-    spec = JobSpec(backend_args, RestoreOptions(batch=batch), PhotoOptions(aligned=True), actors)
+    spec = JobSpec(backend, RestoreOptions(batch=batch), PhotoOptions(aligned=True), actors)
     report = run_job(spec, [str(folder)], str(out))
     assert report.count("written") == len(report.rows), report.summary()
     return report.seconds
 
 
-def serve_endpoint(backend_args: dict, paths: list[Path], batch: int, concurrency: int) -> tuple[float, list[int]]:
+def serve_endpoint(backend: BackendOptions, paths: list[Path], batch: int, concurrency: int) -> tuple[float, list[int]]:
     import socket
     import urllib.request
     from concurrent.futures import ThreadPoolExecutor
@@ -74,7 +79,7 @@ def serve_endpoint(backend_args: dict, paths: list[Path], batch: int, concurrenc
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    handle = start(build_app(backend_args, max_batch=batch, batch_wait_s=0.02), port=port)
+    handle = start(build_app(backend, max_batch=batch, batch_wait_s=0.02), port=port)
     bodies = [p.read_bytes() for p in paths]
 
     def post(body: bytes) -> int:
@@ -113,16 +118,17 @@ def main(preset, backend, onnx, images, batch, actors, concurrency, threads, jso
     from ray import serve
 
     from interlcm.config import get_preset
+    from interlcm.engines.backend import BackendOptions
 
-    backend_args = {"kind": backend, "preset": preset, "onnx": onnx, "batch": batch, "threads": threads}
+    options = BackendOptions(backend, preset=preset, onnx=onnx, batch=batch, threads=threads)
     with tempfile.TemporaryDirectory() as tmp:
         paths = _faces(Path(tmp) / "in", images, get_preset(preset).resolution)
-        rows = {"single process": single_process(backend_args, paths, batch)}
+        rows = {"single process": single_process(options, paths, batch)}
         ray.init(include_dashboard=False, _node_ip_address="127.0.0.1", logging_level="warning", log_to_driver=False)
         ray.data.DataContext.get_current().enable_progress_bars = False
         try:
-            rows[f"ray job, {actors} actors"] = ray_job(backend_args, Path(tmp) / "in", Path(tmp) / "out", batch, actors)
-            rows["serve, 1 replica"], sizes = serve_endpoint(backend_args, paths, batch, concurrency)
+            rows[f"ray job, {actors} actors"] = ray_job(options, Path(tmp) / "in", Path(tmp) / "out", batch, actors)
+            rows["serve, 1 replica"], sizes = serve_endpoint(options, paths, batch, concurrency)
         finally:
             serve.shutdown()
             ray.shutdown()

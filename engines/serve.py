@@ -24,6 +24,7 @@ from fastapi.responses import PlainTextResponse, Response
 from ray import serve
 
 from interlcm.choices import COLORFIXES, Variant
+from interlcm.engines.backend import BackendOptions
 from interlcm.engines.photo import PhotoOptions
 
 MEDIA_TYPES = {"png": "image/png", "jpeg": "image/jpeg"}  # response format -> content type
@@ -97,25 +98,27 @@ app = FastAPI(title="interlcm", docs_url=None, redoc_url=None)
 class RestoreServer:
     """One replica: one opened backend, dynamic batching, per-request options."""
 
-    def __init__(self, backend_args: dict[str, Any], max_batch: int = 4, batch_wait_s: float = 0.05,
+    def __init__(self, backend: BackendOptions, max_batch: int = 4, batch_wait_s: float = 0.05,
                  max_bytes: int = 20 << 20):
         from contextlib import ExitStack
+        from dataclasses import replace
 
         from interlcm.choices import get_variant
         from interlcm.engines.backend import open_backend
 
         self._open = ExitStack()  # the backend stays open for the replica's life
-        self.opened = self._open.enter_context(open_backend(**{**backend_args, "batch": max_batch}))
+        self.opened = self._open.enter_context(open_backend(replace(backend, batch=max_batch)))
         self.variant = get_variant(self.opened.variant)
         self.max_batch, self.max_bytes = max_batch, max_bytes
         self.restore_batch.set_max_batch_size(max_batch)
         self.restore_batch.set_batch_wait_timeout_s(batch_wait_s)
         self._faces: tuple[Any, Any] | None = None  # (detector, parser), opened on the first whole photo
         self.batch_sizes: list[int] = []  # faces of every engine call, for tests and the benchmark
+        self._graphs = None  # the CUDA-graph step chain, captured once per batch size and shared by every request
 
     @app.get("/healthz")
     def healthz(self) -> PlainTextResponse:
-        return PlainTextResponse(f"ok: {self.opened.description}\n")
+        return PlainTextResponse(f"ok: {self.opened.description}; {self.opened.fast.describe()}\n")
 
     @app.post("/restore")
     async def restore(self, request: Request) -> Response:
@@ -168,8 +171,10 @@ class RestoreServer:
         for i, (_, options) in enumerate(items):
             groups.setdefault(options, []).append(i)
         for options, members in groups.items():
-            restorer = Restorer(self.opened.backend, RestoreOptions(
-                steps=self.variant.steps, seed=options.seed, colorfix=options.colorfix, batch=self.max_batch))
+            restorer = Restorer(self.opened.backend, self.opened.fast.apply(RestoreOptions(
+                steps=self.variant.steps, seed=options.seed, colorfix=options.colorfix, batch=self.max_batch)),
+                graphs=self._graphs)
+            self._graphs = restorer.chain
             self.batch_sizes.append(len(members))
             try:
                 found_by, parser = (None, None) if options.aligned else self._face_tools()
@@ -188,13 +193,13 @@ class RestoreServer:
         return list(self.batch_sizes)
 
 
-def build_app(backend_args: dict[str, Any], *, replicas: int = 1, max_batch: int = 4, batch_wait_s: float = 0.05,
+def build_app(backend: BackendOptions, *, replicas: int = 1, max_batch: int = 4, batch_wait_s: float = 0.05,
               max_bytes: int = 20 << 20, gpus: float = 0.0):  # -> serve Application
     """The Serve application; on GPU machines each replica takes a whole GPU."""
     resources = {"num_gpus": gpus} if gpus else {"num_cpus": 0.5}
     return RestoreServer.options(
         num_replicas=replicas, ray_actor_options=resources, max_ongoing_requests=max(64, 4 * max_batch),
-    ).bind(backend_args, max_batch, batch_wait_s, max_bytes)
+    ).bind(backend, max_batch, batch_wait_s, max_bytes)
 
 
 def start(app, host: str = "127.0.0.1", port: int = 8000):  # noqa: ANN001 -> DeploymentHandle

@@ -26,6 +26,7 @@ from PIL import Image
 
 ray = pytest.importorskip("ray")
 
+from interlcm.engines.backend import BackendOptions  # noqa: E402
 from interlcm.engines.cli import main  # noqa: E402
 
 SEED = "1"
@@ -114,7 +115,7 @@ def test_killed_actor_loses_nothing(ray_session, faces, tmp_path):
 
     src = _folder(faces, tmp_path / "in", 12)
     out = tmp_path / "out"
-    spec = JobSpec({"kind": "torch", "preset": "tiny", "threads": 1}, RestoreOptions(seed=int(SEED), batch=1),
+    spec = JobSpec(BackendOptions("torch", preset="tiny", threads=1), RestoreOptions(seed=int(SEED), batch=1),
                    PhotoOptions(aligned=True), actors=2)
     killed: list[tuple[int, int]] = []  # (pid, outputs written when it was killed)
 
@@ -150,7 +151,7 @@ def server(ray_session):
     with socket.socket() as s:  # a free port on 127.0.0.1
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    app = build_app({"kind": "torch", "preset": "tiny", "threads": 1}, max_batch=4, batch_wait_s=0.2,
+    app = build_app(BackendOptions("torch", preset="tiny", threads=1), max_batch=4, batch_wait_s=0.2,
                     max_bytes=200_000)
     handle = start(app, port=port)
     yield f"http://127.0.0.1:{port}", handle
