@@ -88,6 +88,7 @@ class FastPath:
 
 FUSED = "denoise_step"  # the component of the fused step (interlcm.components)
 GRAPH_KINDS = ("torch", "tensorrt")  # backends whose `run` can be captured (ONNX Runtime synchronises inside)
+GRAPH_NEEDS_CUDA = "--cuda-graph needs a CUDA device and this backend runs on the CPU: leave --cuda-graph out"
 
 
 def fast_path(backend: Backend, fused_step: bool | None = None, cuda_graph: bool | None = None) -> FastPath:
@@ -103,7 +104,7 @@ def fast_path(backend: Backend, fused_step: bool | None = None, cuda_graph: bool
         raise ValueError(f"--fused-step needs the {FUSED} component, which {backend.name} does not have: "
                          f"export it (interlcm-export --components ...,{FUSED}) or leave --fused-step out")
     if cuda_graph and not cuda:
-        raise ValueError("--cuda-graph needs a CUDA device and this backend runs on the CPU: leave --cuda-graph out")
+        raise ValueError(GRAPH_NEEDS_CUDA)
     if cuda_graph and backend.name not in GRAPH_KINDS:
         raise ValueError(f"--cuda-graph is not available on {backend.name} (it synchronises inside every call): "
                          "use --engines, --backend torch, or leave --cuda-graph out")
@@ -160,6 +161,8 @@ def open_backend(options: BackendOptions, components: Sequence[str] | None = Non
     of work. `components` limits the engines loaded (TensorRT) and opens those sessions now
     (ONNX Runtime), so a first run measures running, not loading.
     """
+    if options.cuda_graph and not torch.cuda.is_available():  # before minutes of loading
+        raise ValueError(GRAPH_NEEDS_CUDA)
     kind, why = (options.kind, "requested") if options.kind != "auto" else _auto_kind(options)
     precision = check_precision(kind, options.precision or BACKEND_PRECISIONS[kind][0])
     opened = _open(kind, why, replace(options, precision=precision), components)
