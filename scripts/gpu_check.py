@@ -191,6 +191,8 @@ def plan(out: Path, *, quick: bool, available: dict[str, str | None], detector: 
              pytest=True),
         Step("inputs: 1024x768 photo, 10-frame clip", [[py, me, "--write-inputs", str(out / "inputs")]]),
     ]
+    # every core (the exporter's default is 2); --quick validates at one batch size besides the traced one
+    validate = ["--threads", str(os.cpu_count() or 2), *(["--validate-batch", "3"] if quick else [])]
     for preset in ("tiny",) if quick else ("tiny", "sd15"):
         root = out / preset
         weights, onnx, engines = root / "weights", root / "onnx", root / "engines"
@@ -199,9 +201,9 @@ def plan(out: Path, *, quick: bool, available: dict[str, str | None], detector: 
                                                     "0", "--out", str(weights), "--force")]),
             Step(f"{preset}: export + validate", [
                 _cli(py, "interlcm.export.cli", "--weights", str(weights), "--fp16", "--batch", "1:2:8",
-                     "--components", EXPORTED, "--out", str(onnx)),
+                     "--components", EXPORTED, "--out", str(onnx), *validate),
                 _cli(py, "interlcm.export.cli", "--weights", str(weights), "--fp16", "--batch", "1:1:4",
-                     "--components", "realesrgan", "--out", str(root / "onnx-realesrgan"))]),
+                     "--components", "realesrgan", "--out", str(root / "onnx-realesrgan"), *validate)]),
             Step(f"{preset}: build engines", [_cli(py, "interlcm.engines.cli", "build", "--onnx", str(onnx), "--out",
                                                    str(engines))], needs=("tensorrt",)),
             Step(f"{preset}: check tensorrt", [_cli(py, "interlcm.engines.cli", "check", "--engines", str(engines),
@@ -231,7 +233,7 @@ def plan(out: Path, *, quick: bool, available: dict[str, str | None], detector: 
             Step(f"{preset}: benchmark", [_cli(
                 py, "interlcm.benchmarks.cli", "--preset", preset, "--weights", str(weights), "--onnx", str(onnx),
                 "--engines", str(engines), "--backend", bench_backends(available), "--precision", "fp32,fp16",
-                "--batch", "1,8", "--step", "separate,fused", "--cuda-graph", "off,on", "--runs", "3",
+                "--batch", "1,8", "--step", "separate,fused", "--cuda-graph", "off,on", "--warmup", "2", "--runs", "3",
                 "--json", str(root / "bench.json"))], needs=("torch-cuda",)),
         ]
     return steps
