@@ -123,9 +123,14 @@ def _photo_restorer(backend, fast: FastPath | None = None) -> PhotoRestorer:
     return PhotoRestorer(Restorer(backend, options), PhotoOptions(save_faces=True), PlacedFaces(*SIX))
 
 
-def test_a_non_square_photo_with_six_faces_restores_on_the_gpu_like_on_the_cpu(tiny_models, tiny_onnx):
-    """1024x768, six faces in batches of 4: torch CUDA (fp32 with the fast paths, fp16) and ONNX Runtime CUDA."""
+def test_a_non_square_photo_with_six_faces_restores_on_the_gpu_like_on_the_cpu(tiny_models, tiny_onnx, request):
+    """1024x768, six faces in batches of 4: torch CUDA (fp32 with the fast paths, fp16), and ONNX Runtime CUDA
+    and TensorRT (engines of batch 1..4, with the fused step) where they are installed."""
+    import contextlib
+
     import onnxruntime as ort
+
+    from interlcm.engines.trt import TrtBackend, check_cuda
 
     photo = group_photo((1024, 768), HEADS)
     ref = _photo_restorer(TorchBackend(tiny_models)).restore_photos([photo])[0]
@@ -135,11 +140,14 @@ def test_a_non_square_photo_with_six_faces_restores_on_the_gpu_like_on_the_cpu(t
         from interlcm.engines.ort import OrtBackend
 
         runs["onnxruntime cuda fp16"] = OrtBackend(tiny_onnx, "fp16", provider="cuda")
-    for what, backend in runs.items():
-        got = _photo_restorer(backend, fast_path(backend)).restore_photos([photo])[0]
-        assert got.found == 6 and got.image.shape == ref.image.shape, what
-        assert _psnr(got.image, ref.image) > MIN_PSNR, what
-        assert min(_psnr(a, b) for a, b in zip(got.faces, ref.faces)) > MIN_PSNR, what
+    with contextlib.ExitStack() as stack:
+        if check_cuda()[0]:
+            runs["tensorrt fp16"] = stack.enter_context(TrtBackend(request.getfixturevalue("real_engines")))
+        for what, backend in runs.items():
+            got = _photo_restorer(backend, fast_path(backend)).restore_photos([photo])[0]
+            assert got.found == 6 and got.image.shape == ref.image.shape, what
+            assert _psnr(got.image, ref.image) > MIN_PSNR, what
+            assert min(_psnr(a, b) for a, b in zip(got.faces, ref.faces)) > MIN_PSNR, what
 
 
 def test_interlcm_trt_restore_on_the_gpu(tmp_path, tiny_weights, monkeypatch):
