@@ -279,25 +279,31 @@ def judge(step: Step, code: int, output: str) -> tuple[str, str]:
 
 
 def run_steps(steps: list[Step], available: dict[str, str | None], runner: Runner = subprocess_runner,
-              log: Callable[[str], None] = print) -> None:
+              log: Callable[[str], None] = print, after: Callable[[], None] = lambda: None) -> None:
+    """Run each step (or skip it, naming the missing backend and why); `after` runs after each one."""
     for step in steps:
-        missing = [f"{b}: {available[b]}" for b in step.needs if available.get(b)]
-        if missing:
-            step.result, step.note = "skipped", "; ".join(f"needs {m}" for m in missing)
-            log(f"{step.name}: skipped ({step.note})")
-            continue
-        log(f"{step.name} ...")
-        start, output, code = time.perf_counter(), "", 0
-        for command in step.commands:
-            code, said = runner(command, step.env)
-            output += said
-            if code != 0:
-                break
-        step.seconds = round(time.perf_counter() - start, 1)
-        step.result, note = judge(step, code, output)
-        step.note = step.note or note
-        step.tail = "\n".join(output.strip().splitlines()[-30:])
-        log(f"{step.name}: {step.result} ({step.seconds} s){' ' + step.note if step.note else ''}")
+        _run_one(step, available, runner, log)
+        after()
+
+
+def _run_one(step: Step, available: dict[str, str | None], runner: Runner, log: Callable[[str], None]) -> None:
+    missing = [f"{b}: {available[b]}" for b in step.needs if available.get(b)]
+    if missing:
+        step.result, step.note = "skipped", "; ".join(f"needs {m}" for m in missing)
+        log(f"{step.name}: skipped ({step.note})")
+        return
+    log(f"{step.name} ...")
+    start, output, code = time.perf_counter(), "", 0
+    for command in step.commands:
+        code, said = runner(command, step.env)
+        output += said
+        if code != 0:
+            break
+    step.seconds = round(time.perf_counter() - start, 1)
+    step.result, note = judge(step, code, output)
+    step.note = step.note or note
+    step.tail = "\n".join(output.strip().splitlines()[-30:])
+    log(f"{step.name}: {step.result} ({step.seconds} s){' ' + step.note if step.note else ''}")
 
 
 # --- inputs and comparisons (subcommands of this script, run in the checked environment) ------------
@@ -437,21 +443,24 @@ def check(out: Path, *, quick: bool, install: bool, dry_run: bool, runner: Runne
         for s in installs + steps:
             log(f"{s.name}{' (needs ' + ', '.join(s.needs) + ')' if s.needs else ''}: {s.command_line}")
         return 0
-    run_steps(steps, found["backends"], runner, log)
-    steps = installs + steps
-    benches = {}
-    for preset in ("tiny", "sd15"):
-        path = out / preset / "bench.json"
-        if path.is_file():
-            benches[preset] = json.loads(path.read_text())["rows"]
     meta = {**found, "date": datetime.now().strftime("%Y-%m-%d %H:%M"), "quick": quick, "install": install}
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "report.json").write_text(json.dumps({"meta": meta, "steps": [asdict(s) for s in steps],
-                                                 "benchmarks": benches}, indent=1))
-    text = report_markdown(meta, steps, benches)
-    (out / "report.md").write_text(text)
-    log(text)
-    return 1 if any(s.result == "FAILED" for s in steps) else 0
+
+    def write_report() -> str:  # after every step: a run stopped by a time limit still leaves its report
+        benches = {}
+        for preset in ("tiny", "sd15"):
+            path = out / preset / "bench.json"
+            if path.is_file():
+                benches[preset] = json.loads(path.read_text())["rows"]
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "report.json").write_text(json.dumps({"meta": meta, "steps": [asdict(s) for s in installs + steps],
+                                                     "benchmarks": benches}, indent=1))
+        text = report_markdown(meta, installs + steps, benches)
+        (out / "report.md").write_text(text)
+        return text
+
+    run_steps(steps, found["backends"], runner, log, after=write_report)
+    log(write_report())
+    return 1 if any(s.result == "FAILED" for s in installs + steps) else 0
 
 
 if __name__ == "__main__":
