@@ -41,12 +41,12 @@ def main(preset: str, weights: Path | None, threads: int, runs: int, json_out: P
     from selenium.webdriver.support.ui import WebDriverWait
 
     from interlcm.engines.app import LocalEngine, PageDefaults, build_page, launch
+    from interlcm.engines.backend import BackendOptions
     from interlcm.engines.loaded import LoadedRestorer
     from interlcm.imageio import demo_photo_path
 
     torch.set_num_threads(threads)
-    args = {"kind": "torch", "weights": weights} if weights else {"kind": "torch", "preset": preset}
-    loaded = LoadedRestorer(args, weights=weights)
+    loaded = LoadedRestorer(BackendOptions("torch", weights=weights, preset=None if weights else preset))
     workdir = Path(tempfile.mkdtemp(prefix="interlcm-app-bench-"))
     page = build_page(LocalEngine(loaded), workdir, defaults=PageDefaults(detector="dlib"))
     url = launch(page, workdir, quiet=True)

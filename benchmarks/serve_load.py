@@ -243,6 +243,7 @@ def main(preset, count, in_flight, slow, trickle_s, batch, threads, body_timeout
     from ray import serve
 
     from interlcm.config import get_preset
+    from interlcm.engines.backend import BackendOptions
     from interlcm.engines.ray_job import start_local_ray
     from interlcm.engines.serve import build_app, start
     from interlcm.limits import ServeLimits
@@ -257,7 +258,7 @@ def main(preset, count, in_flight, slow, trickle_s, batch, threads, body_timeout
                     "trickle_s": trickle_s, "batch": batch, "threads": threads, "cpus": os.cpu_count(),
                     "body_timeout_s": limits.body_timeout_s}
     try:
-        start(build_app({"kind": "torch", "preset": preset, "threads": threads}, max_batch=batch, batch_wait_s=0.02,
+        start(build_app(BackendOptions("torch", preset=preset, threads=threads), max_batch=batch, batch_wait_s=0.02,
                         limits=limits), port=port)
         load(url, bodies[:in_flight], in_flight)  # warm-up
         with health_probe(url) as health:

@@ -31,7 +31,7 @@ import numpy as np
 
 from interlcm.choices import COLORFIXES, DEFAULT_STRENGTH, STRENGTH_RANGE
 from interlcm.cli.options import SEED_MAX
-from interlcm.engines.cli import _backend_args, backend_options
+from interlcm.engines.cli import backend_options
 from interlcm.faces.detectors import DEFAULT_DETECTOR, DETECTORS
 
 UPSCALE = (1, 8)  # the page's upscale range, as `interlcm-trt restore --upscale`
@@ -403,12 +403,12 @@ def launch(page, workdir: Path, host: str = "127.0.0.1", port: int | None = None
               help="Video length limit.")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind (0.0.0.0: every network).")
 @click.option("--port", type=click.IntRange(1, 65535), default=7860, show_default=True)
-def main(engines, onnx, weights, preset, backend, precision, variant, steps, threads, server, batch, detector,  # noqa: ANN001
-         bg_tile, max_mb, max_megapixels, max_frames, host, port) -> None:
+def main(backend, server, batch, detector, bg_tile,  # noqa: ANN001
+         max_mb, max_megapixels, max_frames, host, port) -> None:
     """Restore faces in the browser: the page prints its URL (Ctrl-C stops)."""
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     limits = Limits(max_mb, max_megapixels, max_frames)
-    if server and (weights or onnx or engines or preset):
+    if server and (backend.weights or backend.onnx or backend.engines or backend.preset):
         raise click.UsageError("give --server URL or a model (--weights/--onnx/--engines/--preset), not both")
     if server:
         engine: LocalEngine | ServerEngine = ServerEngine(server)
@@ -416,9 +416,8 @@ def main(engines, onnx, weights, preset, backend, precision, variant, steps, thr
         from interlcm.engines.loaded import LoadedRestorer
         from interlcm.upsampler import TileOptions
 
-        args = _backend_args(backend, weights, onnx, engines, preset, precision, variant, steps, threads, batch)
         try:
-            engine = LocalEngine(LoadedRestorer(args, weights=weights, tile=TileOptions(bg_tile)))
+            engine = LocalEngine(LoadedRestorer(backend, tile=TileOptions(bg_tile)))
         except (ValueError, RuntimeError, FileNotFoundError) as exc:
             raise click.ClickException(str(exc)) from None
     defaults = PageDefaults(detector=detector or ("dlib" if engine.random_weights else DEFAULT_DETECTOR))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import sys
 from pathlib import Path
 
@@ -11,6 +12,7 @@ from interlcm.choices import (
     BACKENDS,
     COLORFIXES,
     DEFAULT_STRENGTH,
+    EXPORT_PRECISIONS,
     PRECISIONS,
     STEPS,
     STRENGTH_RANGE,
@@ -35,19 +37,37 @@ _BACKEND_OPTIONS = (  # which backend runs and how it is opened: shared by `rest
     click.option("--weights", type=_PATH, help="Weights folder (interlcm-weights) for the torch backend."),
     click.option("--preset", type=click.Choice(list(PRESETS)), help="Random weights of this size (no download)."),
     click.option("--backend", type=click.Choice(BACKENDS), default=BACKENDS[0], show_default=True),
-    click.option("--precision", type=click.Choice(PRECISIONS), default=PRECISIONS[0], show_default=True,
-                 help="ONNX files to run."),
+    click.option("--precision", type=click.Choice(PRECISIONS),
+                 help="torch: fp32, fp16 (CUDA) or bf16, half weights with fp32 norms; onnxruntime: the export's "
+                 "fp32 or fp16 files; tensorrt: fp16. Default: fp32 (tensorrt fp16)."),
     click.option("--variant", type=click.Choice(list(VARIANTS)), help="Encoder pair (default: the one --steps implies)."),
     click.option("--steps", type=click.Choice([str(n) for n in STEPS]), default=str(STEPS[0]), show_default=True,
                  help="3-step (paper) or 1-step model."),
     click.option("--threads", type=int, help="CPU threads (default: all cores)."),
+    click.option("--fused-step/--no-fused-step", default=None,
+                 help="SE + UNet as one denoise_step call per step (default: on GPUs when the backend has it)."),
+    click.option("--cuda-graph/--no-cuda-graph", default=None,
+                 help="Replay the step chain as a CUDA graph (default: on GPUs for torch and tensorrt)."),
 )
 
 
 def backend_options(command):  # noqa: ANN001, ANN201 - click decorator
+    """Adds the backend options to `command` and hands it one `BackendOptions` as `backend`
+    (with the command's own `--batch`, which it also keeps)."""
+
+    @functools.wraps(command)
+    def with_options(*args, engines, onnx, weights, preset, backend, precision, variant, steps, threads,  # noqa: ANN001, ANN202
+                     fused_step, cuda_graph, batch, **kwargs):
+        from interlcm.engines.backend import BackendOptions
+
+        options = BackendOptions(kind=backend, weights=weights, onnx=onnx, engines=engines, preset=preset,
+                                 variant=_variant(variant, steps).name, precision=precision, threads=threads,
+                                 batch=batch, fused_step=fused_step, cuda_graph=cuda_graph)
+        return command(*args, backend=options, batch=batch, **kwargs)
+
     for option in reversed(_BACKEND_OPTIONS):
-        command = option(command)
-    return command
+        with_options = option(with_options)
+    return with_options
 
 
 def pixel_options(defaults: PixelLimits):  # noqa: ANN201 - click decorator
@@ -70,12 +90,6 @@ def pixel_options(defaults: PixelLimits):  # noqa: ANN201 - click decorator
 
 def _pixel_limits(max_input_mp: float, max_output_mp: float) -> PixelLimits:
     return PixelLimits(input=round(max_input_mp * MEGAPIXEL), output=round(max_output_mp * MEGAPIXEL))
-
-
-def _backend_args(backend, weights, onnx, engines, preset, precision, variant, steps, threads, batch) -> dict:  # noqa: ANN001
-    """The backend options as engines.backend.open_backend's keyword arguments."""
-    return dict(kind=backend, weights=weights, onnx=onnx, engines=engines, preset=preset,
-                variant=_variant(variant, steps).name, precision=precision, threads=threads, batch=batch)
 
 
 @main.command()
@@ -110,15 +124,18 @@ def _backend_args(backend, weights, onnx, engines, preset, precision, variant, s
               help="Real-ESRGAN tile size in pixels (0: whole image at once); tiles overlap by 40 px.")
 @click.option("--face-upsample", is_flag=True, help="Also upscale restored faces with Real-ESRGAN before paste-back.")
 @click.option("--save-frames", is_flag=True, help="Videos: also write every restored frame, in OUT/NAME_frames/.")
-def restore(inputs, engines, onnx, weights, preset, backend, precision, variant, steps, seed, colorfix, batch,  # noqa: ANN001
-            threads, timing, aligned, detector, only_center_face, upscale, strength, save_faces, skip_existing,
-            max_input_mp, max_output_mp, out, ray_address, actors, bg_upsampler, bg_tile, face_upsample,
+def restore(inputs, backend, seed, colorfix, batch, timing, aligned, detector, only_center_face, upscale,  # noqa: ANN001
+            strength, save_faces, skip_existing, max_input_mp, max_output_mp, out, ray_address, actors, bg_upsampler,
+            bg_tile, face_upsample,
             save_frames) -> None:
     """Restore every face of whole photos (default) or aligned face crops: files, folders or globs.
 
     Videos (.mp4 .mov .avi .mkv .webm) are restored frame by frame, audio kept. With no input,
     restores the bundled demo photo (or, with --aligned, the demo face crop).
     """
+    from dataclasses import replace
+
+    from interlcm.choices import get_variant
     from interlcm.engines.backend import open_backend
     from interlcm.engines.outputs import plan_outputs
     from interlcm.engines.photo import PhotoOptions, open_photo_restorer
@@ -128,7 +145,9 @@ def restore(inputs, engines, onnx, weights, preset, backend, precision, variant,
     from interlcm.imageio import demo_image_path, demo_photo_path, list_images
     from interlcm.video import is_video
 
-    chosen = _variant(variant, steps)
+    chosen = get_variant(backend.variant)
+    if timing and backend.cuda_graph is None:  # --timing synchronises after every call: no graph to capture
+        backend = replace(backend, cuda_graph=False)
     if not inputs:
         inputs = (str(demo_image_path() if aligned else demo_photo_path()),)
         click.echo(f"no input given: restoring the embedded demo {'face' if aligned else 'photo'} {inputs[0]}")
@@ -138,21 +157,20 @@ def restore(inputs, engines, onnx, weights, preset, backend, precision, variant,
     photo_options = PhotoOptions(aligned=aligned, upscale=upscale, only_center_face=only_center_face,
                                  save_faces=save_faces, keep_gray=chosen.keep_gray, strength=strength,
                                  limits=_pixel_limits(max_input_mp, max_output_mp))
-    backend_args = _backend_args(backend, weights, onnx, engines, preset, precision, variant, steps, threads, batch)
     if ray_address is not None:
-        _restore_on_ray(inputs, out, ray_address, actors, backend_args, options, photo_options, detector)
+        _restore_on_ray(inputs, out, ray_address, actors, backend, options, photo_options, detector)
         return
     out = Path(out)
     report, video_failed = None, False
     try:
         paths = list_images(inputs) if inputs else []
         plan_outputs(paths, out, save_faces=save_faces)  # a name clash fails here, before any work
-        with open_backend(**backend_args) as opened:
-            upsamplers = _upsamplers(opened.config, weights, bg_upsampler, bg_tile, face_upsample)
-            photo_restorer = open_photo_restorer(opened.backend, options, photo_options, detector, weights, timing,
-                                                 upsamplers)
+        with open_backend(backend) as opened:
+            upsamplers = _upsamplers(opened.config, backend.weights, bg_upsampler, bg_tile, face_upsample)
+            photo_restorer = open_photo_restorer(opened.backend, opened.fast.apply(options), photo_options, detector,
+                                                 backend.weights, timing, upsamplers)
             make_folder(out)  # --out a file, read-only or uncreatable: one sentence before any work
-            click.echo(f"backend: {opened.description}")
+            click.echo(f"backend: {opened.description}; {opened.fast.describe()}")
             if not aligned:
                 click.echo(f"detector: {detector}")
             if opened.random_weights:
@@ -177,14 +195,14 @@ def _variant(variant: str | None, steps: str):  # noqa: ANN202 - interlcm.choice
     return get_variant(variant) if variant else variant_for_steps(int(steps))
 
 
-def _restore_on_ray(inputs, out: str, address: str, actors, backend_args: dict, options, photo_options,  # noqa: ANN001
+def _restore_on_ray(inputs, out: str, address: str, actors, backend, options, photo_options,  # noqa: ANN001
                     detector: str) -> None:
     """The restore command as a Ray Data job (engines/ray_job.py); same options, same outputs."""
     import ray
 
     from interlcm.engines.ray_job import JobSpec, connect, run_job
 
-    spec = JobSpec(backend_args, options, photo_options, actors, detector)
+    spec = JobSpec(backend, options, photo_options, actors, detector)
     try:
         started = connect(address)
     except (ConnectionError, RuntimeError, ValueError) as exc:
@@ -319,7 +337,7 @@ def build(onnx, out, components, opt_level, timing_cache, rebuild) -> None:  # n
 @click.option("--onnx", type=_PATH, help="ONNX folder to check (ONNX Runtime).")
 @click.option("--weights", type=_PATH,
               help="Weights the export was made from (default: the random weights the export or engines record).")
-@click.option("--precision", type=click.Choice(PRECISIONS), default=PRECISIONS[0], show_default=True,
+@click.option("--precision", type=click.Choice(EXPORT_PRECISIONS), default=EXPORT_PRECISIONS[0], show_default=True,
               help="ONNX files to check (engines are always fp16).")
 @click.option("--variant", type=click.Choice(list(VARIANTS)), help="Encoder pair (default: the one --steps implies).")
 @click.option("--steps", type=click.Choice([str(n) for n in STEPS]), default=str(STEPS[0]), show_default=True)
@@ -330,7 +348,7 @@ def check(engines, onnx, weights, precision, variant, steps, batch, seed) -> Non
 
     Each stage is judged by the tolerance of the component that produced it (components.py).
     """
-    from interlcm.engines.backend import open_backend, reference_models
+    from interlcm.engines.backend import BackendOptions, open_backend, reference_models
     from interlcm.engines.restorer import RestoreOptions, Restorer
     from interlcm.imageio import demo_image_path, read_image
     from interlcm.parity import ParityError, compare_traces, format_table, require
@@ -343,8 +361,8 @@ def check(engines, onnx, weights, precision, variant, steps, batch, seed) -> Non
     chosen = _variant(variant, steps)
     options = RestoreOptions(steps=chosen.steps, seed=seed, colorfix=chosen.colorfix)
     try:
-        with open_backend("tensorrt" if engines else "onnxruntime", onnx=onnx, engines=engines, precision=precision,
-                          variant=chosen.name, batch=batch) as opened:
+        with open_backend(BackendOptions("tensorrt" if engines else "onnxruntime", onnx=onnx, engines=engines,
+                                          precision=precision, variant=chosen.name, batch=batch)) as opened:
             models = reference_models(opened, weights)
             click.echo(f"checking {opened.description}\nagainst torch fp32, weights: {models.origin}")
             lq = read_image(demo_image_path(), opened.config.resolution)[None].repeat(batch, 1, 1, 1)
@@ -387,15 +405,13 @@ _SERVE = ServeLimits()  # the server's defaults
               help="Photos waiting for a replica beyond those; more get 503 with Retry-After.")
 @click.option("--retry-after", type=click.IntRange(0), default=_SERVE.retry_after_s, show_default=True,
               help="Retry-After (s) of a 503.")
-def serve_main(engines, onnx, weights, preset, backend, precision, variant, steps, threads,  # noqa: ANN001
-               batch, batch_wait_ms, replicas, port, ray_address, max_mb, body_timeout, max_input_mp, max_output_mp,
-               max_ongoing, max_queued, retry_after) -> None:
+def serve_main(backend, batch, batch_wait_ms, replicas, port, ray_address, max_mb, body_timeout,  # noqa: ANN001
+               max_input_mp, max_output_mp, max_ongoing, max_queued, retry_after) -> None:
     """Serve POST /restore and GET /healthz on 127.0.0.1:PORT with Ray Serve (Ctrl-C stops)."""
     import time
 
     from interlcm.engines.ray_job import connect
 
-    backend_args = _backend_args(backend, weights, onnx, engines, preset, precision, variant, steps, threads, batch)
     try:
         connect(ray_address)  # before Ray is imported here: a local cluster listens on loopback only
         import ray
@@ -406,7 +422,7 @@ def serve_main(engines, onnx, weights, preset, backend, precision, variant, step
                              pixels=_pixel_limits(max_input_mp, max_output_mp), max_ongoing=max_ongoing,
                              max_queued=max_queued, retry_after_s=retry_after)
         gpus = 1.0 if ray.cluster_resources().get("GPU", 0) >= replicas else 0.0
-        app = build_app(backend_args, replicas=replicas, max_batch=batch, batch_wait_s=batch_wait_ms / 1000,
+        app = build_app(backend, replicas=replicas, max_batch=batch, batch_wait_s=batch_wait_ms / 1000,
                         limits=limits, gpus=gpus)
         start(app, port=port)
     except (ConnectionError, RuntimeError, ValueError) as exc:

@@ -35,6 +35,7 @@ from interlcm.choices import (
 )
 from interlcm.cli.options import SEED_MAX
 from interlcm.config import PRESETS
+from interlcm.engines.backend import BackendOptions
 from interlcm.engines.loaded import LoadedRestorer, RestoreRequest
 from interlcm.engines.photo import PhotoOptions
 from interlcm.faces.detectors import DEFAULT_DETECTOR, DETECTORS
@@ -59,10 +60,10 @@ def load_model(source: str, folder: str, preset: str, backend: str, precision: s
     path = Path(folder).expanduser() if folder.strip() else None
     if source != "preset" and path is None:
         raise ValueError(f"source {source!r} needs a folder: give its path, or choose source 'preset' (random weights)")
-    args = dict(kind=backend, preset=preset if source == "preset" else None, variant=variant, precision=precision,
-                batch=batch, **({source: path} if source != "preset" else {}))
+    options = BackendOptions(kind=backend, preset=preset if source == "preset" else None, variant=variant,
+                             precision=precision, batch=batch, **({source: path} if source != "preset" else {}))
     close_model()
-    model = LoadedRestorer(args, weights=path if source == "weights" else None, tile=TileOptions(bg_tile))
+    model = LoadedRestorer(options, tile=TileOptions(bg_tile))
     _held.update(key=key, model=model)
     return model
 

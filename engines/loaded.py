@@ -13,13 +13,11 @@ import threading
 import time
 from contextlib import ExitStack
 from dataclasses import dataclass, field, replace
-from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from interlcm.choices import Variant, get_variant
-from interlcm.engines.backend import OpenedBackend, open_backend
+from interlcm.engines.backend import BackendOptions, OpenedBackend, open_backend
 from interlcm.engines.photo import FaceParser, PhotoOptions, PhotoRestorer, PhotoResult
 from interlcm.engines.restorer import RestoreOptions, Restorer
 from interlcm.faces.detect import Detector
@@ -52,12 +50,12 @@ class Restored:
 class LoadedRestorer:
     """An opened backend plus the face tools requests ask for; thread-safe (one request at a time)."""
 
-    def __init__(self, backend_args: dict[str, Any], weights: Path | None = None, tile: TileOptions | None = None):
+    def __init__(self, backend: BackendOptions, tile: TileOptions | None = None):
         self._stack = ExitStack()
-        self.opened: OpenedBackend = self._stack.enter_context(open_backend(**backend_args))
-        self.batch: int = backend_args.get("batch", 1)
+        self.opened: OpenedBackend = self._stack.enter_context(open_backend(backend))
+        self.batch: int = backend.batch
         self.variant: Variant = get_variant(self.opened.variant)
-        self.weights = weights
+        self.weights = backend.weights
         self.tile = tile or TileOptions()  # Real-ESRGAN's tiles (the CLI's --bg-tile)
         self._detectors: dict[str, Detector] = {}
         self._parser: tuple[FaceParser | None] | None = None  # opened once; (None,) when the backend has no ParseNet
@@ -94,8 +92,11 @@ class LoadedRestorer:
 
     def photo_restorer(self, request: RestoreRequest, timing: bool = True) -> PhotoRestorer:
         """The CLI's PhotoRestorer for these options on the held backend (`timing`: per-network seconds)."""
-        options = RestoreOptions(steps=self.variant.steps, seed=request.seed,
-                                 colorfix=request.colorfix or self.variant.colorfix, batch=self.batch)
+        options = self.opened.fast.apply(RestoreOptions(
+            steps=self.variant.steps, seed=request.seed, colorfix=request.colorfix or self.variant.colorfix,
+            batch=self.batch))
+        if timing:  # per-network seconds synchronise after every call: no graph replay then
+            options = replace(options, cuda_graph=False)
         photo = replace(request.photo, keep_gray=self.variant.keep_gray)
         detector = parser = None
         if not photo.aligned:

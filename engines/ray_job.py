@@ -28,12 +28,13 @@ import os
 import time
 from collections.abc import Sequence
 from contextlib import ExitStack
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import PurePosixPath
 from typing import Any
 
 import numpy as np
 
+from interlcm.engines.backend import BackendOptions
 from interlcm.engines.photo import PhotoOptions
 from interlcm.engines.restorer import RestoreOptions
 from interlcm.faces.detectors import DEFAULT_DETECTOR
@@ -45,7 +46,7 @@ RESULTS_NAME = "results.jsonl"
 class JobSpec:
     """Everything an actor needs to build the same restorer the single-process CLI builds."""
 
-    backend_args: dict[str, Any]  # keyword arguments of engines.backend.open_backend
+    backend: BackendOptions  # what each actor opens: the single-process CLI's options, the same object
     options: RestoreOptions
     photo: PhotoOptions
     actors: int | None = None  # default: one per GPU, else 1
@@ -54,7 +55,7 @@ class JobSpec:
 
 @dataclass
 class JobReport:
-    rows: list[dict] = field(default_factory=list)  # one per input: input, output, status, reason, faces
+    rows: list[dict] = field(default_factory=list)  # one per input: input, output, status, reason, faces, backend
     seconds: float = 0.0  # wall time of the Ray Data job (skipped inputs cost nothing)
     actors: int = 0
 
@@ -67,7 +68,9 @@ class JobReport:
 
     def summary(self) -> str:
         written, rate = self.count("written"), self.count("written") / self.seconds if self.seconds else 0.0
-        return (f"{len(self.rows)} image(s): {written} restored ({self.faces} face(s)), "
+        ran = sorted({r["backend"] for r in self.rows if r.get("backend")})  # what the actors opened
+        return ("".join(f"backend: {b}\n" for b in ran)
+                + f"{len(self.rows)} image(s): {written} restored ({self.faces} face(s)), "
                 f"{self.count('skipped')} skipped (output exists), {self.count('failed')} failed; "
                 f"{self.seconds:.1f} s on {self.actors} actor(s), {rate:.2f} images/s")
 
@@ -198,10 +201,11 @@ class RestoreActor:
         from interlcm.engines.photo import open_photo_restorer
 
         self._open = ExitStack()  # the backend stays open for the actor's life (its process exit releases it)
-        opened = self._open.enter_context(open_backend(**spec.backend_args))
-        self.photos = open_photo_restorer(opened.backend, spec.options, spec.photo, spec.detector,
-                                          spec.backend_args.get("weights"))
+        opened = self._open.enter_context(open_backend(spec.backend))
+        self.photos = open_photo_restorer(opened.backend, opened.fast.apply(spec.options), spec.photo, spec.detector,
+                                          spec.backend.weights)
         self.aligned = spec.photo.aligned
+        self.ran = f"{opened.description}; {opened.fast.describe()}"
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         errors = list(batch["error"])
@@ -218,7 +222,8 @@ class RestoreActor:
             images[i] = result.image
             faces[i] = 1 if self.aligned else len(result.faces)  # TODO(lead): PhotoResult should count faces
         return {"src": batch["src"], "dst": batch["dst"], "image": _objects(images),
-                "error": np.array(errors, dtype=object), "faces": np.array(faces)}
+                "error": np.array(errors, dtype=object), "faces": np.array(faces),
+                "backend": np.array([self.ran] * len(images), dtype=object)}
 
 
 def write_stage(batch: dict[str, np.ndarray], fs) -> dict[str, np.ndarray]:  # noqa: ANN001
@@ -238,7 +243,7 @@ def write_stage(batch: dict[str, np.ndarray], fs) -> dict[str, np.ndarray]:  # n
             status.append("failed")
             reasons.append(f"cannot write {dst}: {exc}")
     return {"input": batch["src"], "output": batch["dst"], "status": np.array(status, dtype=object),
-            "reason": np.array(reasons, dtype=object), "faces": batch["faces"]}
+            "reason": np.array(reasons, dtype=object), "faces": batch["faces"], "backend": batch["backend"]}
 
 
 # --- the job --------------------------------------------------------------------------------------
@@ -305,7 +310,8 @@ def plan(inputs: Sequence[str], out: str) -> tuple[Any, Any, list[tuple[str, str
         if dst in sources and _is_local(in_fs) == _is_local(out_fs):
             raise ValueError(f"output {dst} would overwrite an input: choose another --out")
         if _exists_complete(out_fs, dst):
-            skipped.append({"input": src, "output": dst, "status": "skipped", "reason": "output exists", "faces": 0})
+            skipped.append({"input": src, "output": dst, "status": "skipped", "reason": "output exists", "faces": 0,
+                            "backend": ""})
         else:
             todo.append((src, dst))
     return in_fs, out_fs, todo, skipped
@@ -332,10 +338,10 @@ def run_job(spec: JobSpec, inputs: Sequence[str], out: str) -> JobReport:
     report = JobReport(rows=list(skipped))
     actors, resources = actor_resources(spec.actors)
     report.actors = actors
-    backend_args = dict(spec.backend_args)
-    if backend_args.get("threads") is None and "num_cpus" in resources:  # split the cores, don't oversubscribe
-        backend_args["threads"] = max(1, int(ray.cluster_resources().get("CPU", 1)) // actors)
-    spec = JobSpec(backend_args, spec.options, spec.photo, actors, spec.detector)
+    backend = spec.backend
+    if backend.threads is None and "num_cpus" in resources:  # split the cores, don't oversubscribe
+        backend = replace(backend, threads=max(1, int(ray.cluster_resources().get("CPU", 1)) // actors))
+    spec = replace(spec, backend=backend, actors=actors)
     start = time.perf_counter()
     try:
         if todo:

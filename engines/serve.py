@@ -34,6 +34,7 @@ from fastapi.responses import PlainTextResponse, Response
 from ray import serve
 
 from interlcm.choices import COLORFIXES, Variant, check_strength
+from interlcm.engines.backend import BackendOptions
 from interlcm.engines.photo import PhotoOptions
 from interlcm.limits import PixelLimits, ServeLimits
 
@@ -196,25 +197,27 @@ def _replica_grpc_on_loopback() -> None:
 class RestoreModel:
     """One replica: one opened backend, dynamic batching, per-request options."""
 
-    def __init__(self, backend_args: dict[str, Any], max_batch: int = 4, batch_wait_s: float = 0.05):
+    def __init__(self, backend: BackendOptions, max_batch: int = 4, batch_wait_s: float = 0.05):
         from contextlib import ExitStack
+        from dataclasses import replace
 
         from interlcm.choices import get_variant
         from interlcm.engines.backend import open_backend
 
         _replica_grpc_on_loopback()
         self._open = ExitStack()  # the backend stays open for the replica's life
-        self.opened = self._open.enter_context(open_backend(**{**backend_args, "batch": max_batch}))
+        self.opened = self._open.enter_context(open_backend(replace(backend, batch=max_batch)))
         self.variant = get_variant(self.opened.variant)
         self.max_batch = max_batch
         self.restore.set_max_batch_size(max_batch)
         self.restore.set_batch_wait_timeout_s(batch_wait_s)
         self._faces: tuple[Any, Any] | None = None  # (detector, parser), opened on the first whole photo
         self.batch_sizes: list[int] = []  # photos of every engine call, for tests and the benchmark
+        self._graphs = None  # the CUDA-graph step chain, captured once per batch size and shared by every request
 
     def describe(self) -> tuple[str, str]:
-        """(backend description, variant name)."""
-        return self.opened.description, self.variant.name
+        """(backend description with the step form that runs, variant name)."""
+        return f"{self.opened.description}; {self.opened.fast.describe()}", self.variant.name
 
     def seen_batch_sizes(self) -> list[int]:
         return list(self.batch_sizes)
@@ -241,8 +244,10 @@ class RestoreModel:
         from interlcm.engines.photo import PhotoRestorer
         from interlcm.engines.restorer import RestoreOptions, Restorer
 
-        restorer = Restorer(self.opened.backend, RestoreOptions(
-            steps=self.variant.steps, seed=options.seed, colorfix=options.colorfix, batch=self.max_batch))
+        restorer = Restorer(self.opened.backend, self.opened.fast.apply(RestoreOptions(
+            steps=self.variant.steps, seed=options.seed, colorfix=options.colorfix, batch=self.max_batch)),
+            graphs=self._graphs)
+        self._graphs = restorer.chain
         self.batch_sizes.append(len(photos))
         try:
             found_by, parser = (None, None) if options.aligned else self._face_tools()
@@ -343,7 +348,7 @@ class RestoreFront:
         return await self.model.seen_batch_sizes.remote()
 
 
-def build_app(backend_args: dict[str, Any], *, replicas: int = 1, max_batch: int = 4, batch_wait_s: float = 0.05,
+def build_app(backend: BackendOptions, *, replicas: int = 1, max_batch: int = 4, batch_wait_s: float = 0.05,
               limits: ServeLimits | None = None, gpus: float = 0.0):  # -> serve Application
     """The Serve application: one front replica, `replicas` model replicas (a whole GPU each on GPU machines).
 
@@ -359,7 +364,7 @@ def build_app(backend_args: dict[str, Any], *, replicas: int = 1, max_batch: int
         num_replicas=replicas, ray_actor_options={"num_gpus": gpus} if gpus else {"num_cpus": 0.5},
         max_ongoing_requests=limits.max_ongoing or 2 * max_batch, max_queued_requests=limits.max_queued,
         backpressure_config=busy,
-    ).bind(backend_args, max_batch, batch_wait_s)
+    ).bind(backend, max_batch, batch_wait_s)
     return RestoreFront.options(
         num_replicas=1, ray_actor_options={"num_cpus": 0.1}, max_ongoing_requests=limits.max_open,
         max_queued_requests=limits.max_open_queued, backpressure_config=busy,

@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from interlcm.choices import EXPORT_PRECISIONS as PRECISIONS  # the precisions an export folder holds
 from interlcm.components import get_component
 from interlcm.config import PresetConfig
 from interlcm.files import atomic_write_text, sha256_file  # noqa: F401 - re-exported
@@ -21,7 +22,6 @@ from interlcm.identity import WeightsIdentity
 
 MANIFEST = "manifest.json"
 FORMAT = 2  # 2: `identity` (typed weights identity) recorded
-PRECISIONS = ("fp32", "fp16")
 
 
 class ManifestError(RuntimeError):

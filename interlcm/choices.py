@@ -45,7 +45,15 @@ STEPS: tuple[int, ...] = tuple(sorted({v.steps for v in VARIANTS.values()}, reve
 
 COLORFIXES: tuple[str, ...] = ("wavelet", "adain", "none")  # wavelet is the paper's; each but none is a component
 BACKENDS: tuple[str, ...] = ("auto", "tensorrt", "onnxruntime", "torch")
-PRECISIONS: tuple[str, ...] = ("fp32", "fp16")
+# Precisions a user can ask for. An export holds fp32 and/or fp16 ONNX files; TensorRT engines are built
+# from the fp16 files; torch casts its weights (fp16/bf16, with the fp16 export's fp32 islands).
+EXPORT_PRECISIONS: tuple[str, ...] = ("fp32", "fp16")
+PRECISIONS: tuple[str, ...] = (*EXPORT_PRECISIONS, "bf16")
+BACKEND_PRECISIONS: dict[str, tuple[str, ...]] = {
+    "torch": PRECISIONS,  # fp16 needs a CUDA device (interlcm.torch_backend.check_precision)
+    "onnxruntime": EXPORT_PRECISIONS,
+    "tensorrt": ("fp16",),
+}
 GUIDANCE_SCALE = 8.0  # the release's value; the UNet sees w = guidance_scale - 1 = 7
 
 
@@ -62,6 +70,17 @@ def variant_for_steps(steps: int) -> Variant:
         if variant.steps == steps:
             return variant
     raise ValueError(f"no released checkpoints for {steps}-step InterLCM: use --steps {' or --steps '.join(map(str, STEPS))}")
+
+
+def check_precision(kind: str, precision: str) -> str:
+    """`precision` if the `kind` backend runs it, else one sentence naming what it runs."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}: choose one of {', '.join(PRECISIONS)}")
+    runs = BACKEND_PRECISIONS[kind]
+    if precision not in runs:
+        raise ValueError(f"the {kind} backend runs {' or '.join(runs)}, not {precision}: "
+                         f"use --precision {runs[0]}" + (" or --backend torch" if kind != "torch" else ""))
+    return precision
 
 
 def check_colorfix(mode: str) -> str:

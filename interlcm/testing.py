@@ -130,3 +130,29 @@ def pixel_bomb_png(width: int, height: int) -> bytes:
     rows = zlib.compress(b"\x00" * (1 + 3 * width) * 4)
     header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)  # 8-bit RGB, no interlace
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", rows) + chunk(b"IEND", b"")
+
+
+class PlacedFaces:
+    """A face detector that knows where its faces are: (centre x, centre y, eye gap, tilt in degrees) per face,
+    x, y and the gap as fractions of the photo's width. Random detector weights find no faces; this finds these,
+    so tests can restore whole photos with several faces on any backend."""
+
+    landmark_kind = "retinaface"
+
+    def __init__(self, *faces: tuple[float, float, float, float]):
+        self.faces = faces
+        self.seen: list[tuple[int, ...]] = []  # shapes of the photos it was given
+
+    def detect(self, photos):  # noqa: ANN001, ANN201 - interlcm.faces.detect.Detector
+        from interlcm.faces.detect import Detection
+
+        out = []
+        for photo in photos:
+            self.seen.append(photo.shape)
+            w = photo.shape[1]
+            found = []
+            for cx, cy, gap, angle in self.faces:
+                lm = face_landmarks((cx * w, cy * w), gap * w, angle)
+                found.append(Detection(np.r_[lm.min(0), lm.max(0)], lm, 1.0))
+            out.append(found)
+        return out

@@ -61,3 +61,25 @@ def one_thread():
     yield
     torch.set_num_threads(before)
 
+
+
+def cuda_missing() -> str | None:
+    """Why torch cannot use a CUDA device here (None: it can); the reason every `gpu` test skips with."""
+    if torch.cuda.is_available():
+        return None
+    if torch.version.cuda is None:
+        return f"torch {torch.__version__} is a CPU-only build"
+    from interlcm.export.session import cuda_device_count
+
+    return f"torch {torch.__version__} sees no CUDA device ({cuda_device_count()[1]})"
+
+
+def pytest_collection_modifyitems(config, items):
+    """`gpu` tests skip with the reason on machines without a CUDA device (make gpu-check runs them on one)."""
+    why = cuda_missing()
+    if why is None:
+        return
+    skip = pytest.mark.skip(reason=f"needs a CUDA device: {why}")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)

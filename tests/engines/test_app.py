@@ -28,6 +28,7 @@ from interlcm.engines.app import (  # noqa: E402
     main,
     read_upload,
 )
+from interlcm.engines.backend import BackendOptions  # noqa: E402
 from interlcm.engines.loaded import LoadedRestorer, RestoreRequest  # noqa: E402
 from interlcm.engines.photo import PhotoOptions  # noqa: E402
 
@@ -36,7 +37,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 @pytest.fixture(scope="module")
 def loaded(one_thread):
-    with LoadedRestorer({"kind": "torch", "preset": "tiny"}) as model:
+    with LoadedRestorer(BackendOptions("torch", preset="tiny")) as model:
         yield model
 
 

@@ -48,13 +48,14 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 def app(tmp_path_factory, one_thread):
     """The page on tiny random weights (dlib first), on a free port of 127.0.0.1; closed after the module."""
     from interlcm.engines.app import LocalEngine, PageDefaults, build_page, launch
+    from interlcm.engines.backend import BackendOptions
     from interlcm.engines.loaded import LoadedRestorer
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     workdir = tmp_path_factory.mktemp("app")
-    loaded = LoadedRestorer({"kind": "torch", "preset": "tiny"})
+    loaded = LoadedRestorer(BackendOptions("torch", preset="tiny"))
     page = build_page(LocalEngine(loaded), workdir, defaults=PageDefaults(detector="dlib"))
     url = launch(page, workdir, port=port, quiet=True)
     assert url.startswith(f"http://127.0.0.1:{port}")

@@ -14,33 +14,10 @@ import torch
 
 from interlcm.engines.photo import PhotoOptions, PhotoRestorer, is_gray
 from interlcm.engines.restorer import RestoreOptions, Restorer
-from interlcm.faces.detect import Detection
 from interlcm.faces.paste import upscale_photo
-from interlcm.testing import face_landmarks, group_photo
+from interlcm.testing import PlacedFaces, group_photo
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-class PlacedFaces:
-    """A detector that knows its faces: (centre x, centre y, eye gap, tilt), x/y/gap as fractions of the width."""
-
-    landmark_kind = "retinaface"
-
-    def __init__(self, *faces: tuple[float, float, float, float]):
-        self.faces = faces
-        self.seen: list[tuple[int, ...]] = []  # shapes of the photos it was given
-
-    def detect(self, photos):  # noqa: ANN001
-        out = []
-        for photo in photos:
-            self.seen.append(photo.shape)
-            w = photo.shape[1]
-            found = []
-            for cx, cy, gap, angle in self.faces:
-                lm = face_landmarks((cx * w, cy * w), gap * w, angle)
-                found.append(Detection(np.r_[lm.min(0), lm.max(0)], lm, 1.0))
-            out.append(found)
-        return out
 
 
 class IdentityRestorer:

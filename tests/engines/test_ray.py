@@ -20,6 +20,7 @@ from click.testing import CliRunner
 
 ray = pytest.importorskip("ray")
 
+from interlcm.engines.backend import BackendOptions  # noqa: E402
 from interlcm.engines.cli import main  # noqa: E402
 
 
@@ -81,7 +82,7 @@ def test_killed_actor_loses_nothing(ray_local, reference_faces, tmp_path):
 
     src = _folder(faces, tmp_path / "in", 12)
     out = tmp_path / "out"
-    spec = JobSpec({"kind": "torch", "preset": "tiny", "threads": 1}, RestoreOptions(seed=reference_faces.seed, batch=1),
+    spec = JobSpec(BackendOptions("torch", preset="tiny", threads=1), RestoreOptions(seed=reference_faces.seed, batch=1),
                    PhotoOptions(aligned=True), actors=2)
     killed: list[tuple[int, int]] = []  # (pid, outputs written when it was killed)
 

@@ -24,6 +24,7 @@ from PIL import Image
 ray = pytest.importorskip("ray")
 
 from interlcm.benchmarks.serve_load import SlowClients, free_port, get, load, post  # noqa: E402
+from interlcm.engines.backend import BackendOptions  # noqa: E402
 from interlcm.limits import MEGAPIXEL, PixelLimits, ServeLimits  # noqa: E402
 from interlcm.testing import pixel_bomb_png  # noqa: E402
 
@@ -38,7 +39,7 @@ def server(ray_local):
     from interlcm.engines.serve import build_app, start
 
     port = free_port()
-    app = build_app({"kind": "torch", "preset": "tiny", "threads": 1}, max_batch=4, batch_wait_s=0.2, limits=LIMITS)
+    app = build_app(BackendOptions("torch", preset="tiny", threads=1), max_batch=4, batch_wait_s=0.2, limits=LIMITS)
     handle = start(app, port=port)
     yield f"http://127.0.0.1:{port}", handle, port
     serve.shutdown()
@@ -188,7 +189,7 @@ def test_a_photo_that_fails_fails_alone(reference_faces, monkeypatch):
         return restore_photos(self, photos)
 
     monkeypatch.setattr(PhotoRestorer, "restore_photos", out_of_memory_for_large_photos)
-    model = RestoreModel.func_or_class({"kind": "torch", "preset": "tiny", "threads": 1}, max_batch=4)
+    model = RestoreModel.func_or_class(BackendOptions("torch", preset="tiny", threads=1), max_batch=4)
     small = [np.array(Image.open(reference_faces.root / "in" / f"face{i:02d}.png")) for i in range(3)]
     large = np.zeros((400, 600, 3), np.uint8)
     options = RequestOptions(seed=reference_faces.seed, aligned=True)

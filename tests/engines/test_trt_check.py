@@ -35,12 +35,12 @@ def test_engines_know_their_weights_so_check_needs_no_weights_folder(fake_trt, f
     from functools import partialmethod
 
     from interlcm.engines import trt as trt_mod
-    from interlcm.engines.backend import open_backend, reference_models
+    from interlcm.engines.backend import BackendOptions, open_backend, reference_models
 
     engines = tmp_path / "engines"
     trt_mod.build_engines(fake_export.root, engines)
     monkeypatch.setattr(trt_mod.TrtBackend, "__init__", partialmethod(trt_mod.TrtBackend.__init__, device="cpu"))
-    with open_backend("tensorrt", engines=engines) as opened:
+    with open_backend(BackendOptions("tensorrt", engines=engines)) as opened:
         assert opened.weights == "random, seed 0"
         models = reference_models(opened)  # no --weights: rebuilt from the identity the engines record
     assert models.origin == "random, seed 0" and models.config == tiny_cfg

@@ -53,6 +53,9 @@ class FakeCuda:
     def current_stream(self, device=None):
         return self.current
 
+    def Stream(self, device=None):  # noqa: N802 - mirrors torch.cuda.Stream
+        return FakeStream("new")
+
     @contextmanager
     def stream(self, s):
         previous, self.current = self.current, s
@@ -84,18 +87,22 @@ class CheapStep:
 def _chain(tiny_models):
     cfg = tiny_models.config
     settings = SamplerSettings(make_schedule(cfg.scheduler, 4), guidance_dim=cfg.guidance_dim, fused_step=True)
-    backend = CheapStep()
-    cuda = FakeCuda(backend, settings)
-    chain = GraphedStepChain(backend, settings, FakeStream("engines"), cuda=cuda)
+    chain = GraphedStepChain(CheapStep(), settings, FakeStream("engines"))
+    return chain, _stand_in(chain), settings
+
+
+def _stand_in(chain: GraphedStepChain) -> FakeCuda:
+    """Run `chain` on the recording torch.cuda stand-in, its graphs replaying the captured denoise."""
+    cuda = chain.cuda = FakeCuda(chain.backend, chain.settings)
     original = chain._capture
 
     def capture(values):  # give the stand-in graph its replay: denoise on the captured static buffers
         captured = original(values)
-        captured.graph.rerun = lambda: captured.output.copy_(denoise(backend, *captured.inputs, settings))
+        captured.graph.rerun = lambda: captured.output.copy_(denoise(chain.backend, *captured.inputs, chain.settings))
         return captured
 
     chain._capture = capture
-    return chain, cuda, settings
+    return cuda
 
 
 def _noise(cfg, batch, seed):
@@ -140,6 +147,30 @@ def test_a_chain_cannot_be_traced(tiny_models, lq_photo):
     with pytest.raises(ValueError, match="trace without chain"):  # before any component runs
         restore(chain.backend, lq_photo, _noise(tiny_models.config, 2, 1), settings, Trace(), chain=chain)
     assert chain.backend.calls == 0
+
+
+def test_the_restorer_replays_its_graph_and_a_server_shares_it(tiny_models, lq_photo):
+    """`cuda_graph=True` routes stage 2 through the chain (on a stream of its own for torch); same picture;
+    a restorer for other request options reuses the captured graphs, unless its steps differ."""
+    from interlcm.engines.restorer import RestoreOptions, Restorer
+    from interlcm.torch_backend import TorchBackend
+
+    backend = TorchBackend(tiny_models)
+    plain = Restorer(backend, RestoreOptions(seed=3, fused_step=True)).restore(lq_photo)
+    graphed = Restorer(backend, RestoreOptions(seed=3, fused_step=True, cuda_graph=True))
+    cuda = _stand_in(graphed.chain)
+    torch.testing.assert_close(graphed.restore(lq_photo), plain, rtol=0, atol=0)
+    assert sorted(graphed.chain.captured) == [2] and graphed.chain.stream.name == "new"
+    assert [e for e in cuda.events if e[0] == "replay"] == [("replay", "new")]
+    other = Restorer(backend, RestoreOptions(seed=9, colorfix="adain", fused_step=True, cuda_graph=True),
+                     graphs=graphed.chain)
+    assert other.chain is graphed.chain
+    other.restore(lq_photo)
+    assert [e[0] for e in cuda.events].count("capture") == 1  # batch 2 captured once for both
+    for changed in (RestoreOptions(steps=1, fused_step=True, cuda_graph=True), RestoreOptions(cuda_graph=True)):
+        assert Restorer(backend, changed, graphs=graphed.chain).chain is not graphed.chain
+    with pytest.raises(ValueError, match="^--timing synchronises after every call"):
+        Restorer(backend, RestoreOptions(cuda_graph=True), timing=True)
 
 
 @pytest.mark.gpu
