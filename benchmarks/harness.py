@@ -39,7 +39,7 @@ from interlcm.components import BY_NAME, DEFAULT_COMPONENTS
 from interlcm.config import PresetConfig
 from interlcm.engines.backend import open_backend
 from interlcm.engines.restorer import RestoreOptions, Restorer
-from interlcm.engines.trt import PRECISION
+from interlcm.engines.trt_common import PRECISION
 from interlcm.export.session import cuda_device_count
 from interlcm.models.container import build_random
 from interlcm.torch_backend import TorchBackend

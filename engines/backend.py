@@ -82,23 +82,21 @@ def open_backend(
     else:
         why = "requested"
     opened = _open(kind, why, weights=weights, onnx=onnx, engines=engines, preset=preset, variant=variant,
-                   precision=precision, threads=threads, components=components)
-    try:
+                   precision=precision, threads=threads, batch=batch, components=components)
+    with opened.backend:  # loads what it must (TensorRT: checks its engines), closes everything on exit
         limit = opened.max_batch
         if limit is not None and batch > limit:
             raise ValueError(f"--batch {batch} is above the {opened.backend.name} backend's limit of {limit}: "
                              f"use --batch {limit} or rebuild the engines with a larger batch profile")
         yield opened
-    finally:
-        opened.backend.close()
 
 
-def _open(kind: str, why: str, *, weights, onnx, engines, preset, variant, precision, threads,  # noqa: ANN001
+def _open(kind: str, why: str, *, weights, onnx, engines, preset, variant, precision, threads, batch,  # noqa: ANN001
           components) -> OpenedBackend:
     if kind == "tensorrt":
         if engines is None:
             raise ValueError("the tensorrt backend needs --engines DIR (build them with `interlcm-trt build`)")
-        trt_backend = TrtBackend(engines, components=components).__enter__()  # closed by open_backend's exit
+        trt_backend = TrtBackend(engines, components=components)  # opened and closed by open_backend's `with`
         recorded = trt_backend._index.get("identity")  # the export manifest's identity, when the index records it
         identity = WeightsIdentity.from_dict(recorded) if recorded else None
         if identity is not None:
@@ -117,7 +115,7 @@ def _open(kind: str, why: str, *, weights, onnx, engines, preset, variant, preci
         check_identity(manifest.identity, weights=weights, variant=variant, what=f"the ONNX folder {onnx}")
         return OpenedBackend(ort_backend, desc, weights=manifest.weights, variant=variant, manifest=manifest,
                              identity=manifest.identity)
-    return _open_torch(weights=weights, preset=preset, variant=variant, why=why, threads=threads)
+    return _open_torch(weights=weights, preset=preset, variant=variant, why=why, threads=threads, batch=batch)
 
 
 def _auto_kind(*, weights: Path | None, onnx: Path | None, engines: Path | None) -> tuple[str, str]:
@@ -133,7 +131,8 @@ def _auto_kind(*, weights: Path | None, onnx: Path | None, engines: Path | None)
     return "torch", "weights given" if weights is not None else "no weights, ONNX or engines given"
 
 
-def _open_torch(*, weights: Path | None, preset: str | None, variant: str, why: str, threads: int | None) -> OpenedBackend:
+def _open_torch(*, weights: Path | None, preset: str | None, variant: str, why: str, threads: int | None,
+                batch: int) -> OpenedBackend:
     if threads:
         torch.set_num_threads(threads)
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -143,7 +142,8 @@ def _open_torch(*, weights: Path | None, preset: str | None, variant: str, why: 
         models = build_random(get_preset(preset or "tiny"), seed=0)
     models.to(device)
     desc = f"torch fp32 on {device}, {models.config.name} preset, weights: {models.origin} ({why})"
-    return OpenedBackend(TorchBackend(models, device), desc, weights=models.origin, variant=variant,
+    # one module call runs at most --batch items (ParseNet, the detector, Real-ESRGAN): memory as the user sized it
+    return OpenedBackend(TorchBackend(models, device, max_batch=batch), desc, weights=models.origin, variant=variant,
                          identity=models.identity)
 
 

@@ -66,7 +66,7 @@ def _restorer(backend, config, face: torch.Tensor, batch: int, fused: bool, grap
     restorer = Restorer(backend, RestoreOptions(batch=batch, fused_step=fused))
     settings, noise = restorer.settings, restorer.noise(batch).cuda()
     lq = face.repeat(batch, 1, 1, 1).cuda()
-    stream = getattr(backend, "stream", None)  # TensorRT's dedicated stream; torch and ORT use the current one
+    stream = backend.stream  # the engines' dedicated stream (TensorRT, ONNX Runtime); torch: None, the current one
     chain = GraphedStepChain(backend, settings, stream) if graph else None
 
     def run() -> torch.Tensor:

@@ -48,5 +48,6 @@ class Restorer:
     def restore(self, lq: torch.Tensor, trace: Trace | None = None) -> torch.Tensor:
         """(B, 3, R, R) in [-1, 1] -> restored (B, 3, R, R), on the CPU."""
         lq = lq.to(self.backend.device)
-        out = restore(self.backend, lq, self.noise(lq.shape[0]), self.settings, trace)
+        noise = self.noise(lq.shape[0]).to(lq.device)  # once per batch: the steps read it where they run
+        out = restore(self.backend, lq, noise, self.settings, trace)
         return out.float().cpu()

@@ -15,27 +15,33 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from interlcm.components import BY_NAME
+from interlcm.backend import BackendBase
+from interlcm.checkpoint import WeightsError
+from interlcm.components import BY_NAME, Component
 from interlcm.config import PresetConfig
 from interlcm.models.container import InterLCMModels
+from interlcm.models.rrdbnet import UpsamplerModels
 
 
-class TorchBackend:
+class TorchBackend(BackendBase):
     name = "torch"
-    max_batch: int | None = None  # no profile: any batch that fits in memory
 
     def __init__(
         self,
-        models: InterLCMModels,
+        models: InterLCMModels | UpsamplerModels,
         device: torch.device | str = "cpu",
         *,
+        max_batch: int | None = None,
         grad: bool = False,
         checkpointed: tuple[str, ...] = (),
     ):
+        """`max_batch`: the most items one module call runs, larger calls are split (open_backend passes
+        --batch, so ParseNet on a 35-face photo takes --batch faces of memory at a time); None: all at once."""
         if checkpointed and not grad:
             raise ValueError("checkpointed components only make sense with grad=True (training)")
         self.models = models
         self.device = torch.device(device)
+        self.max_batch = max_batch
         self.grad = grad
         self.checkpointed = set(checkpointed)
         self._modules: dict[str, nn.Module] = {}
@@ -44,21 +50,34 @@ class TorchBackend:
     def config(self) -> PresetConfig:
         return self.models.config
 
+    def has(self, component: str) -> bool:
+        """Whether the loaded models hold `component`'s networks (face networks and Real-ESRGAN are optional)."""
+        if component not in BY_NAME:
+            return False
+        try:
+            self.module(component)
+        except (WeightsError, AttributeError):
+            return False
+        return True
+
+    def load_upsampler(self, upsampler: UpsamplerModels) -> None:
+        """Real-ESRGAN joins the backend's models: `run("realesrgan", ...)` runs it here, on this device."""
+        self.models.realesrgan = upsampler.realesrgan.to(self.device)  # type: ignore[union-attr]
+        self._modules.pop("realesrgan", None)
+
     def module(self, component: str) -> nn.Module:
         if component not in self._modules:
             module = BY_NAME[component].build(self.models)
             self._modules[component] = module if self.grad else module.to(self.device).eval()
         return self._modules[component]
 
-    def run(self, component: str, **inputs: torch.Tensor) -> dict[str, torch.Tensor]:
-        spec = BY_NAME[component]
-        missing = set(spec.input_names) - set(inputs)
-        if missing:
-            raise ValueError(f"{component} needs inputs {sorted(missing)}")
-        module = self.module(component)
+    def _run(self, component: Component, inputs: dict[str, torch.Tensor], batch: int,
+             dims: dict[str, int]) -> dict[str, torch.Tensor]:
+        spec = component
+        module = self.module(component.name)
         with contextlib.nullcontext() if self.grad else torch.inference_mode():
-            args = [inputs[n] if self.grad else inputs[n].to(self.device) for n in spec.input_names]
-            if component in self.checkpointed and torch.is_grad_enabled():
+            args = [inputs[n] for n in spec.input_names]
+            if component.name in self.checkpointed and torch.is_grad_enabled():
                 out = checkpoint(module, *args, use_reentrant=False)
             else:
                 out = module(*args)
