@@ -42,12 +42,73 @@ def lq_photo(tiny_cfg):
 
 @pytest.fixture(scope="session")
 def tiny_onnx(tiny_models, tmp_path_factory):
-    """Every default tiny component exported fp32 + fp16, batch range 1..4 (traced at 2)."""
+    """Every default tiny component exported fp32 + fp16, batch range 1..4 (traced at 2), with the mobile
+    RetinaFace detector and Real-ESRGAN: the seed-0 networks `tiny_weights` holds too."""
+    from dataclasses import replace
+
     from interlcm.components import DEFAULT_COMPONENTS
     from interlcm.export.onnx_export import export_all
+    from interlcm.faces.networks import FACE_NETWORKS, random_network
+    from interlcm.models.rrdbnet import build_random_upsampler
 
     out = tmp_path_factory.mktemp("onnx")
-    export_all(tiny_models, out, DEFAULT_COMPONENTS, ("fp32", "fp16"), batch=(1, 2, 4), progress=False)
+    detector = "retinaface_mobile"  # as build_random(..., faces=[detector]) and init_weights seed it
+    models = replace(tiny_models, faces={detector: random_network(detector, 10 + list(FACE_NETWORKS).index(detector))})
+    export_all(models, out, [*DEFAULT_COMPONENTS, detector], ("fp32", "fp16"), batch=(1, 2, 4), progress=False)
+    export_all(build_random_upsampler(tiny_models.config, 0), out, ["realesrgan"], ("fp32", "fp16"),
+               batch=(1, 2, 4), progress=False, identity=tiny_models.identity)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_onnx_batch2(tiny_onnx, tmp_path_factory):
+    """`tiny_onnx` as `interlcm-export --batch 1:1:2` records it: the same graphs (their batch axis is
+    dynamic; the traced batch does not change them) under a manifest whose profile ends at batch 2.
+    Files are links to tiny_onnx's (read-only: never write through them)."""
+    from interlcm.export.manifest import MANIFEST, load_manifest
+
+    out = tmp_path_factory.mktemp("onnx-batch2")
+    for path in tiny_onnx.iterdir():
+        if path.name != MANIFEST:
+            (out / path.name).symlink_to(path)
+    manifest = load_manifest(tiny_onnx)
+    manifest.batch = (1, 1, 2)
+    manifest.save(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_engines_batch2(tiny_onnx_batch2, tmp_path_factory):
+    """fp16 "engines" of `tiny_onnx_batch2` built by the TensorRT stand-in (engines/trt_standin.py): each
+    names its fp16 ONNX file, which the stand-in runs with ONNX Runtime on the CPU."""
+    from interlcm.engines.trt_build import build_engines
+    from interlcm.engines.trt_standin import installed
+
+    out = tmp_path_factory.mktemp("engines-batch2")
+    with installed():
+        build_engines(tiny_onnx_batch2, out)
+    return out
+
+
+@pytest.fixture
+def trt_standin():
+    """TensorRT is the stand-in (engines run on the CPU) for one test."""
+    from interlcm.engines.trt_standin import installed
+
+    with installed() as standin:
+        yield standin
+
+
+@pytest.fixture(scope="session")
+def tiny_weights_unparsed(tiny_weights, tmp_path_factory):
+    """`tiny_weights` without ParseNet (links): the soft box mask alone, as exports without parsenet paste.
+    A 512-px ParseNet forward takes seconds per face on a CPU."""
+    out = tmp_path_factory.mktemp("weights-unparsed") / "tiny"
+    for path in tiny_weights.rglob("*"):
+        if path.is_file() and path.name != "parsing_parsenet.pth":
+            target = out / path.relative_to(tiny_weights)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.symlink_to(path)
     return out
 
 
