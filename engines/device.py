@@ -21,7 +21,7 @@ import weakref
 from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -76,8 +76,18 @@ class CudaStreams:
 
 @dataclass(eq=False)
 class CpuStream:
+    """A named stand-in for a torch.cuda.Stream (the same methods), recording into its streams' log."""
+
     name: str
-    handle: int
+    cuda_stream: int  # the handle TensorRT and ONNX Runtime are given (0: the caller's, like the legacy default)
+    log: deque
+
+    def wait_stream(self, other: CpuStream) -> None:
+        if other is not self:
+            self.log.append(("wait", self.name, other.name))
+
+    def synchronize(self) -> None:
+        self.log.append(("sync", self.name))
 
 
 class HostMemory:
@@ -112,28 +122,27 @@ class HostMemory:
 HOST_MEMORY = HostMemory()
 
 
-@dataclass
 class CpuStreams:
     """The CPU's stand-ins for streams: every call is done at once and recorded in `log`."""
 
-    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
-    log: deque = field(default_factory=lambda: deque(maxlen=10_000))  # ("copy"|"wait"|"launch"|"sync", ...)
-    _handles: Iterator[int] = field(default_factory=lambda: itertools.count(0x5EED))
-    _current: CpuStream = field(default_factory=lambda: CpuStream("caller", 0))
+    def __init__(self, device: torch.device | None = None):
+        self.device = device or torch.device("cpu")
+        self.log: deque = deque(maxlen=10_000)  # ("copy" | "wait" | "launch" | "sync", stream name, ...)
+        self._handles = itertools.count(0x5EED)
+        self._current = CpuStream("caller", 0, self.log)
 
     def new_stream(self) -> CpuStream:
         handle = next(self._handles)
-        return CpuStream(f"stream-{handle:x}", handle)
+        return CpuStream(f"stream-{handle:x}", handle, self.log)
 
     def current(self) -> CpuStream:
         return self._current
 
     def handle(self, stream: CpuStream) -> int:
-        return stream.handle
+        return stream.cuda_stream
 
     def wait(self, waiter: CpuStream, waited: CpuStream) -> None:
-        if waiter is not waited:
-            self.log.append(("wait", waiter.name, waited.name))
+        waiter.wait_stream(waited)
 
     def copy(self, dst: torch.Tensor, src: torch.Tensor, stream: CpuStream) -> None:
         dst.copy_(src)
@@ -143,7 +152,7 @@ class CpuStreams:
         self.log.append(("launch", stream.name, what))
 
     def synchronize(self, stream: CpuStream) -> None:
-        self.log.append(("sync", stream.name))
+        stream.synchronize()
 
     def keep_until_done(self, tensor: torch.Tensor, stream: CpuStream) -> None:
         pass  # the work already ran

@@ -64,8 +64,10 @@ class TensorMeta:
 
 @dataclass
 class _Bound:
-    """The buffers of one input-shape signature: the inputs are copied in, the engine writes the outputs."""
+    """One input-shape signature of an engine: its own execution context, with the input shapes set and the
+    buffers bound once; the inputs are copied into `inputs`, the engine writes `outputs`."""
 
+    context: trt.IExecutionContext
     inputs: dict[str, torch.Tensor]
     outputs: dict[str, torch.Tensor]
 
@@ -77,11 +79,8 @@ class _Bound:
 class _Loaded:
     component: Component
     engine: trt.ICudaEngine
-    context: trt.IExecutionContext
     io: dict[str, TensorMeta]
     bound: dict[tuple[Shape, ...], _Bound] = field(default_factory=dict)  # by the shapes of every input
-    shapes: dict[str, Shape] = field(default_factory=dict)  # what set_input_shape last set, per input
-    addresses: dict[str, int] = field(default_factory=dict)  # what set_tensor_address last set, per tensor
 
     @property
     def inputs(self) -> list[TensorMeta]:
@@ -115,20 +114,20 @@ class TrtBackend(BackendBase):
     machine (TensorRT version, GPU; with `onnx_dir` the export's current hashes). An engine is
     deserialized on its first call (or at once for `components`), its bytes checked against the
     record's sha256 and its tensors against the component description: a folder holding both
-    `unet` and the fused `denoise_step` loads only the form that runs. With `share_memory` the
-    contexts use one activation buffer of max(engine needs) bytes: they run one at a time on one
+    `unet` and the fused `denoise_step` loads only the form that runs. With `share_memory` every
+    context uses one activation buffer of max(engine needs) bytes: they run one at a time on one
     stream, so they never need their scratch memory at the same time. Exit waits for the engine
     stream, then releases contexts, engines, buffers and that memory.
 
-    Buffers (NVIDIA's demo/Diffusion `Engine` does the same): per component and per input-shape
-    signature (every input's full shape), one set of input buffers the inputs are copied into and
-    one set of output buffers, allocated at the shapes `get_tensor_shape` gives after
-    `set_input_shape` (checked against the description). Shapes and addresses are set only when
-    they change, so a CUDA-graph capture after a warm-up sets nothing. Components with run-time
-    dims (detectors, tiles) keep only their latest signature's buffers. `run` returns the output
-    buffers themselves: an output is valid until the *same component* runs again with the same
-    shapes. The sampler is safe with this (it consumes each output before the next call of that
-    component); callers that keep a result must copy it, or pass `copy_outputs=True`.
+    Contexts and buffers: one execution context per engine and input-shape signature (every input's
+    full shape), its input shapes set and its buffers bound once when it is made: input buffers the
+    inputs are copied into (NVIDIA's demo/Diffusion `Engine` copies too) and output buffers at the
+    shapes `get_tensor_shape` resolves (checked against the description). Nothing is set again, so a
+    CUDA graph captured for one batch size replays against a context no other batch size touches.
+    Components with run-time dims (detectors, tiles) keep only their latest signature. `run`
+    returns the output buffers themselves: an output is valid until the *same component* runs
+    again with the same shapes. The sampler is safe with this (it consumes each output before the
+    next call of that component); callers that keep a result must copy it, or pass `copy_outputs=True`.
 
     Streams: engines run on a dedicated stream (`self.stream`, never the legacy default stream).
     Per call, on the caller's stream: wait for the engine's earlier work, copy the inputs in; then
@@ -213,8 +212,7 @@ class TrtBackend(BackendBase):
         if self.streams is not None and self.stream is not None:
             self.streams.synchronize(self.stream)  # queued work still reads and writes these buffers
         for loaded in self._loaded.values():
-            loaded.bound.clear()
-            del loaded.context
+            loaded.bound.clear()  # contexts before their engine
         self._loaded.clear()
         self._runtime = None
         self._shared_memory = None
@@ -280,16 +278,21 @@ class TrtBackend(BackendBase):
         return loaded
 
     def _share_memory(self, size: int) -> None:
-        """Give every context the one activation buffer, grown to `size` bytes if this engine needs more."""
+        """Grow the one activation buffer every context uses to `size` bytes if this engine needs more."""
         assert self.streams is not None and self.stream is not None
-        if self._shared_memory is None or self._shared_memory.numel() < size:
-            if self._shared_memory is not None:
-                self.streams.synchronize(self.stream)  # the engines may still use the smaller one
-            # torch's allocator aligns to 512 bytes; TensorRT asks for 256
-            self._shared_memory = self.streams.empty((max(size, 1),), torch.uint8)
-        memory = self._shared_memory
+        if self._shared_memory is not None and self._shared_memory.numel() >= size:
+            return
+        if self._shared_memory is not None:
+            self.streams.synchronize(self.stream)  # the engines may still use the smaller one
+        # torch's allocator aligns to 512 bytes; TensorRT asks for 256
+        self._shared_memory = self.streams.empty((max(size, 1),), torch.uint8)
         for loaded in self._loaded.values():
-            _bind_device_memory(loaded.context, memory.data_ptr(), memory.numel())
+            for bound in loaded.bound.values():
+                self._bind_memory(bound.context)
+
+    def _bind_memory(self, context: trt.IExecutionContext) -> None:
+        if self._shared_memory is not None:
+            _bind_device_memory(context, self._shared_memory.data_ptr(), self._shared_memory.numel())
 
     def _activate(self, name: str, engine: trt.ICudaEngine) -> _Loaded:
         component = get_component(name)
@@ -310,40 +313,26 @@ class TrtBackend(BackendBase):
         if wrong:
             raise EngineError(f"engine {name}{ENGINE_SUFFIX} has tensors {', '.join(wrong)}, the component description "
                               "says float32: rebuild it from an export of this version (interlcm-export --fp16)")
-        if self.share_memory:
-            context = engine.create_execution_context(trt.ExecutionContextAllocationStrategy.USER_MANAGED)
-        else:
-            context = engine.create_execution_context()
-        if context is None:
-            raise EngineError(f"TensorRT could not create an execution context for {name} (out of GPU memory?)")
-        return _Loaded(component, engine, context, io)
+        return _Loaded(component, engine, io)
 
     # running
 
     def _run(self, component: Component, inputs: dict[str, torch.Tensor], batch: int,
              dims: dict[str, int]) -> dict[str, torch.Tensor]:
-        """One engine call (inputs checked by `run`; see the class doc for buffers and streams)."""
+        """One engine call (inputs checked by `run`; see the class doc for contexts, buffers and streams)."""
         loaded = self._load(component.name)
-        streams, context = self.streams, loaded.context
+        streams = self.streams
         assert streams is not None
         signature = tuple(tuple(inputs[m.name].shape) for m in loaded.inputs)
-        for meta, shape in zip(loaded.inputs, signature):
-            if loaded.shapes.get(meta.name) != shape:  # unchanged: not set again (a graph capture sets nothing)
-                if not context.set_input_shape(meta.name, shape):
-                    raise EngineError(f"{component.name}: TensorRT rejected shape {shape} for {meta.name} "
-                                      f"(the engine's profile: {meta.profile})")
-                loaded.shapes[meta.name] = shape
         bound = loaded.bound.get(signature)
         if bound is None:
-            bound = self._allocate(loaded, signature, batch, dims)
-        for name, tensor in bound.tensors():
-            self._set_address(loaded, name, tensor)
+            bound = self._bind(loaded, signature, batch, dims)
         caller = streams.current()
         streams.wait(caller, self.stream)  # the engine's earlier work read these input buffers: done first
         for meta in loaded.inputs:  # on the caller's stream, where the inputs were written
             streams.copy(bound.inputs[meta.name], inputs[meta.name], caller)
         streams.wait(self.stream, caller)  # the engine starts after the copies
-        if not context.execute_async_v3(streams.handle(self.stream)):
+        if not bound.context.execute_async_v3(streams.handle(self.stream)):
             raise EngineError(f"{component.name}: TensorRT failed to enqueue the engine (see its log above)")
         streams.launched(self.stream, component.name)
         streams.wait(caller, self.stream)  # the caller reads the outputs after the engine wrote them
@@ -351,38 +340,43 @@ class TrtBackend(BackendBase):
             return {name: buffer.clone() for name, buffer in bound.outputs.items()}
         return dict(bound.outputs)
 
-    def _allocate(self, loaded: _Loaded, signature: tuple[Shape, ...], batch: int, dims: dict[str, int]) -> _Bound:
-        """Input and output buffers for one signature, outputs at the shapes the engine resolved from the inputs."""
+    def _bind(self, loaded: _Loaded, signature: tuple[Shape, ...], batch: int, dims: dict[str, int]) -> _Bound:
+        """A context for one signature: input shapes set, buffers allocated (outputs at the shapes the engine
+        resolves from the inputs) and their addresses set, once."""
         streams = self.streams
         assert streams is not None
-        if loaded.component.dims:  # photos and tiles of many sizes: only the latest shapes' buffers are kept
-            for bound in loaded.bound.values():
-                for _, tensor in bound.tensors():
-                    streams.keep_until_done(tensor, self.stream)
+        name = loaded.component.name
+        if loaded.component.dims and loaded.bound:  # photos and tiles of many sizes: only the latest is kept
+            streams.synchronize(self.stream)  # a context is not destroyed while its work may run
             loaded.bound.clear()
+        if self.share_memory:
+            context = loaded.engine.create_execution_context(trt.ExecutionContextAllocationStrategy.USER_MANAGED)
+        else:
+            context = loaded.engine.create_execution_context()
+        if context is None:
+            raise EngineError(f"TensorRT could not create an execution context for {name} (out of GPU memory?)")
+        self._bind_memory(context)
+        for meta, shape in zip(loaded.inputs, signature):
+            if not context.set_input_shape(meta.name, shape):
+                raise EngineError(f"{name}: TensorRT rejected shape {shape} for {meta.name} "
+                                  f"(the engine's profile: {meta.profile})")
 
         def empty(shape: Shape, dtype: torch.dtype) -> torch.Tensor:
             return aligned_empty(shape, dtype, streams)
 
-        context = loaded.context
         inputs = {meta.name: empty(shape, meta.dtype) for meta, shape in zip(loaded.inputs, signature)}
         outputs = allocate_outputs(loaded.component, self.config, batch, dims, empty,
-                                   engine_shape=lambda name: dims_tuple(context.get_tensor_shape(name)))
-        bound = loaded.bound[signature] = _Bound(inputs, outputs)
+                                   engine_shape=lambda tensor: dims_tuple(context.get_tensor_shape(tensor)))
+        bound = _Bound(context, inputs, outputs)
+        for tensor, buffer in bound.tensors():
+            address = buffer.data_ptr()
+            if address % ALIGNMENT:
+                raise EngineError(f"{name}: {tensor} at {address:#x} is not {ALIGNMENT}-byte aligned, as TensorRT requires")
+            if not context.set_tensor_address(tensor, address):
+                raise EngineError(f"{name}: TensorRT refused the address of {tensor} "
+                                  f"({str(buffer.dtype).removeprefix('torch.')} {tuple(buffer.shape)} on {buffer.device})")
+        loaded.bound[signature] = bound
         return bound
-
-    @staticmethod
-    def _set_address(loaded: _Loaded, name: str, tensor: torch.Tensor) -> None:
-        address = tensor.data_ptr()
-        if loaded.addresses.get(name) == address:
-            return
-        if address % ALIGNMENT:
-            raise EngineError(f"{loaded.component.name}: {name} at {address:#x} is not {ALIGNMENT}-byte aligned, "
-                              "as TensorRT requires")
-        if not loaded.context.set_tensor_address(name, address):
-            raise EngineError(f"{loaded.component.name}: TensorRT refused the address of {name} "
-                              f"({str(tensor.dtype).removeprefix('torch.')} {tuple(tensor.shape)} on {tensor.device})")
-        loaded.addresses[name] = address
 
     def synchronize(self) -> None:
         if self.streams is not None and self.stream is not None:

@@ -365,7 +365,13 @@ class StandInEngine:
                 for dim in value.type.tensor_type.shape.dim:
                     dim.Clear()
             inferred = onnx.shape_inference.infer_shapes(model, strict_mode=True, data_prop=True)
-            self._shapes[key] = {name: tuple(info["shape"]) for name, info in _tensors(inferred.graph.output).items()}
+            shapes = {name: tuple(info["shape"]) for name, info in _tensors(inferred.graph.output).items()}
+            if any(d < 0 for shape in shapes.values() for d in shape):  # inference gave up on a dim: run once on zeros
+                feeds = {name: torch.zeros(shape, dtype=_TORCH_TYPES[self.inputs[name]["dtype"]]).numpy()
+                         for name, shape in inputs.items()}
+                results = self.session.run(list(self.outputs), feeds)
+                shapes = {name: tuple(value.shape) for name, value in zip(self.outputs, results)}
+            self._shapes[key] = shapes
         return self._shapes[key]
 
 

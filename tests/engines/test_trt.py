@@ -350,19 +350,21 @@ def _mobile():
     return FACE_NETWORKS["retinaface_mobile"].config
 
 
-def test_buffers_are_kept_per_input_shapes_and_shapes_set_only_when_they_change(engines, trt_standin, tiny_cfg):
+def test_one_context_per_input_shapes_set_up_once(engines, tiny_cfg):
+    """Shapes and addresses are set when a signature's context is made, never again: a CUDA graph captured for a
+    batch size replays against a context no other batch size touches."""
     clip = get_component("clip")
     with TrtBackend(engines) as backend:
         first = backend.run("clip", **clip.sample_inputs(tiny_cfg, 2))["tokens"]
-        context = backend._loaded["clip"].context
-        calls = len(context.calls)
         second = backend.run("clip", **clip.sample_inputs(tiny_cfg, 2, seed=1))["tokens"]
-        assert second.data_ptr() == first.data_ptr()  # the same buffer, rewritten
-        assert [c[0] for c in context.calls[calls:]] == ["execute_async_v3"]  # nothing set again
         other = backend.run("clip", **clip.sample_inputs(tiny_cfg, 1))["tokens"]
+        third = backend.run("clip", **clip.sample_inputs(tiny_cfg, 2, seed=2))["tokens"]
+        bound = backend._loaded["clip"].bound
+        assert sorted(bound) == [((1, 3, 64, 64),), ((2, 3, 64, 64),)]
+        calls = [c[0] for c in bound[((2, 3, 64, 64),)].context.calls]
+        assert calls == ["set_input_shape", "set_tensor_address", "set_tensor_address", *["execute_async_v3"] * 3]
+        assert second.data_ptr() == first.data_ptr() == third.data_ptr()  # the same buffer, rewritten
         assert other.data_ptr() != first.data_ptr() and other.shape[0] == 1
-        set_again = [c[0] for c in context.calls[calls + 1:]]
-        assert set_again.count("set_input_shape") == 1 and set_again.count("set_tensor_address") == 2
         # a detector's buffers follow the photo's size: same batch, other height, other buffers
         a = backend.run("retinaface_mobile", pixels=torch.rand(1, 3, 64, 96) * 255)["loc"]
         b = backend.run("retinaface_mobile", pixels=torch.rand(1, 3, 96, 64) * 255)["loc"]
@@ -386,10 +388,12 @@ def test_inputs_are_copied_in_before_the_engine_waits(engines, tiny_cfg):
         log.clear()
         got = backend.run("vae_decoder", latent=strided)["image"]
         engine, caller = backend.stream.name, backend.streams.current().name
+        staging = backend._loaded["vae_decoder"].bound[((2, 4, 8, 8),)].inputs["latent"].data_ptr()
+        seen = list(log)
     assert torch.equal(got, expected)
-    assert list(log) == [
+    assert seen == [
         ("wait", caller, engine),  # the engine's earlier reads of the input buffer are done
-        ("copy", caller, backend._loaded["vae_decoder"].bound[((2, 4, 8, 8),)].inputs["latent"].data_ptr()),
+        ("copy", caller, staging),
         ("wait", engine, caller),  # then the engine waits for the copy
         ("launch", engine, "vae_decoder"),
         ("wait", caller, engine),  # and the caller for the engine
@@ -458,6 +462,7 @@ def test_close_waits_for_the_engine_stream_before_freeing(engines, tiny_cfg):
     with TrtBackend(engines) as backend:
         backend.run("clip", **get_component("clip").sample_inputs(tiny_cfg, 1))
         log, engine = backend.streams.log, backend.stream.name
+        assert ("sync", engine) not in log
     assert log[-1] == ("sync", engine) and ("launch", engine, "clip") in log
 
 
@@ -535,7 +540,8 @@ def test_the_standin_refuses_what_tensorrt_refuses_or_leaves_undefined(engines, 
 
     with TrtBackend(engines) as backend:
         backend.run("clip", **get_component("clip").sample_inputs(tiny_cfg, 2))
-        context = backend._loaded["clip"].context
+        loaded = backend._loaded["clip"]
+        context = loaded.bound[((2, 3, 64, 64),)].context
         short = aligned_empty((1, 17, 48), torch.float32, CpuStreams())  # batch 1's tokens, for batch 2
         assert context.set_tensor_address("tokens", short.data_ptr())
         with pytest.raises(MemoryError, match="clip writes tokens: .* overrun the 3264-byte buffer"):
@@ -546,7 +552,7 @@ def test_the_standin_refuses_what_tensorrt_refuses_or_leaves_undefined(engines, 
             context.execute_async_v3(0)
         with trt_standin.capture(), pytest.raises(ContractViolation, match="while a CUDA graph is captured"):
             context.set_input_shape("image", (1, 3, 64, 64))
-        fresh = backend._activate("clip", backend._loaded["clip"].engine).context
+        fresh = loaded.engine.create_execution_context(context.strategy)
         fresh.set_device_memory(*context.device_memory)
         assert not fresh.execute_async_v3(7) and "no shape for ['image']" in trt_standin.errors[-1]
 
@@ -629,4 +635,4 @@ def test_engines_restore_like_torch(real_engines, tiny_models, lq_photo):
 
 def test_the_index_records_the_exports_weights_identity(engines, export):
     assert json.loads((engines / "engines.json").read_text())["weights"] == export.manifest.weights
-    assert TrtBackend(engines).weights == "random, seed 0"
+    assert TrtBackend(engines).weights == export.manifest.weights == "random tiny weights, seed 0, 3step"
