@@ -184,7 +184,7 @@ class StandInTensorRT:
         self.Logger, self.Builder, self.OnnxParser, self.Runtime = Logger, Builder, OnnxParser, Runtime
 
     @staticmethod
-    def Dims(shape: list[int]) -> tuple[int, ...]:  # noqa: N802 - mirrors trt.Dims
+    def Dims(shape: list[int]) -> tuple[int, ...]:  # mirrors trt.Dims
         return tuple(shape)
 
     def _profile_fits(self, network: StandInNetwork, config: StandInConfig) -> bool:

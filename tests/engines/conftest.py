@@ -24,16 +24,16 @@ class ExportCopy(SimpleNamespace):
     root: Path
 
     @property
-    def manifest(self):  # noqa: ANN201 - interlcm.export.manifest.Manifest
+    def manifest(self):  # -> interlcm.export.manifest.Manifest
         return load_manifest(self.root, verify=False)
 
-    def edit(self, component: str, **fields) -> None:  # noqa: ANN003 - FileEntry fields
+    def edit(self, component: str, **fields) -> None:  # FileEntry fields
         """Change the fp16 entry of `component` in the manifest (e.g. external_sha256)."""
         manifest = self.manifest
         manifest.upsert(replace(manifest.entry(component, "fp16"), **fields))
         manifest.save(self.root)
 
-    def rewrite(self, component: str, change=None) -> None:  # noqa: ANN001 - onnx.ModelProto -> None
+    def rewrite(self, component: str, change=None) -> None:  # change: onnx.ModelProto -> None
         """A re-export that changed the fp16 file of `component` (the same graph, other bytes, unless `change`)."""
         path = self.root / self.manifest.entry(component, "fp16").file
         model = onnx.load(path)

@@ -50,7 +50,7 @@ class StandInCuda:
     def stream(self, stream):
         return self.streams.use(stream)
 
-    def Stream(self, device=None):  # noqa: N802 - mirrors torch.cuda.Stream
+    def Stream(self, device=None):  # mirrors torch.cuda.Stream
         return self.streams.new_stream()
 
     @contextmanager
