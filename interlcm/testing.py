@@ -90,3 +90,4 @@ def face_landmarks(centre: tuple[float, float], eye_gap: float, angle_deg: float
     t = np.deg2rad(angle_deg)
     rot = scale * np.array([[np.cos(t), -np.sin(t)], [np.sin(t), np.cos(t)]])
     return ((tpl - 256.0) @ rot.T + np.asarray(centre)).astype(np.float32)
+

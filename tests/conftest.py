@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -40,41 +41,58 @@ def lq_photo(tiny_cfg):
     return photo(tiny_cfg.resolution, batch=2)
 
 
+def linked_export(out: Path, *sources: Path, batch: tuple[int, int, int] | None = None) -> Path:
+    """An export folder of links to the files of `sources` (export folders of one preset and weights) under one
+    manifest holding all their entries, with another batch range if given. Never write through the links."""
+    from interlcm.export.manifest import MANIFEST, load_manifest
+
+    manifest = load_manifest(sources[0])
+    for source in sources:
+        for path in source.iterdir():
+            if path.name != MANIFEST and not (out / path.name).exists():
+                (out / path.name).symlink_to(path.resolve())
+        for entry in load_manifest(source).entries:
+            manifest.upsert(entry)
+    if batch is not None:
+        manifest.batch = batch
+    manifest.save(out)
+    return out
+
+
 @pytest.fixture(scope="session")
 def tiny_onnx(tiny_models, tmp_path_factory):
-    """Every default tiny component exported fp32 + fp16, batch range 1..4 (traced at 2), with the mobile
-    RetinaFace detector and Real-ESRGAN: the seed-0 networks `tiny_weights` holds too."""
+    """Every default tiny component exported fp32 + fp16, batch range 1..4 (traced at 2)."""
+    from interlcm.components import DEFAULT_COMPONENTS
+    from interlcm.export.onnx_export import export_all
+
+    out = tmp_path_factory.mktemp("onnx")
+    export_all(tiny_models, out, DEFAULT_COMPONENTS, ("fp32", "fp16"), batch=(1, 2, 4), progress=False)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_onnx_photo(tiny_models, tiny_onnx, tmp_path_factory):
+    """`tiny_onnx` plus the mobile RetinaFace detector and Real-ESRGAN (the seed-0 networks `tiny_weights` holds
+    too): what whole photos need. Links to tiny_onnx's files (read-only: never write through them)."""
     from dataclasses import replace
 
-    from interlcm.components import DEFAULT_COMPONENTS
     from interlcm.export.onnx_export import export_all
     from interlcm.faces.networks import FACE_NETWORKS, random_network
     from interlcm.models.rrdbnet import build_random_upsampler
-
-    out = tmp_path_factory.mktemp("onnx")
-    detector = "retinaface_mobile"  # as build_random(..., faces=[detector]) and init_weights seed it
+    extra = tmp_path_factory.mktemp("onnx-photo-extra")
+    detector = "retinaface_mobile"  # seeded as build_random(..., faces=[detector]) and init_weights seed it
     models = replace(tiny_models, faces={detector: random_network(detector, 10 + list(FACE_NETWORKS).index(detector))})
-    export_all(models, out, [*DEFAULT_COMPONENTS, detector], ("fp32", "fp16"), batch=(1, 2, 4), progress=False)
-    export_all(build_random_upsampler(tiny_models.config, 0), out, ["realesrgan"], ("fp32", "fp16"),
+    export_all(models, extra, [detector], ("fp32", "fp16"), batch=(1, 2, 4), progress=False)
+    export_all(build_random_upsampler(tiny_models.config, 0), extra, ["realesrgan"], ("fp32", "fp16"),
                batch=(1, 2, 4), progress=False, identity=tiny_models.identity)
-    return out
+    return linked_export(tmp_path_factory.mktemp("onnx-photo"), tiny_onnx, extra)
 
 
 @pytest.fixture(scope="session")
-def tiny_onnx_batch2(tiny_onnx, tmp_path_factory):
-    """`tiny_onnx` as `interlcm-export --batch 1:1:2` records it: the same graphs (their batch axis is
-    dynamic; the traced batch does not change them) under a manifest whose profile ends at batch 2.
-    Files are links to tiny_onnx's (read-only: never write through them)."""
-    from interlcm.export.manifest import MANIFEST, load_manifest
-
-    out = tmp_path_factory.mktemp("onnx-batch2")
-    for path in tiny_onnx.iterdir():
-        if path.name != MANIFEST:
-            (out / path.name).symlink_to(path)
-    manifest = load_manifest(tiny_onnx)
-    manifest.batch = (1, 1, 2)
-    manifest.save(out)
-    return out
+def tiny_onnx_batch2(tiny_onnx_photo, tmp_path_factory):
+    """`tiny_onnx_photo` as `interlcm-export --batch 1:1:2` records it: the same graphs (their batch axis is
+    dynamic; the traced batch does not change them) under a manifest whose profile ends at batch 2."""
+    return linked_export(tmp_path_factory.mktemp("onnx-batch2"), tiny_onnx_photo, batch=(1, 1, 2))
 
 
 @pytest.fixture(scope="session")

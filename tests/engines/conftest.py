@@ -19,7 +19,7 @@ from interlcm.export.manifest import MANIFEST, load_manifest
 
 
 class ExportCopy(SimpleNamespace):
-    """tiny_onnx's files linked into a folder of the test's own, with a manifest it may edit."""
+    """tiny_onnx_photo's files linked into a folder of the test's own, with a manifest it may edit."""
 
     root: Path
 
@@ -46,13 +46,14 @@ class ExportCopy(SimpleNamespace):
 
 
 @pytest.fixture
-def export(tiny_onnx, tmp_path) -> ExportCopy:
+def export(tiny_onnx_photo, tmp_path) -> ExportCopy:
+    """The tiny export with the mobile detector and Real-ESRGAN, batch 1..4, in a folder of the test's own."""
     root = tmp_path / "onnx"
     root.mkdir()
-    for path in tiny_onnx.iterdir():
+    for path in tiny_onnx_photo.iterdir():
         if path.name != MANIFEST:
-            (root / path.name).symlink_to(path)
-    (root / MANIFEST).write_text((tiny_onnx / MANIFEST).read_text())
+            (root / path.name).symlink_to(path.resolve())
+    (root / MANIFEST).write_text((tiny_onnx_photo / MANIFEST).read_text())
     return ExportCopy(root=root)
 
 

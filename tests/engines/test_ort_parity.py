@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from interlcm.components import BY_NAME
+from interlcm.components import BY_NAME, DEFAULT_COMPONENTS
 from interlcm.engines.restorer import RestoreOptions, Restorer
 from interlcm.parity import ParityError, compare_traces, format_table, require
 from interlcm.sampler import Trace
@@ -75,6 +75,29 @@ def test_batch_other_than_export_batch(tiny_onnx, tiny_models):
     out, expected, rows = _traces(OrtBackend(tiny_onnx, "fp32", provider="cpu"), tiny_models, lq)
     assert out.shape[0] == 3
     torch.testing.assert_close(out, expected, rtol=0, atol=1e-3)
+
+
+@pytest.mark.parametrize("name", [*DEFAULT_COMPONENTS, "retinaface_mobile", "realesrgan"])
+def test_every_component_runs_bound_at_other_batches_and_sizes(tiny_onnx_photo, tiny_models, name):
+    """Each fp32 graph through the backend's bound path against torch: batch 3 (not the traced 2) and 6 (over
+    the export's 4: two runs), run-time dims other than the traced ones and not square."""
+    from dataclasses import replace
+
+    from interlcm.engines.ort import OrtBackend
+    from interlcm.faces.networks import FACE_NETWORKS, random_network
+    from interlcm.models.rrdbnet import build_random_upsampler
+    from interlcm.parity import compare, tolerance
+
+    component = BY_NAME[name]
+    dims = {"height": 96, "width": 160, "tile_height": 24, "tile_width": 40}
+    models = replace(tiny_models, faces={name: random_network(name, 10 + list(FACE_NETWORKS).index(name))}) \
+        if name in FACE_NETWORKS else build_random_upsampler(tiny_models.config) if name == "realesrgan" else tiny_models
+    backend = OrtBackend(tiny_onnx_photo, "fp32", provider="cpu", components=[name])
+    for batch in (3, 6):
+        inputs = component.sample_inputs(tiny_models.config, batch, seed=batch, dims=dims)
+        out, ref = backend.run(name, **inputs), TorchBackend(models).run(name, **inputs)
+        require([compare((name, spec.name, f"B={batch}"), out[spec.name], ref[spec.name], tolerance(name, "fp32"))
+                 for spec in component.outputs], f"{name} on ONNX Runtime vs torch")
 
 
 def test_wrong_resolution_is_refused_before_running(tiny_onnx):

@@ -1,4 +1,4 @@
-"""mypy checks every TensorRT call in engines/trt.py against the tensorrt-stubs package.
+"""mypy checks every TensorRT call in engines/trt_common.py, trt_build.py and trt.py against the tensorrt-stubs package.
 
 TensorRT cannot be installed without CUDA, so this is CI's check that each call's
 name and signature exist in the TensorRT API (10.13 stubs). The stubs need
@@ -33,14 +33,17 @@ def test_trt_module_type_checks_against_the_tensorrt_stubs():
 def test_the_check_catches_a_wrong_tensorrt_call(tmp_path):
     """A misspelt method and a missing argument must fail: the stubs are really in use, not `Any`."""
     _require_tools()
-    source = trt_typecheck.DEFAULT_TARGETS[0].read_text()
-    broken = source.replace("context.execute_async_v3(", "context.execute_async_v2(").replace(
-        "config.set_timing_cache(cache, ignore_mismatch=False)", "config.set_timing_cache(cache)"
-    )
-    assert broken != source
-    target = tmp_path / "trt_broken.py"
-    target.write_text(broken)
-    code, report = trt_typecheck.run_mypy((target,))
+    targets = {t.name: t for t in trt_typecheck.DEFAULT_TARGETS}
+    broken = []
+    for name, before, after in (
+        ("trt.py", "context.execute_async_v3(", "context.execute_async_v2("),
+        ("trt_build.py", "config.set_timing_cache(cache, ignore_mismatch=False)", "config.set_timing_cache(cache)"),
+    ):
+        source = targets[name].read_text()
+        assert before in source, (name, before)
+        broken.append(tmp_path / f"broken_{name}")
+        broken[-1].write_text(source.replace(before, after))
+    code, report = trt_typecheck.run_mypy(tuple(broken))
     assert code != 0
     assert '"IExecutionContext" has no attribute "execute_async_v2"' in report
     assert 'Missing positional argument "ignore_mismatch" in call to "set_timing_cache"' in report
