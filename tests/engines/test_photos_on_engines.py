@@ -121,6 +121,8 @@ def test_tensorrt_restores_like_torch(inputs, tiny_engines_batch2, trt_standin, 
         assert "realesrgan: on the tensorrt backend" in got["output"] or case == "shapes"
         _expected_outputs(case, got)
         _check(got, torch_outputs[case], case, fp16=True)
-    launched = {ctx.engine.component for ctx in trt_standin.contexts
+    launched = {(ctx.engine.component, *sorted(ctx.shapes.values())) for ctx in trt_standin.contexts
                 if any(call[0] == "execute_async_v3" for call in ctx.calls)}
-    assert {"retinaface_mobile", "realesrgan", "unet", "vae_decoder"} <= launched
+    assert {c[0] for c in launched} >= {"retinaface_mobile", "realesrgan", "unet", "vae_decoder"}
+    assert ("realesrgan", (2, 3, 64, 64)) in launched  # the photo's faces upsampled 2 at a time (the profile's max)
+    assert ("retinaface_mobile", (2, 3, 512, 768)) in launched  # video frames detected 2 at a time
