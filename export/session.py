@@ -36,13 +36,15 @@ def _ort_exceptions() -> tuple[type[BaseException], ...]:
 
 @contextmanager
 def ort_errors(what: str, fix: str) -> Iterator[None]:
-    """ONNX Runtime's exceptions inside the block become one OrtError: "{what}: {its first line}; {fix}"."""
+    """ONNX Runtime's exceptions inside the block (its own types, and the RuntimeError a failed run raises)
+    become one OrtError: "{what}: {ONNX Runtime's reason}; {fix}"."""
     try:
         yield
-    except _ort_exceptions() as exc:
+    except (*_ort_exceptions(), RuntimeError) as exc:
         lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
         reason = lines[0] if lines else type(exc).__name__
-        raise OrtError(f"{what}: {reason.removeprefix('[ONNXRuntimeError] : ')}; {fix}") from None
+        reason = reason.rsplit("[ONNXRuntimeError] : ", 1)[-1]  # "2 : INVALID_ARGUMENT : the reason"
+        raise OrtError(f"{what}: {reason}; {fix}") from None
 
 
 def cuda_device_count() -> tuple[int, str]:

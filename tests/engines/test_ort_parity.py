@@ -243,7 +243,7 @@ def test_onnx_runtime_failures_are_one_sentence(tiny_onnx, tmp_path):
     folder = tmp_path / "onnx"
     folder.mkdir()
     onnx.save_model(onnx.load(tiny_onnx / "clip.fp32.onnx"), folder / "clip.onnx", save_as_external_data=True,
-                    all_tensors_to_one_file=True, location="clip.data", size_threshold=0)
+                    all_tensors_to_one_file=True, location="clip.data")  # the weights; small constants stay inside
     (folder / "clip.data").rename(tmp_path / "outside.data")  # the weights one folder up, named from inside
     model = onnx.load(folder / "clip.onnx", load_external_data=False)
     for tensor in model.graph.initializer:
@@ -255,8 +255,22 @@ def test_onnx_runtime_failures_are_one_sentence(tiny_onnx, tmp_path):
         open_session(folder / "clip.onnx")
     message = str(exc.value)
     assert message.startswith(f"ONNX Runtime cannot open {folder / 'clip.onnx'}: ") and "\n" not in message
-    assert message.endswith("re-export it (interlcm-export --force)")
+    assert "outside.data" in message and message.endswith("re-export it (interlcm-export --force)")
     assert isinstance(exc.value, RuntimeError)
+
+
+def test_a_failed_run_is_one_sentence(tiny_onnx, tiny_cfg, monkeypatch):
+    """A run ONNX Runtime fails (here: an output bound at another shape) is one sentence naming the component."""
+    from interlcm.engines import ort
+    from interlcm.export.session import OrtError
+
+    backend = ort.OrtBackend(tiny_onnx, "fp32", provider="cpu")
+    monkeypatch.setattr(ort, "allocate_outputs", lambda *args: {"tokens": torch.empty(1, 5, 48)})
+    with pytest.raises(OrtError) as exc:
+        backend.run("clip", **BY_NAME["clip"].sample_inputs(tiny_cfg, 1))
+    message = str(exc.value)
+    assert message.startswith("ONNX Runtime failed running clip: ") and "\n" not in message
+    assert "invalid dimensions for output: tokens" in message and message.endswith("(interlcm-export --force)")
 
 
 def test_onnx_runtime_gpu_with_a_cpu_build_of_torch_says_so(monkeypatch):
