@@ -10,12 +10,12 @@ records), so each case sends the engines more than one call holds:
   2400x600 one whose detection view (2560x640) is beyond the old 2048-px profile;
 - a 10-frame video: 8 frames per detector call, `--bg-upsampler realesrgan` on every frame.
 
-Tolerances, per output photo (uint8): ONNX Runtime fp32 is torch's float arithmetic reordered,
-so at most 1 grey level (a value near a rounding boundary) on at most 1 % of the pixels; the
-TensorRT engines are fp16 (the fp16 ONNX files, run by the stand-in), so the restored faces may
-differ by their fp16 tolerance (1e-2 of each stage's range, components.py): the whole photo must
-stay above 40 dB PSNR against torch fp32 (measured: see the asserts' messages), and pixels away
-from the faces are the same bilinear upscale on every backend.
+Tolerances, per output photo or frame (uint8). ONNX Runtime fp32 is torch's float arithmetic
+reordered: at most 1 grey level (a value near a rounding boundary) on at most 1 % of the values
+(measured: 1 level on at most 0.004 %). The TensorRT engines are fp16 (the fp16 ONNX files, run by
+the stand-in) against torch fp32, each stage within its fp16 tolerance (1e-2 of its range,
+components.py): PSNR above 55 dB (measured 68.6 dB on the 6-face photo, max 5 levels; 67.0-67.5 dB
+on the Real-ESRGAN'd frames, max 1 level), ~10 dB below what fp16 gives, far above a broken stage.
 """
 
 from __future__ import annotations
@@ -84,7 +84,7 @@ def _check(got: dict, ref: dict, case: str, fp16: bool) -> None:
         if fp16:
             mse = float((diff.astype(np.float64) ** 2).mean())
             psnr = 10 * np.log10(255.0**2 / mse) if mse else float("inf")
-            assert psnr > 40.0, f"{case} {name}: {psnr:.1f} dB against torch fp32 (max diff {diff.max()})"
+            assert psnr > 55.0, f"{case} {name}: {psnr:.1f} dB against torch fp32 (max diff {diff.max()})"
         else:
             assert diff.max() <= 1 and (diff > 0).mean() <= 0.01, f"{case} {name}: max {diff.max()}, " \
                 f"{(diff > 0).mean():.2%} of values differ"
@@ -125,4 +125,4 @@ def test_tensorrt_restores_like_torch(inputs, tiny_engines_batch2, trt_standin, 
                 if any(call[0] == "execute_async_v3" for call in ctx.calls)}
     assert {c[0] for c in launched} >= {"retinaface_mobile", "realesrgan", "unet", "vae_decoder"}
     assert ("realesrgan", (2, 3, 64, 64)) in launched  # the photo's faces upsampled 2 at a time (the profile's max)
-    assert ("retinaface_mobile", (2, 3, 512, 768)) in launched  # video frames detected 2 at a time
+    assert ("retinaface_mobile", (2, 3, 640, 960)) in launched  # video frames (96x64 seen at 960x640) 2 at a time
