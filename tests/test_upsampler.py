@@ -72,8 +72,8 @@ def test_export_matches_torch_on_ort(tiny_upsampler, tmp_path):
     Tolerances are the component's (fp32 1e-4, fp16 1e-2 of the output's max |value|): fp32 only
     reassociates sums; fp16 rounds activations to 11 bits through 1 block.
     """
+    from interlcm.engines.ort import OrtBackend
     from interlcm.export.onnx_export import export_all
-    from interlcm.export.session import open_session
     from interlcm.export.validate import validate
     from interlcm.parity import compare, tolerance
 
@@ -81,14 +81,13 @@ def test_export_matches_torch_on_ort(tiny_upsampler, tmp_path):
     rows = validate(tmp_path, tiny_upsampler, echo=None)
     assert {r.key[1] for r in rows} == {"fp32", "fp16"} and all(r.ok for r in rows)
     for precision in ("fp32", "fp16"):
-        session = open_session(tmp_path / f"realesrgan.{precision}.onnx")
+        backend = OrtBackend(tmp_path, precision, provider="cpu", components=["realesrgan"])  # the bound path
         for h, w in ((40, 96), (120, 58)):  # tile shapes other than the traced 64x64
-            tile = torch.rand(1, 3, h, w, generator=torch.Generator().manual_seed(h))
-            (got,) = session.run(None, {"tile": tile.numpy()})
+            tile = torch.rand(3, 3, h, w, generator=torch.Generator().manual_seed(h))  # 3: over the export's 2
+            got = backend.run("realesrgan", tile=tile)["upscaled"]
             with torch.inference_mode():
-                ref = tiny_upsampler.realesrgan(tile).numpy()
-            row = compare(("realesrgan", precision, "upscaled", f"{h}x{w}"), torch.from_numpy(got),
-                          torch.from_numpy(ref), tolerance("realesrgan", precision))
+                ref = tiny_upsampler.realesrgan(tile)
+            row = compare(("realesrgan", precision, "upscaled", f"{h}x{w}"), got, ref, tolerance("realesrgan", precision))
             assert row.ok, row.row(40)
 
 
