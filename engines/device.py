@@ -63,10 +63,6 @@ class CudaStreams:
     def synchronize(self, stream: Any) -> None:
         stream.synchronize()
 
-    def keep_until_done(self, tensor: torch.Tensor, stream: Any) -> None:
-        """`tensor`'s memory is not reused before the work queued on `stream` so far has run."""
-        tensor.record_stream(stream)
-
     def empty(self, shape: Shape, dtype: torch.dtype) -> torch.Tensor:
         return torch.empty(shape, dtype=dtype, device=self.device)
 
@@ -153,9 +149,6 @@ class CpuStreams:
 
     def synchronize(self, stream: CpuStream) -> None:
         stream.synchronize()
-
-    def keep_until_done(self, tensor: torch.Tensor, stream: CpuStream) -> None:
-        pass  # the work already ran
 
     def empty(self, shape: Shape, dtype: torch.dtype) -> torch.Tensor:
         return torch.empty(shape, dtype=dtype)

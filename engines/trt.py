@@ -179,6 +179,8 @@ class TrtBackend(BackendBase):
 
     def limits(self, component: str) -> Limits:
         """The batch range of the folder and each run-time dim's range in the engine's profile (its record)."""
+        if self._runtime is None:
+            raise EngineError("TrtBackend is not open: use `with TrtBackend(engine_dir) as backend:`")
         record = self._records.get(component)
         if record is None:
             raise self._no_engine(component)

@@ -502,7 +502,7 @@ def test_backend_errors_name_the_fix(engines, tmp_path, tiny_cfg):
     with pytest.raises(EngineError, match="has no engines.json: build engines there with `interlcm-trt build`"):
         TrtBackend(tmp_path / "nowhere")
     backend = TrtBackend(engines, components=["clip"])
-    with pytest.raises(EngineError, match="has no engine for clip"):  # not open: no engine is checked yet
+    with pytest.raises(EngineError, match="not open: use `with TrtBackend"):
         backend.run("clip", image=torch.zeros(1, 3, 64, 64))
     with backend:
         with pytest.raises(EngineError, match=r"has no engine for unet \(it has: .*clip"):

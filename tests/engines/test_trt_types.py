@@ -47,3 +47,52 @@ def test_the_check_catches_a_wrong_tensorrt_call(tmp_path):
     assert code != 0
     assert '"IExecutionContext" has no attribute "execute_async_v2"' in report
     assert 'Missing positional argument "ignore_mismatch" in call to "set_timing_cache"' in report
+
+
+def _stub_classes(folder) -> dict[str, set[str]]:
+    """Class name -> the names (methods, properties, attributes, enum members) the TensorRT stubs declare."""
+    import ast
+
+    tree = ast.parse((trt_typecheck.prepare_stubs(folder) / "tensorrt_bindings" / "tensorrt.pyi").read_text())
+    out = {}
+    for node in tree.body:
+        if isinstance(node, ast.ClassDef):
+            names = set()
+            for item in node.body:
+                if isinstance(item, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                    names.add(item.name)
+                elif isinstance(item, ast.AnnAssign) and isinstance(item.target, ast.Name):
+                    names.add(item.target.id)
+                elif isinstance(item, ast.Assign):
+                    names.update(t.id for t in item.targets if isinstance(t, ast.Name))
+            out[node.name] = names
+    return out
+
+
+def test_the_standin_speaks_only_tensorrts_api(tmp_path):
+    """Every name the TensorRT stand-in offers the code under test is one TensorRT 10.13 has (its stubs), so
+    code that passes on the stand-in calls nothing TensorRT lacks. Its own helpers are listed here."""
+    _require_tools()
+    from interlcm.engines import trt_standin as s
+
+    stubs = _stub_classes(tmp_path)
+    own = {"read", "output_shapes", "inputs", "outputs", "names", "model", "session", "payload", "profile",
+           "component", "path", "flags", "standin", "engine", "strategy", "calls", "shapes", "addresses", "profiles",
+           "timing_cache", "data", "device_memory"}  # the stand-in's state and helpers, not offered as TensorRT's
+    pairs = {s.StandInEngine: "ICudaEngine", s.StandInContext: "IExecutionContext", s.StandInConfig: "IBuilderConfig",
+             s.StandInNetwork: "INetworkDefinition", s.StandInProfile: "IOptimizationProfile",
+             s.StandInTimingCache: "ITimingCache"}
+    for cls, stub in pairs.items():
+        offered = {n for n in vars(cls) if not n.startswith("_")} - own
+        assert offered <= stubs[stub], (cls.__name__, sorted(offered - stubs[stub]))
+    standin = s.StandInTensorRT()
+    for name in ("Logger", "Builder", "OnnxParser", "Runtime", "Dims", "DataType", "TensorIOMode",
+                 "ExecutionContextAllocationStrategy", "MemoryPoolType", "NetworkDefinitionCreationFlag"):
+        assert name in stubs and hasattr(standin, name), name
+    for enum in ("DataType", "TensorIOMode", "ExecutionContextAllocationStrategy", "MemoryPoolType",
+                 "NetworkDefinitionCreationFlag"):
+        members = set(vars(getattr(standin, enum)))
+        assert members <= stubs[enum], (enum, sorted(members - stubs[enum]))
+    for cls, stub in ((standin.Builder, "Builder"), (standin.OnnxParser, "OnnxParser"), (standin.Runtime, "Runtime")):
+        offered = {n for n in vars(cls) if not n.startswith("_")}
+        assert offered <= stubs[stub], (stub, sorted(offered - stubs[stub]))
