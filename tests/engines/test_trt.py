@@ -342,6 +342,21 @@ def test_outputs_are_sized_by_the_inputs_not_the_traced_size(engines, export):
         torch.testing.assert_close(out[name], ref[name], rtol=1e-3, atol=1e-3)
 
 
+@pytest.mark.slow  # one 12 MP call per backend: 7 s (fp32) and 16 s (fp16) on a shared 2-core CPU
+def test_a_phone_photo_runs_at_its_own_size(engines, export):
+    """A 4032x3024 photo, detected at its own size as the release does: 500,220 priors on both backends."""
+    from interlcm.engines.ort import OrtBackend
+    from interlcm.faces.retinaface import num_priors
+
+    pixels = torch.rand(1, 3, 3024, 4032, generator=torch.Generator().manual_seed(0)) * 255
+    with TrtBackend(engines) as backend:
+        out = backend.run("retinaface_mobile", pixels=pixels)["conf"].clone()
+    with OrtBackend(export.root, "fp16", provider="cpu", components=[]) as ort:
+        ref = ort.run("retinaface_mobile", pixels=pixels)["conf"]
+    assert out.shape == ref.shape == (1, num_priors(_mobile(), 3024, 4032), 2) == (1, 500220, 2)
+    torch.testing.assert_close(out, ref, rtol=1e-3, atol=1e-3)
+
+
 def _mobile():
     from interlcm.faces.networks import FACE_NETWORKS
 
