@@ -40,7 +40,7 @@ from interlcm.components import BY_NAME, DEFAULT_COMPONENTS
 from interlcm.config import PresetConfig
 from interlcm.engines.backend import FUSED, BackendOptions, fast_path, open_backend
 from interlcm.engines.restorer import RestoreOptions, Restorer
-from interlcm.engines.trt import PRECISION
+from interlcm.engines.trt_common import PRECISION
 from interlcm.export.session import cuda_device_count
 from interlcm.models.container import build_random
 from interlcm.torch_backend import TorchBackend, check_torch_precision

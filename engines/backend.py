@@ -166,15 +166,13 @@ def open_backend(options: BackendOptions, components: Sequence[str] | None = Non
     kind, why = (options.kind, "requested") if options.kind != "auto" else _auto_kind(options)
     precision = check_precision(kind, options.precision or BACKEND_PRECISIONS[kind][0])
     opened = _open(kind, why, replace(options, precision=precision), components)
-    try:
+    with opened.backend:  # loads what it must (TensorRT: checks its engines), closes everything on exit
         limit = opened.max_batch
         if limit is not None and options.batch > limit:
             raise ValueError(f"--batch {options.batch} is above the {opened.backend.name} backend's limit of {limit}: "
                              f"use --batch {limit} or rebuild the engines with a larger batch profile")
         opened.fast = fast_path(opened.backend, options.fused_step, options.cuda_graph)
         yield opened
-    finally:
-        opened.backend.close()
 
 
 def _open(kind: str, why: str, options: BackendOptions, components: Sequence[str] | None) -> OpenedBackend:
@@ -183,7 +181,7 @@ def _open(kind: str, why: str, options: BackendOptions, components: Sequence[str
         engines = options.engines
         if engines is None:
             raise ValueError("the tensorrt backend needs --engines DIR (build them with `interlcm-trt build`)")
-        trt_backend = TrtBackend(engines, components=components).__enter__()  # closed by open_backend's exit
+        trt_backend = TrtBackend(engines, components=components)  # opened and closed by open_backend's `with`
         recorded = trt_backend._index.get("identity")  # the export manifest's identity, when the index records it
         identity = WeightsIdentity.from_dict(recorded) if recorded else None
         if identity is not None:
@@ -229,7 +227,8 @@ def _open_torch(options: BackendOptions, why: str) -> OpenedBackend:
         models = load_models(options.weights, options.variant)
     else:
         models = build_random(get_preset(options.preset or "tiny"), seed=0)
-    backend = TorchBackend(models.to(device), device, precision=options.precision)
+    # one module call runs at most --batch items (ParseNet, the detector, Real-ESRGAN): memory as the user sized it
+    backend = TorchBackend(models.to(device), device, precision=options.precision, max_batch=options.batch)
     desc = (f"torch {backend.describe()} on {device.type}, {models.config.name} preset, weights: {models.origin} "
             f"({why})")
     return OpenedBackend(backend, desc, weights=models.origin, variant=options.variant, identity=models.identity)

@@ -166,7 +166,7 @@ def restore(inputs, backend, seed, colorfix, batch, timing, aligned, detector, o
         paths = list_images(inputs) if inputs else []
         plan_outputs(paths, out, save_faces=save_faces)  # a name clash fails here, before any work
         with open_backend(backend) as opened:
-            upsamplers = _upsamplers(opened.config, backend.weights, bg_upsampler, bg_tile, face_upsample)
+            upsamplers = _upsamplers(opened.backend, backend.weights, bg_upsampler, bg_tile, face_upsample)
             photo_restorer = open_photo_restorer(opened.backend, opened.fast.apply(options), photo_options, detector,
                                                  backend.weights, timing, upsamplers)
             make_folder(out)  # --out a file, read-only or uncreatable: one sentence before any work
@@ -230,11 +230,11 @@ def _last_line(exc: BaseException) -> str:
     return lines[-1] if lines else type(exc).__name__
 
 
-def _upsamplers(cfg, weights, bg_upsampler: str, bg_tile: int, face_upsample: bool):  # noqa: ANN001, ANN202
-    """Real-ESRGAN for the background (and faces), as asked; says where its weights come from."""
+def _upsamplers(backend, weights, bg_upsampler: str, bg_tile: int, face_upsample: bool):  # noqa: ANN001, ANN202
+    """Real-ESRGAN for the background (and faces), as asked, on the restoring backend; says where it runs."""
     from interlcm.upsampler import TileOptions, open_upsamplers
 
-    upsamplers, why = open_upsamplers(cfg, weights, bg_upsampler == "realesrgan", face_upsample, TileOptions(bg_tile))
+    upsamplers, why = open_upsamplers(backend, weights, bg_upsampler == "realesrgan", face_upsample, TileOptions(bg_tile))
     if why:
         click.echo(why)
     return upsamplers
@@ -313,7 +313,8 @@ def _print_summary(photo_restorer, report, total: int) -> None:  # noqa: ANN001
               help="auto: rebuild stale engines; never: refuse them; always: rebuild everything.")
 def build(onnx, out, components, opt_level, timing_cache, rebuild) -> None:  # noqa: ANN001
     """Build fp16 TensorRT engines from an export folder (needs an NVIDIA GPU)."""
-    from interlcm.engines.trt import INDEX_FILE, EngineError, build_engines, check_cuda
+    from interlcm.engines.trt_build import INDEX_FILE, build_engines
+    from interlcm.engines.trt_common import EngineError, check_cuda
     from interlcm.files import FilesError, check_replaceable
 
     try:

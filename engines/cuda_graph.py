@@ -10,9 +10,10 @@ with one `replay()` and no per-kernel launch cost or host round trip between the
 
 What makes it capturable: `denoise` does only torch arithmetic and `backend.run` on the
 current stream; `TrtBackend.run` enqueues on its dedicated stream (the capture stream
-here), writes into per-batch output buffers allocated in the warm-up run (so capture
-allocates nothing of its own that outlives it), and does no host synchronisation. The
-warm-up run also gives TensorRT the first enqueue per shape that it needs before capture.
+here) through one execution context per batch size, whose shapes, buffers and addresses
+the warm-up run sets up (so capture sets and allocates nothing, and a replay finds its
+context as it was captured), and does no host synchronisation. The warm-up run also gives
+TensorRT the first enqueue per shape that it needs before capture.
 Static buffers: the five inputs are copied into tensors owned by the graph, and the
 result is the graph's static output, valid until the next replay of that batch size
 (the sampler decodes it at once).

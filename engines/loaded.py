@@ -22,7 +22,7 @@ from interlcm.engines.photo import FaceParser, PhotoOptions, PhotoRestorer, Phot
 from interlcm.engines.restorer import RestoreOptions, Restorer
 from interlcm.faces.detect import Detector
 from interlcm.faces.detectors import DEFAULT_DETECTOR, DetectorContext, open_detector, open_parser
-from interlcm.upsampler import TiledUpsampler, TileOptions, Upsamplers, open_upsampler
+from interlcm.upsampler import TiledUpsampler, TileOptions, Upsamplers, open_upsamplers
 
 
 @dataclass(frozen=True)
@@ -119,5 +119,6 @@ class LoadedRestorer:
 
     def _realesrgan(self) -> TiledUpsampler:
         if self._upsampler is None:
-            self._upsampler, self.upsampler_origin = open_upsampler(self.opened.config, self.weights, self.tile)
+            both, self.upsampler_origin = open_upsamplers(self.opened.backend, self.weights, True, True, self.tile)
+            self._upsampler = both.background
         return self._upsampler

@@ -21,10 +21,13 @@ from diffusers.models.attention_processor import AttnProcessor2_0
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from interlcm.backend import BackendBase
+from interlcm.checkpoint import WeightsError
 from interlcm.choices import check_precision
 from interlcm.components import BY_NAME, Component
 from interlcm.config import PresetConfig
 from interlcm.models.container import InterLCMModels
+from interlcm.models.rrdbnet import UpsamplerModels
 
 DTYPES: dict[str, torch.dtype] = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 # fp32 islands in torch terms: the module types of the ONNX ops named in Component.fp16_keep_fp32
@@ -50,21 +53,22 @@ def check_torch_precision(precision: str, device: torch.device) -> str:
     return precision
 
 
-class TorchBackend:
+class TorchBackend(BackendBase):
     name = "torch"
-    max_batch: int | None = None  # no profile: any batch that fits in memory
-    stream = None  # torch runs on the caller's current stream
 
     def __init__(
         self,
-        models: InterLCMModels,
+        models: InterLCMModels | UpsamplerModels,
         device: torch.device | str = "cpu",
         *,
         precision: str = "fp32",
+        max_batch: int | None = None,
         grad: bool = False,
         checkpointed: tuple[str, ...] = (),
     ):
-        """`precision` other than fp32 converts `models` in place (they are the backend's from then on)."""
+        """`precision` other than fp32 converts `models` in place (they are the backend's from then on).
+        `max_batch`: the most items one module call runs, larger calls are split (open_backend passes
+        --batch, so ParseNet on a 35-face photo takes --batch faces of memory at a time); None: all at once."""
         if checkpointed and not grad:
             raise ValueError("checkpointed components only make sense with grad=True (training)")
         self.models = models
@@ -73,6 +77,7 @@ class TorchBackend:
         if grad and precision != "fp32":
             raise ValueError(f"training runs fp32 (with autocast where it wants), not a {precision} backend")
         self.dtype = DTYPES[precision]
+        self.max_batch = max_batch
         self.grad = grad
         self.checkpointed = set(checkpointed)
         self._modules: dict[str, nn.Module] = {}
@@ -83,8 +88,20 @@ class TorchBackend:
         return self.models.config
 
     def has(self, component: str) -> bool:
-        """Every component builds from the loaded models (the fused denoise_step shares the SE's and UNet's weights)."""
-        return component in BY_NAME
+        """Whether the loaded models hold `component`'s networks (face networks and Real-ESRGAN are optional;
+        the fused denoise_step shares the SE's and UNet's weights)."""
+        if component not in BY_NAME:
+            return False
+        try:
+            self.module(component)
+        except (WeightsError, AttributeError):
+            return False
+        return True
+
+    def load_upsampler(self, upsampler: UpsamplerModels) -> None:
+        """Real-ESRGAN joins the backend's models: `run("realesrgan", ...)` runs it here, on this device."""
+        self.models.realesrgan = upsampler.realesrgan.to(self.device)  # type: ignore[union-attr]
+        self._modules.pop("realesrgan", None)
 
     def describe(self) -> str:
         """What runs, e.g. "fp16 (fp32 norms and timestep embedding, SDPA attention, channels-last)"."""
@@ -126,15 +143,13 @@ class TorchBackend:
             for key, buf in sub.named_buffers(recurse=False):
                 setattr(sub, key, _cast(buf, self.dtype, channels_last))
 
-    def run(self, component: str, **inputs: torch.Tensor) -> dict[str, torch.Tensor]:
-        spec = BY_NAME[component]
-        missing = set(spec.input_names) - set(inputs)
-        if missing:
-            raise ValueError(f"{component} needs inputs {sorted(missing)}")
-        module = self.module(component)
+    def _run(self, component: Component, inputs: dict[str, torch.Tensor], batch: int,
+             dims: dict[str, int]) -> dict[str, torch.Tensor]:
+        spec = component
+        module = self.module(component.name)
         with contextlib.nullcontext() if self.grad else torch.inference_mode():
             args = [inputs[n] if self.grad else self._input(n, inputs[n]) for n in spec.input_names]
-            if component in self.checkpointed and torch.is_grad_enabled():
+            if component.name in self.checkpointed and torch.is_grad_enabled():
                 out = checkpoint(module, *args, use_reentrant=False)
             else:
                 out = module(*args)
