@@ -294,13 +294,12 @@ def test_bare_string_variant_is_one_variant():
 def test_default_hub_download_keeps_offline_an_error(tmp_path, monkeypatch):
     # Offline, huggingface_hub raises LocalEntryNotFoundError, a FileNotFoundError
     # subclass: it must not be mistaken for "file not in repo" (and so fall back).
-    import huggingface_hub
     from huggingface_hub.errors import LocalEntryNotFoundError
 
     def offline(repo_id, filename, **kwargs):
         raise LocalEntryNotFoundError("cannot reach the Hub")
 
-    monkeypatch.setattr(huggingface_hub, "hf_hub_download", offline)
+    monkeypatch.setattr(dl, "hf_hub_download", offline)
     with pytest.raises(LocalEntryNotFoundError):
         dl._hub_download(
             repo_id="r", filename="model.safetensors", local_dir=tmp_path, revision=None, progress=False
