@@ -22,6 +22,12 @@ Modes:
   input's size times ``upscale``. Faces whose eyes are under 5 px apart are dropped. A grayscale
   photo (the release's test) gets grayscale faces back. The faces of every photo in a call are
   restored together in full batches, then each photo is pasted back.
+
+Strength (``PhotoOptions.strength``, A1111's "visibility", facefusion's "blend") mixes each restored
+face with the original: whole photos scale the paste-back mask by it, so 0.0 gives the upscaled
+canvas a photo without faces gives; aligned crops are mixed with the input crop stretched to the
+model resolution, so 0.0 gives that stretched input (the aligned output is always model-sized).
+1.0, the default, is the restored face, byte for byte as without the option.
 """
 
 from __future__ import annotations
@@ -39,12 +45,14 @@ import numpy as np
 import torch
 
 from interlcm.backend import Backend
+from interlcm.choices import DEFAULT_STRENGTH, check_strength
 from interlcm.engines.restorer import RestoreOptions, Restorer
 from interlcm.faces.align import AlignedFace, align_face, eye_distance
 from interlcm.faces.detect import Detection, Detector
 from interlcm.faces.detectors import DEFAULT_DETECTOR, DetectorContext, open_detector, open_parser
 from interlcm.faces.paste import PastedFace, larger_crop_inverse, paste_faces
 from interlcm.imageio import to_uint8
+from interlcm.limits import PixelLimits
 from interlcm.upsampler import Upsamplers
 
 DETECT_MIN_SIDE = 512  # the release enlarges photos with a shorter short side before detecting
@@ -62,6 +70,16 @@ class PhotoOptions:
     only_center_face: bool = False  # whole-photo mode: keep the face nearest the image centre
     save_faces: bool = False  # also return the aligned restored faces
     keep_gray: bool = True  # whole-photo mode: a grayscale photo gets gray faces (not for the colorization variant)
+    limits: PixelLimits = PixelLimits()  # largest photo read and made; checked on the file's header, before decoding
+    strength: float = DEFAULT_STRENGTH  # mix of restored (1.0) and original (0.0) face; choices.STRENGTH_RANGE
+
+    def __post_init__(self) -> None:
+        check_strength(self.strength)
+
+    @property
+    def output_scale(self) -> int:
+        """Output size over input size, per side, as the pixel limits count it (aligned crops: 1)."""
+        return 1 if self.aligned else self.upscale
 
 
 @dataclass
@@ -70,6 +88,7 @@ class PhotoResult:
     faces: list[np.ndarray] = field(default_factory=list)  # (R, R, 3) uint8 restored faces, if asked
     notes: list[str] = field(default_factory=list)  # one line each, e.g. which paste-back mask was used
     found: int = 0  # whole-photo mode: faces detected, restored and pasted back
+    originals: list[np.ndarray] = field(default_factory=list)  # (R, R, 3) uint8 aligned input faces, with `faces`
 
 
 def to_model_input(face: np.ndarray, resolution: int) -> torch.Tensor:
@@ -88,6 +107,14 @@ def restore_faces(restorer: Restorer, faces: Sequence[np.ndarray]) -> list[np.nd
         lq = torch.stack([to_model_input(f, resolution) for f in faces[start : start + batch]])
         out += [to_uint8(img) for img in restorer.restore(lq)]
     return out
+
+
+def mix(original: np.ndarray, restored: np.ndarray, strength: float) -> np.ndarray:
+    """Per-pixel mix of two (H, W, 3) uint8 images, as the paste-back blends: strength 1.0 is `restored`."""
+    if strength == 1.0:
+        return restored
+    out = original.astype(np.float32) + np.float32(strength) * (restored.astype(np.float32) - original)
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
 
 
 def is_gray(photo: np.ndarray, threshold: float = GRAY_THRESHOLD) -> bool:
@@ -145,6 +172,7 @@ class FacesRestored:
     pasted: list[PastedFace] = field(default_factory=list)  # whole-photo mode: restored faces, where they go
     faces: list[np.ndarray] = field(default_factory=list)  # (R', R', 3) uint8 faces as pasted (gray, upsampled)
     background: np.ndarray | None = None  # Real-ESRGAN's upscaled photo (--bg-upsampler), else None
+    originals: list[np.ndarray] = field(default_factory=list)  # (R, R, 3) uint8 aligned input faces, if save_faces
 
 
 class PhotoRestorer:
@@ -216,10 +244,17 @@ class PhotoRestorer:
         """Paste the restored faces back (whole-photo mode); the photo's result."""
         keep = self.options.save_faces
         if self.options.aligned:
-            return PhotoResult(item.faces[0], list(item.faces) if keep else [])
+            size = self.restorer.config.resolution
+            original = item.photo.pixels  # what the model saw (to_model_input's stretch)
+            if original.shape[:2] != (size, size):
+                original = cv2.resize(original, (size, size), interpolation=cv2.INTER_LINEAR)
+            restored = item.faces[0]
+            return PhotoResult(mix(original, restored, self.options.strength), [restored] if keep else [],
+                               originals=[original] if keep else [])
         photo = item.photo.pixels
         with self._timed("paste"):
-            image = paste_faces(photo, item.pasted, self.options.upscale, item.background, device=self.warp_device)
+            image = paste_faces(photo, item.pasted, self.options.upscale, item.background,
+                                strength=self.options.strength, device=self.warp_device)
         if not item.pasted:
             notes = ["no face found: the photo is only upscaled"]
         elif self.parser is not None:
@@ -228,7 +263,8 @@ class PhotoRestorer:
             notes = ["paste-back mask: soft box mask alone (no face parser)"]
         if item.photo.gray and item.pasted:
             notes.append("grayscale photo: faces kept gray")
-        return PhotoResult(image, list(item.faces) if keep else [], notes, found=len(item.pasted))
+        return PhotoResult(image, list(item.faces) if keep else [], notes, found=len(item.pasted),
+                           originals=list(item.originals))
 
     def _detect(self, photos: Sequence[np.ndarray]) -> list[list[Detection]]:
         """Faces of each photo, landmarks in the photo's own pixels, filtered as the options say."""
@@ -257,8 +293,8 @@ class PhotoRestorer:
         if self.upsamplers.face is not None and restored and self.options.upscale > 1:
             # the release's --face_upsample: each restored face enlarged by `upscale` before it is warped back
             s = self.options.upscale
-            with self._timed("face upsample"):
-                restored = [self.upsamplers.face.enhance(face, outscale=s) for face in restored]
+            with self._timed("face upsample"):  # the photo's faces in one batch, split to the backend's
+                restored = self.upsamplers.face.enhance_many(restored, outscale=s)
             inverses = [larger_crop_inverse(inverse, s) for inverse in inverses]
             side = restored[0].shape[0]
             masks = [None if m is None else cv2.resize(m, (side, side), interpolation=cv2.INTER_LINEAR) for m in masks]
@@ -267,7 +303,8 @@ class PhotoRestorer:
             with self._timed("background"):
                 background = self.upsamplers.background.enhance(photo.pixels, outscale=self.options.upscale)
         pasted = [PastedFace(face, inverse, mask) for inverse, face, mask in zip(inverses, restored, masks)]
-        return FacesRestored(photo, pasted, list(restored), background)
+        originals = [a.image for a in aligned] if self.options.save_faces else []
+        return FacesRestored(photo, pasted, list(restored), background, originals)
 
     @contextmanager
     def _timed(self, stage: str) -> Iterator[None]:

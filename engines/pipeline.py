@@ -203,7 +203,9 @@ def restore_files(
 
     def read(plan: OutputPlan) -> tuple[PhotoInput, list[str]]:
         notes: list[str] = []  # a multi-frame file: which frame was used
-        return photo_restorer.prepare(read_rgb(plan.source, notes=notes)), notes
+        options = photo_restorer.options  # over the pixel limits: refused from the header, one sentence
+        photo = read_rgb(plan.source, notes=notes, limits=options.limits, upscale=options.output_scale)
+        return photo_restorer.prepare(photo), notes
 
     def write(plan: OutputPlan, result: PhotoResult) -> list[str]:
         try:
@@ -241,7 +243,7 @@ def restore_files(
         for plan, future in _ahead(partial(pipeline.cpu.submit, read), todo, group_size):
             try:
                 photo, notes = future.result()  # waits for the read; input order
-            except PHOTO_FAILURES as exc:  # ImageReadError is a ValueError
+            except PHOTO_FAILURES as exc:  # ImageReadError and PixelLimitError are ValueErrors
                 entries.append(_Entry(plan, failure=exc))
                 record(recorded)  # ahead of every unfinished group: report it now
                 continue

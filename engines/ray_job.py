@@ -28,12 +28,13 @@ import os
 import time
 from collections.abc import Sequence
 from contextlib import ExitStack
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import PurePosixPath
 from typing import Any
 
 import numpy as np
 
+from interlcm.engines.backend import BackendOptions
 from interlcm.engines.photo import PhotoOptions
 from interlcm.engines.restorer import RestoreOptions
 from interlcm.faces.detectors import DEFAULT_DETECTOR
@@ -45,7 +46,7 @@ RESULTS_NAME = "results.jsonl"
 class JobSpec:
     """Everything an actor needs to build the same restorer the single-process CLI builds."""
 
-    backend_args: dict[str, Any]  # keyword arguments of engines.backend.open_backend
+    backend: BackendOptions  # what each actor opens: the single-process CLI's options, the same object
     options: RestoreOptions
     photo: PhotoOptions
     actors: int | None = None  # default: one per GPU, else 1
@@ -54,7 +55,7 @@ class JobSpec:
 
 @dataclass
 class JobReport:
-    rows: list[dict] = field(default_factory=list)  # one per input: input, output, status, reason, faces
+    rows: list[dict] = field(default_factory=list)  # one per input: input, output, status, reason, faces, backend
     seconds: float = 0.0  # wall time of the Ray Data job (skipped inputs cost nothing)
     actors: int = 0
 
@@ -67,7 +68,9 @@ class JobReport:
 
     def summary(self) -> str:
         written, rate = self.count("written"), self.count("written") / self.seconds if self.seconds else 0.0
-        return (f"{len(self.rows)} image(s): {written} restored ({self.faces} face(s)), "
+        ran = sorted({r["backend"] for r in self.rows if r.get("backend")})  # what the actors opened
+        return ("".join(f"backend: {b}\n" for b in ran)
+                + f"{len(self.rows)} image(s): {written} restored ({self.faces} face(s)), "
                 f"{self.count('skipped')} skipped (output exists), {self.count('failed')} failed; "
                 f"{self.seconds:.1f} s on {self.actors} actor(s), {rate:.2f} images/s")
 
@@ -174,15 +177,17 @@ def _objects(items: list) -> np.ndarray:
 _NO_IMAGE = np.zeros((1, 1, 3), np.uint8)  # placeholder pixels of a failed row
 
 
-def decode_stage(batch: dict[str, np.ndarray], fs) -> dict[str, np.ndarray]:  # noqa: ANN001
+def decode_stage(batch: dict[str, np.ndarray], fs, photo: PhotoOptions) -> dict[str, np.ndarray]:  # noqa: ANN001
+    """Read and decode each input; one over the pixel limits is refused from its header, before decoding."""
     from interlcm.imageio import ImageReadError, decode_rgb
+    from interlcm.limits import PixelLimitError
 
     images, errors = [], []
     for src in batch["src"]:
         try:
-            images.append(decode_rgb(_read_bytes(fs, src), src))
+            images.append(decode_rgb(_read_bytes(fs, src), src, limits=photo.limits, upscale=photo.output_scale))
             errors.append("")
-        except (ImageReadError, OSError) as exc:
+        except (ImageReadError, PixelLimitError, OSError) as exc:
             images.append(_NO_IMAGE)
             errors.append(str(exc).splitlines()[0])
     return {"src": batch["src"], "dst": batch["dst"], "image": _objects(images), "error": np.array(errors, dtype=object)}
@@ -196,10 +201,11 @@ class RestoreActor:
         from interlcm.engines.photo import open_photo_restorer
 
         self._open = ExitStack()  # the backend stays open for the actor's life (its process exit releases it)
-        opened = self._open.enter_context(open_backend(**spec.backend_args))
-        self.photos = open_photo_restorer(opened.backend, spec.options, spec.photo, spec.detector,
-                                          spec.backend_args.get("weights"))
+        opened = self._open.enter_context(open_backend(spec.backend))
+        self.photos = open_photo_restorer(opened.backend, opened.fast.apply(spec.options), spec.photo, spec.detector,
+                                          spec.backend.weights)
         self.aligned = spec.photo.aligned
+        self.ran = f"{opened.description}; {opened.fast.describe()}"
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         errors = list(batch["error"])
@@ -216,7 +222,8 @@ class RestoreActor:
             images[i] = result.image
             faces[i] = 1 if self.aligned else len(result.faces)  # TODO(lead): PhotoResult should count faces
         return {"src": batch["src"], "dst": batch["dst"], "image": _objects(images),
-                "error": np.array(errors, dtype=object), "faces": np.array(faces)}
+                "error": np.array(errors, dtype=object), "faces": np.array(faces),
+                "backend": np.array([self.ran] * len(images), dtype=object)}
 
 
 def write_stage(batch: dict[str, np.ndarray], fs) -> dict[str, np.ndarray]:  # noqa: ANN001
@@ -236,20 +243,57 @@ def write_stage(batch: dict[str, np.ndarray], fs) -> dict[str, np.ndarray]:  # n
             status.append("failed")
             reasons.append(f"cannot write {dst}: {exc}")
     return {"input": batch["src"], "output": batch["dst"], "status": np.array(status, dtype=object),
-            "reason": np.array(reasons, dtype=object), "faces": batch["faces"]}
+            "reason": np.array(reasons, dtype=object), "faces": batch["faces"], "backend": batch["backend"]}
 
 
 # --- the job --------------------------------------------------------------------------------------
 
 
+# Ray's own switch between a cluster node and a Ray for this machine alone (its default on macOS and Windows).
+# When it is "0", Ray takes loopback as the node's IP address, and every service binds the node's IP address.
+RAY_LOCAL_ONLY_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+
+
+def start_local_ray(**init: Any) -> None:
+    """Start Ray for this machine alone: every service it starts listens on loopback (127.0.0.1) only.
+
+    Ray binds the GCS, the raylet, the object manager, every worker's gRPC server and its agents to
+    the node's IP address. On Linux that is the external address, even for
+    ``ray.init(_node_ip_address="127.0.0.1")``: ray.init replaces a loopback address by the external
+    one. Ray's local-only mode keeps loopback; it is read when Ray is imported, so the variable is set
+    for the processes Ray starts and the already imported constant follows it. The dashboard is not
+    started (nothing here needs it). ``init``: more ray.init arguments (e.g. num_cpus).
+    Raises RuntimeError, after shutting Ray down, if the node still is not on loopback.
+    """
+    os.environ[RAY_LOCAL_ONLY_ENV] = "0"
+    import ray
+    from ray._private import ray_constants
+
+    ray_constants.ENABLE_RAY_CLUSTER = False  # what Ray reads at import when the variable above is set first
+    ray.init(include_dashboard=False, logging_level="warning", **init)
+    node_ip = ray.util.get_node_ip_address()
+    if not _is_loopback(node_ip):
+        ray.shutdown()
+        raise RuntimeError(f"the local Ray cluster would listen on {node_ip}, not on loopback: "
+                           f"set {RAY_LOCAL_ONLY_ENV}=0 before Ray is imported")
+
+
+def _is_loopback(host: str) -> bool:
+    import ipaddress
+
+    return host == "localhost" or ipaddress.ip_address(host).is_loopback
+
+
 def connect(address: str) -> bool:
-    """Join the cluster at `address`, or start a local one for `local`; True if we started Ray here."""
+    """Join the cluster at `address`, or start one on loopback for `local`; True if we started Ray here."""
     import ray
 
     if ray.is_initialized():
         return False
-    local = {"_node_ip_address": "127.0.0.1"} if address == "local" else {}  # a local cluster listens on loopback only
-    ray.init(address=None if address == "local" else address, include_dashboard=False, logging_level="warning", **local)
+    if address == "local":
+        start_local_ray()
+    else:
+        ray.init(address=address, logging_level="warning")
     return True
 
 
@@ -266,7 +310,8 @@ def plan(inputs: Sequence[str], out: str) -> tuple[Any, Any, list[tuple[str, str
         if dst in sources and _is_local(in_fs) == _is_local(out_fs):
             raise ValueError(f"output {dst} would overwrite an input: choose another --out")
         if _exists_complete(out_fs, dst):
-            skipped.append({"input": src, "output": dst, "status": "skipped", "reason": "output exists", "faces": 0})
+            skipped.append({"input": src, "output": dst, "status": "skipped", "reason": "output exists", "faces": 0,
+                            "backend": ""})
         else:
             todo.append((src, dst))
     return in_fs, out_fs, todo, skipped
@@ -293,16 +338,16 @@ def run_job(spec: JobSpec, inputs: Sequence[str], out: str) -> JobReport:
     report = JobReport(rows=list(skipped))
     actors, resources = actor_resources(spec.actors)
     report.actors = actors
-    backend_args = dict(spec.backend_args)
-    if backend_args.get("threads") is None and "num_cpus" in resources:  # split the cores, don't oversubscribe
-        backend_args["threads"] = max(1, int(ray.cluster_resources().get("CPU", 1)) // actors)
-    spec = JobSpec(backend_args, spec.options, spec.photo, actors, spec.detector)
+    backend = spec.backend
+    if backend.threads is None and "num_cpus" in resources:  # split the cores, don't oversubscribe
+        backend = replace(backend, threads=max(1, int(ray.cluster_resources().get("CPU", 1)) // actors))
+    spec = replace(spec, backend=backend, actors=actors)
     start = time.perf_counter()
     try:
         if todo:
             ds = ray.data.from_items([{"src": s, "dst": d} for s, d in todo],
                                      override_num_blocks=min(len(todo), 4 * actors))
-            ds = ds.map_batches(decode_stage, fn_kwargs={"fs": in_fs}, batch_size=spec.options.batch,
+            ds = ds.map_batches(decode_stage, fn_kwargs={"fs": in_fs, "photo": spec.photo}, batch_size=spec.options.batch,
                                 batch_format="numpy")
             ds = ds.map_batches(RestoreActor, fn_constructor_kwargs={"spec": spec}, batch_size=spec.options.batch,
                                 batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=actors), **resources)

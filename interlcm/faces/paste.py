@@ -20,6 +20,9 @@ Memory: each face is blended inside its bounding box on the canvas, in float32, 
 into the uint8 canvas in place; the canvas itself is never copied. Where two faces' boxes overlap,
 the second blends over the first's rounded pixels (within one level of blending over unrounded ones).
 `device` runs the same recipe as torch ops (interlcm.faces.warp) on a GPU; only the boxes travel.
+
+`strength` (interlcm.choices.STRENGTH_RANGE) scales every face's blend mask: 1.0 pastes the restored
+face as above, 0.0 leaves the canvas (the upscaled photo) unchanged, values between mix per pixel.
 """
 
 from __future__ import annotations

@@ -1,9 +1,9 @@
-"""The Ray Data job and the Ray Serve endpoint on one local Ray session (127.0.0.1, 2 CPUs, tiny torch).
+"""The Ray Data job on the local Ray session of the engine tests (loopback only, 2 CPUs, tiny torch).
 
 Everything is compared with the single-process CLI at `--batch 1` on the same inputs and seed,
 byte for byte: a face restored alone runs the same kernels in every process (see
 test_batch_invariance.py for what holds when faces share a batch).
-Cost: one `ray.init` (~10 s) and one actor start per job or deployment (~5-20 s each on a
+Cost: one `ray.init` (~10 s, shared with test_serve.py) and one actor start per job (~5-20 s on a
 loaded 2-core machine).
 """
 
@@ -12,50 +12,16 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import threading
 import time
-import urllib.error
-import urllib.request
-from concurrent.futures import ThreadPoolExecutor
 
-import numpy as np
 import pytest
 from click.testing import CliRunner
-from PIL import Image
 
 ray = pytest.importorskip("ray")
 
+from interlcm.engines.backend import BackendOptions  # noqa: E402
 from interlcm.engines.cli import main  # noqa: E402
-
-SEED = "1"
-COMMON = ["--aligned", "--preset", "tiny", "--backend", "torch", "--seed", SEED, "--threads", "1"]
-
-
-@pytest.fixture(scope="module")
-def ray_session():
-    ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1",
-             logging_level="warning", log_to_driver=False)
-    ray.data.DataContext.get_current().enable_progress_bars = False
-    yield
-    from ray import serve
-
-    serve.shutdown()
-    ray.shutdown()
-
-
-@pytest.fixture(scope="module")
-def faces(tmp_path_factory, tiny_cfg):
-    """12 face crops at the model resolution and their single-process (CLI, --batch 1) outputs."""
-    root = tmp_path_factory.mktemp("faces")
-    rng = np.random.default_rng(0)
-    size = tiny_cfg.resolution
-    (root / "in").mkdir()
-    for i in range(12):
-        Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)).save(root / "in" / f"face{i:02d}.png")
-    result = CliRunner().invoke(main, ["restore", str(root / "in"), *COMMON, "--out", str(root / "reference")])
-    assert result.exit_code == 0, result.output
-    return root
 
 
 def _folder(faces, dst, n):
@@ -69,11 +35,12 @@ def _table(out):
     return {os.path.basename(r["input"]): r for r in map(json.loads, (out / "results.jsonl").read_text().splitlines())}
 
 
-def test_job_equals_single_process_reports_bad_images_and_resumes(ray_session, faces, tmp_path):
+def test_job_equals_single_process_reports_bad_images_and_resumes(ray_local, reference_faces, tmp_path):
+    faces = reference_faces.root
     src = _folder(faces, tmp_path / "in", 8)
     (src / "corrupt.png").write_bytes(b"\x89PNG not really")
     out = tmp_path / "out"
-    args = ["restore", str(src), *COMMON, "--batch", "1", "--ray", "local", "--actors", "2", "--out", str(out)]
+    args = ["restore", str(src), *reference_faces.args, "--batch", "1", "--ray", "local", "--actors", "2", "--out", str(out)]
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 1, result.output  # the corrupt image failed, and the exit code says so
     assert "8 restored (8 face(s))" in result.output and "1 failed" in result.output
@@ -107,14 +74,15 @@ def _restore_actor_pids() -> list[int]:
     return pids
 
 
-def test_killed_actor_loses_nothing(ray_session, faces, tmp_path):
+def test_killed_actor_loses_nothing(ray_local, reference_faces, tmp_path):
+    faces = reference_faces.root
     from interlcm.engines.photo import PhotoOptions
     from interlcm.engines.ray_job import JobSpec, run_job
     from interlcm.engines.restorer import RestoreOptions
 
     src = _folder(faces, tmp_path / "in", 12)
     out = tmp_path / "out"
-    spec = JobSpec({"kind": "torch", "preset": "tiny", "threads": 1}, RestoreOptions(seed=int(SEED), batch=1),
+    spec = JobSpec(BackendOptions("torch", preset="tiny", threads=1), RestoreOptions(seed=reference_faces.seed, batch=1),
                    PhotoOptions(aligned=True), actors=2)
     killed: list[tuple[int, int]] = []  # (pid, outputs written when it was killed)
 
@@ -138,71 +106,3 @@ def test_killed_actor_loses_nothing(ray_session, faces, tmp_path):
     assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in src.iterdir()) + ["results.jsonl"]
     for path in out.glob("*.png"):  # no partial or different outputs (and no leftover temp files, listed above)
         assert path.read_bytes() == (faces / "reference" / path.name).read_bytes(), path.name
-
-
-# --- Serve ----------------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def server(ray_session):
-    from interlcm.engines.serve import build_app, start
-
-    with socket.socket() as s:  # a free port on 127.0.0.1
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    app = build_app({"kind": "torch", "preset": "tiny", "threads": 1}, max_batch=4, batch_wait_s=0.2,
-                    max_bytes=200_000)
-    handle = start(app, port=port)
-    yield f"http://127.0.0.1:{port}", handle
-
-
-def _post(url: str, body: bytes, query: str = f"seed={SEED}&aligned=true") -> tuple[int, bytes]:
-    request = urllib.request.Request(f"{url}/restore?{query}", data=body, method="POST")
-    try:
-        with urllib.request.urlopen(request, timeout=60) as response:
-            return response.status, response.read()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read()
-
-
-def test_serve_answers_like_the_cli(server, faces):
-    url, _ = server
-    with urllib.request.urlopen(f"{url}/healthz", timeout=30) as response:
-        assert response.status == 200 and b"ok: torch" in response.read()
-    status, body = _post(url, (faces / "in" / "face00.png").read_bytes())
-    assert status == 200, body
-    assert body == (faces / "reference" / "face00.png").read_bytes()
-
-
-def test_serve_batches_concurrent_requests(server, faces):
-    url, handle = server
-    names = [f"face{i % 12:02d}.png" for i in range(16)]
-    before = len(handle.seen_batch_sizes.remote().result())
-    with ThreadPoolExecutor(16) as pool:
-        answers = list(pool.map(lambda n: _post(url, (faces / "in" / n).read_bytes()), names))
-    sizes = handle.seen_batch_sizes.remote().result()[before:]
-    assert all(status == 200 for status, _ in answers), [a[1][:200] for a in answers if a[0] != 200]
-    assert sum(sizes) == 16 and max(sizes) > 1, sizes  # gathered into engine batches, every face once
-    for name, (_, body) in zip(names, answers):  # batched faces: within one grey level of the CLI's
-        import io
-
-        got = np.asarray(Image.open(io.BytesIO(body)), dtype=np.int16)
-        want = np.asarray(Image.open(faces / "reference" / name), dtype=np.int16)
-        assert np.abs(got - want).max() <= 1, name
-
-
-def test_serve_refuses_bad_requests_and_stays_healthy(server, faces):
-    url, _ = server
-    good = (faces / "in" / "face01.png").read_bytes()
-    for body, query, code, reason in (
-        (b"definitely not an image", f"seed={SEED}&aligned=true", 400, b"not an image"),
-        (good, "seed=minus-one&aligned=true", 400, b"seed='minus-one' is not an integer"),
-        (good, "steps=1&aligned=true", 400, b"runs the 3step model"),
-        (good, "colour=red", 400, b"unknown query parameter"),
-        (b"x" * 300_000, "aligned=true", 413, b"limit"),
-    ):
-        status, answer = _post(url, body, query)
-        assert status == code and reason in answer, (status, answer)
-        assert len(answer.strip().splitlines()) == 1, answer
-    status, body = _post(url, good)
-    assert status == 200 and body == (faces / "reference" / "face01.png").read_bytes()
