@@ -348,6 +348,7 @@ def _transcode(
         pending: list[np.ndarray] = []
         pending_pts: list[int] = []
         in_flight: deque[tuple[Any, list[int]]] = deque()  # (batch handed to the restorer, its frames' pts), oldest first
+        ahead = BATCHES_AHEAD if hasattr(photo, "submit_photos") else 0  # done at once: nothing to overlap, encode now
         frame_notes: Counter[str] = Counter()
         expected = vin.frames  # from the container header; 0 when it does not say
         bar = tqdm(total=expected or None, unit="frame", disable=not options.progress, desc=src.name)
@@ -357,7 +358,7 @@ def _transcode(
                 in_flight.append((_submit(photo, list(pending)), list(pending_pts)))
                 pending.clear()
                 pending_pts.clear()
-            while len(in_flight) > (0 if last else BATCHES_AHEAD):  # bounded: encode the oldest batch
+            while len(in_flight) > (0 if last else ahead):  # bounded: encode the oldest batch
                 batch, pts_list = in_flight.popleft()
                 start = time.perf_counter()
                 results = batch.result()
