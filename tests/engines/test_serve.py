@@ -175,31 +175,51 @@ def test_overload_gets_503_with_retry_after_not_a_hang(server, reference_faces):
     assert get(f"{url}/healthz").status == 200
 
 
-def test_a_photo_that_fails_fails_alone(reference_faces, monkeypatch):
-    """An engine batch with one photo too large for memory: the other three are restored as if alone,
-    the large one gets its own one-line 413 (the batch logic of the model replica, in this process)."""
+@pytest.mark.parametrize("stage", ["run_device", "finish"])
+def test_a_photo_that_fails_fails_alone(reference_faces, monkeypatch, stage):
+    """An engine batch with one photo too large for memory, on the device or in paste-back: the other three
+    are restored, the large one gets its own one-line 413 (the batch logic of the model replica, in this
+    process). A failed device stage is retried photo by photo (the others: the CLI's pixels at --batch 1);
+    a failed paste-back fails only its photo (the others keep their batch of 4: within one level)."""
     from interlcm.engines.photo import PhotoRestorer
     from interlcm.engines.serve import BadRequest, RequestOptions, RestoreModel
 
-    restore_photos = PhotoRestorer.restore_photos
+    original = getattr(PhotoRestorer, stage)
+    device_calls = []
+
+    def pixels(item):  # noqa: ANN001, ANN202 - PhotoInput (run_device) or FacesRestored (finish)
+        return item.pixels if stage == "run_device" else item.photo.pixels
 
     def out_of_memory_for_large_photos(self, photos):  # noqa: ANN001, ANN202 - what paste-back did at 8000x6000
-        if any(p.shape[0] * p.shape[1] > 100_000 for p in photos):
+        items = photos if stage == "run_device" else [photos]
+        if stage == "run_device":
+            device_calls.append(len(items))
+        if any(pixels(p).shape[0] * pixels(p).shape[1] > 100_000 for p in items):
             raise MemoryError("Unable to allocate 1.07 GiB for an array with shape (12000, 16000, 3)")
-        return restore_photos(self, photos)
+        return original(self, photos)
 
-    monkeypatch.setattr(PhotoRestorer, "restore_photos", out_of_memory_for_large_photos)
+    monkeypatch.setattr(PhotoRestorer, stage, out_of_memory_for_large_photos)
     model = RestoreModel.func_or_class(BackendOptions("torch", preset="tiny", threads=1), max_batch=4)
     small = [np.array(Image.open(reference_faces.root / "in" / f"face{i:02d}.png")) for i in range(3)]
     large = np.zeros((400, 600, 3), np.uint8)
     options = RequestOptions(seed=reference_faces.seed, aligned=True)
-    results = model._restore_groups([(small[0], options), (large, options), (small[1], options), (small[2], options)])
-    assert model.batch_sizes == [4, 1, 1, 1, 1]  # together, then each alone
+    try:
+        results = model._restore_groups([(small[0], options), (large, options), (small[1], options), (small[2], options)])
+    finally:
+        model.threads.close()
+    assert model.batch_sizes == [4]
+    if stage == "run_device":
+        assert device_calls == [4, 1, 1, 1, 1]  # together, then each alone
     assert isinstance(results[1], BadRequest) and results[1].status == 413, results[1]
     assert "out of memory restoring a 600x400 photo at upscale 2" in str(results[1]) and "\n" not in str(results[1])
     assert pickle.loads(pickle.dumps(results[1])).status == 413  # what the front receives from the model replica
-    for result, i in zip((results[0], results[2], results[3]), range(3)):  # alone: the CLI's pixels at --batch 1
-        assert np.array_equal(result, np.asarray(Image.open(reference_faces.root / "reference" / f"face{i:02d}.png"))), i
+    for result, i in zip((results[0], results[2], results[3]), range(3)):
+        want = np.asarray(Image.open(reference_faces.root / "reference" / f"face{i:02d}.png"))
+        assert isinstance(result, np.ndarray), result
+        if stage == "run_device":  # alone: the CLI's pixels at --batch 1
+            assert np.array_equal(result, want), i
+        else:
+            assert np.abs(result.astype(int) - want).max() <= 1, i
 
 
 def test_serve_strength_query(server, reference_faces):

@@ -60,14 +60,14 @@ def test_a_failing_video_is_one_line_and_the_next_goes_on(tmp_path, monkeypatch,
     dark, bright = tmp_path / "dark.mp4", tmp_path / "bright.mp4"
     write_clip(dark, [np.full((32, 48, 3), 20, np.uint8)] * 2, fps=2)
     write_clip(bright, [np.full((32, 48, 3), 200, np.uint8)] * 2, fps=2)
-    restore = PhotoRestorer.restore_photos
+    run_device = PhotoRestorer.run_device  # the device stage of the pipeline the CLI runs videos through
 
     def fails_on_dark(self, photos):  # noqa: ANN001
-        if photos[0].mean() < 100:
+        if photos[0].pixels.mean() < 100:
             raise EngineError("the engine lost its context\n(second line)") if failure == "engine" else MemoryError()
-        return restore(self, photos)
+        return run_device(self, photos)
 
-    monkeypatch.setattr(PhotoRestorer, "restore_photos", fails_on_dark)
+    monkeypatch.setattr(PhotoRestorer, "run_device", fails_on_dark)
     out = tmp_path / "out"
     args = ["restore", str(dark), str(bright), "--preset", "tiny", "--steps", "1", "--detector", "dlib", "--out", str(out)]
     result = CliRunner().invoke(main, args)
