@@ -18,7 +18,7 @@ import numpy as np
 
 from interlcm.choices import Variant, get_variant
 from interlcm.engines.backend import BackendOptions, OpenedBackend, open_backend
-from interlcm.engines.photo import FaceParser, PhotoOptions, PhotoRestorer, PhotoResult
+from interlcm.engines.photo import FaceParser, PhotoOptions, PhotoRestorer, PhotoResult, warp_device_for
 from interlcm.engines.restorer import RestoreOptions, Restorer
 from interlcm.faces.detect import Detector
 from interlcm.faces.detectors import DEFAULT_DETECTOR, DetectorContext, open_detector, open_parser
@@ -105,7 +105,8 @@ class LoadedRestorer:
         if request.bg_upsampler or request.face_upsample:
             net = self._realesrgan()
             upsamplers = Upsamplers(net if request.bg_upsampler else None, net if request.face_upsample else None)
-        return PhotoRestorer(Restorer(self.opened.backend, options, timing=timing), photo, detector, parser, upsamplers)
+        return PhotoRestorer(Restorer(self.opened.backend, options, timing=timing), photo, detector, parser, upsamplers,
+                             warp_device=warp_device_for(self.opened.backend))  # a GPU aligns and pastes back too
 
     def _detector(self, name: str) -> Detector:
         if name not in self._detectors:  # RuntimeError in one sentence when it cannot run here
