@@ -308,8 +308,10 @@ def main(count: int, size: str, upscale: int, batch: int, device_ms: tuple[float
             rows.append({"sequential": asdict(seq), "pipelined": asdict(pipe), **compare(seq, pipe, cores)})
             click.echo(_table(seq, pipe, rows[-1]))
     if json_out is not None:
-        json_out.write_text(json.dumps({"photos": count, "size": [w, h], "upscale": upscale, "batch": batch,
-                                        "workers": workers, "cores": cores, "rows": rows}, indent=1))
+        setting = ({"big": [w, h], "faces": big_faces} if big else
+                   {"photos": count, "size": [w, h], "batch": batch})
+        json_out.write_text(json.dumps({**setting, "upscale": upscale, "workers": workers, "cores": cores,
+                                        "rows": rows}, indent=1))
 
 
 def _table(seq: Run, pipe: Run, ratios: dict[str, float]) -> str:
