@@ -14,6 +14,7 @@ page and the app goes on serving. The encoder variant (steps) is the backend's, 
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import tempfile
@@ -99,8 +100,11 @@ class LocalEngine:
         message = "" if result.found or request.photo.aligned else "No face found: the photo is only upscaled."
         return Outcome(result.image, _before(photo, result.image), faces, "\n\n".join(x for x in lines if x), message)
 
-    def photo_restorer(self, request: Any) -> Any:  # noqa: ANN401 - for the video path
-        return self.loaded.photo_restorer(request, timing=False)
+    def video_restorer(self, request: Any) -> Any:  # noqa: ANN401 - for the video path
+        """The pipelined runtime (engines/pipeline.py) on the held backend; a context manager."""
+        from interlcm.engines.pipeline import PhotoPipeline
+
+        return PhotoPipeline(self.loaded.photo_restorer(request, timing=False))
 
 
 class ServerEngine:
@@ -146,14 +150,14 @@ class ServerEngine:
                 raise InputError(f"interlcm-serve at {self.url} did not answer ({_reason(exc)})") from None
         return out
 
-    def photo_restorer(self, request: Any) -> Any:  # noqa: ANN401 - what interlcm.video needs
+    def video_restorer(self, request: Any) -> Any:  # noqa: ANN401 - what interlcm.video needs, as a context manager
         engine = self
 
         class OverHttp:
             def restore_photos(self, photos: list[np.ndarray]) -> list[Any]:
                 return engine.restore_photos(list(photos), request)
 
-        return OverHttp()
+        return contextlib.nullcontext(OverHttp())
 
 
 def _reason(exc: BaseException) -> str:
@@ -294,7 +298,8 @@ def build_page(engine: LocalEngine | ServerEngine, workdir: Path, limits: Limits
             check_video(path, name, limits)
             request = page_request(aligned, detector, only_center, upscale, bg, face_up, colorfix, seed, strength)
             _prune(workdir, KEEP_RESULTS_S)
-            done = restore_video(engine.photo_restorer(request), path, workdir / uuid.uuid4().hex[:12], VideoOptions())
+            with engine.video_restorer(request) as photos:  # this process: frames decoded ahead, encoded behind
+                done = restore_video(photos, path, workdir / uuid.uuid4().hex[:12], VideoOptions())
         except (InputError, VideoError, ValueError, RuntimeError) as exc:
             return failed(str(exc).splitlines()[0])
         first = _first_frame(done.output)
