@@ -60,7 +60,7 @@ def ray_job(backend_args: dict, folder: Path, out: Path, batch: int, actors: int
 
     spec = JobSpec(backend_args, RestoreOptions(batch=batch), PhotoOptions(aligned=True), actors)
     report = run_job(spec, [str(folder)], str(out))
-    assert report.count("written") == len(report.rows), report.summary()
+    assert report.count("written") == len(report.results), report.summary()
     return report.seconds
 
 

@@ -64,7 +64,7 @@ class PhotoResult:
     image: np.ndarray  # (H', W', 3) uint8 RGB: the restored photo (aligned mode: the restored crop)
     faces: list[np.ndarray] = field(default_factory=list)  # (R, R, 3) uint8 restored faces, if asked
     notes: list[str] = field(default_factory=list)  # one line each, e.g. which paste-back mask was used
-    found: int = 0  # whole-photo mode: faces detected, restored and pasted back
+    found: int = 0  # faces restored: detected and pasted back (whole photos), 1 (aligned crops)
 
 
 def to_model_input(face: np.ndarray, resolution: int) -> torch.Tensor:
@@ -144,7 +144,7 @@ class PhotoRestorer:
     def restore_photos(self, photos: Sequence[np.ndarray]) -> list[PhotoResult]:
         if self.options.aligned:
             restored = restore_faces(self.restorer, photos)
-            return [PhotoResult(img, [img] if self.options.save_faces else []) for img in restored]
+            return [PhotoResult(img, [img] if self.options.save_faces else [], found=1) for img in restored]
         assert self.detector is not None
         with self._timed("detect"):
             found = self._detect(photos)

@@ -3,82 +3,86 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
-from interlcm.engines.outputs import OutputPlan, output_complete, plan_outputs
+from interlcm.engines.outputs import (
+    InputResult,
+    OutputPlan,
+    RestoreReport,
+    RunPlan,
+    output_complete,
+    source_id,
+)
 from interlcm.engines.photo import PhotoRestorer, PhotoResult
+from interlcm.files import DiskFull, FilesError
 from interlcm.imageio import ImageReadError, read_rgb, write_image
 
-
-@dataclass
-class RestoreReport:
-    written: list[Path] = field(default_factory=list)
-    failed: list[tuple[Path, str]] = field(default_factory=list)
-    skipped: list[Path] = field(default_factory=list)  # --skip-existing: complete outputs already there
-    notes: list[tuple[Path, str]] = field(default_factory=list)
-    seconds: float = 0.0
-
+__all__ = ["RestoreReport", "restore_files"]
 
 
 def restore_files(
     photo_restorer: PhotoRestorer,
-    paths: list[Path],
-    out_dir: Path,
+    plan: RunPlan,
     *,
     progress: bool = True,
     skip_existing: bool = False,
 ) -> RestoreReport:
-    """Restore image files, a group of photos per call; a bad image is reported and skipped, the rest go on.
-
-    Output names are settled first (`plan_outputs`), so a clash fails before any work.
+    """Restore the photos of `plan` (engines.outputs.plan_outputs), a group per call; an input that cannot
+    be read, restored or written is reported and skipped, the rest go on. A full disk stops the run
+    (files.DiskFull): every later write would fail too.
     """
-    plans = plan_outputs(paths, out_dir, save_faces=photo_restorer.options.save_faces)
     report = RestoreReport()
     start = time.perf_counter()
     group = max(4, photo_restorer.restorer.options.batch)  # photos per call: their faces share batches
     todo = []
-    for plan in plans:
-        if skip_existing and output_complete(plan):
-            report.skipped.append(plan.source)
+    for one in plan.photos:
+        if skip_existing and one.source in plan.earlier and output_complete(one):
+            report.add(InputResult(str(one.source), str(one.photo), "skipped"))
         else:
-            todo.append(plan)
+            todo.append(one)
 
-    def write(plan: OutputPlan, result: PhotoResult) -> None:
+    def failed(one: OutputPlan, reason: str) -> None:
+        report.add(InputResult(str(one.source), str(one.photo), "failed", reason))
+
+    def write(one: OutputPlan, result: PhotoResult) -> None:
+        source = source_id(one.source)  # recorded in every output: a rerun recognises its own files
         for i, face in enumerate(result.faces):
-            write_image(plan.faces / f"{i:02d}.png", face)
-        write_image(plan.photo, result.image)  # last: its presence means the output is complete
-        report.written.append(plan.photo)
-        report.notes += [(plan.source, note) for note in result.notes]
+            write_image(one.faces / f"{i:02d}.png", face, source=source)
+        write_image(one.photo, result.image, source=source)  # last: its presence means the output is complete
+        report.add(InputResult(str(one.source), str(one.photo), "written", faces=result.found,
+                               notes=tuple(result.notes)))
 
-    def run(batch: list[tuple[OutputPlan, np.ndarray]]) -> None:
+    def run(batch: list[tuple[OutputPlan, np.ndarray, list[str]]]) -> None:
         try:
-            results = photo_restorer.restore_photos([photo for _, photo in batch])
+            results = photo_restorer.restore_photos([photo for _, photo, _ in batch])
         except (ValueError, RuntimeError) as exc:
             if len(batch) > 1:  # find the photo that failed; the others go on
                 for one in batch:
                     run([one])
                 return
-            report.failed.append((batch[0][0].source, str(exc)))
+            failed(batch[0][0], str(exc))
             return
-        for (plan, _), result in zip(batch, results):
+        for (one, _, read_notes), result in zip(batch, results):
+            result.notes[:0] = read_notes
             try:
-                write(plan, result)
-            except OSError as exc:
-                report.failed.append((plan.source, f"cannot write {plan.photo}: {exc.strerror or exc}"))
+                write(one, result)
+            except DiskFull:
+                raise
+            except FilesError as exc:  # one sentence already: the path, why, the fix
+                failed(one, str(exc))
+            except (OSError, ValueError) as exc:
+                failed(one, f"cannot write {one.photo}: {getattr(exc, 'strerror', None) or exc}")
 
     with tqdm(total=len(todo), unit="img", disable=not progress, desc="restoring") as bar:
-        pending: list[tuple[OutputPlan, np.ndarray]] = []
-        for plan in todo:
+        pending: list[tuple[OutputPlan, np.ndarray, list[str]]] = []
+        for one in todo:
             try:
                 read_notes: list[str] = []  # a multi-frame file: which frame was used
-                pending.append((plan, read_rgb(plan.source, notes=read_notes)))
-                report.notes += [(plan.source, note) for note in read_notes]
+                pending.append((one, read_rgb(one.source, notes=read_notes), read_notes))
             except ImageReadError as exc:
-                report.failed.append((plan.source, str(exc)))
+                failed(one, str(exc))
                 bar.update(1)
             if len(pending) == group:
                 run(pending)

@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from interlcm.choices import DEFAULT_VARIANT, VARIANTS
-from interlcm.cli.options import SEED
+from interlcm.cli.options import SEED, Command
 from interlcm.config import PRESETS
 
 
@@ -31,7 +31,7 @@ def _dims(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]) ->
     return out
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.command(cls=Command, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option(
     "--preset",
     type=click.Choice(list(PRESETS)),

@@ -13,7 +13,8 @@ One home for the rules every writer follows:
   other tool (tempfile's private 0o600/0o700 made shared weights unreadable).
 * **Folders are replaced only when they are ours** (`check_replaceable`): empty, or holding the
   marker file the command itself writes (interlcm.json, manifest.json, engines.json, ...).
-* **Every OS failure is one sentence** (`FilesError`): what could not be written, why, the fix.
+* **Every OS failure is one sentence** (`FilesError`): what could not be written, why, the fix; a full
+  disk is `DiskFull`, which stops a run where other write failures only fail one input.
 """
 
 from __future__ import annotations
@@ -50,6 +51,13 @@ class FilesError(RuntimeError):
     """A file or folder cannot be written or replaced (one line: the path, the reason, the fix)."""
 
 
+class DiskFull(FilesError):
+    """No space left (or the quota is used up): every later write would fail too, so runs stop here."""
+
+
+_DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
+
+
 def describe_os_error(exc: OSError, what: str) -> str:
     """`what` (e.g. "cannot write /x/a.png") plus why, in one sentence with the fix."""
     fix = _ERRNO_FIX.get(exc.errno or -1)
@@ -66,7 +74,8 @@ def os_errors(what: str) -> Iterator[None]:
     except FilesError:
         raise
     except OSError as exc:
-        raise FilesError(describe_os_error(exc, what)) from exc
+        error = DiskFull if exc.errno in _DISK_FULL else FilesError
+        raise error(describe_os_error(exc, what)) from exc
 
 
 def sha256_file(path: Path, chunk: int = 1 << 22) -> str:

@@ -57,7 +57,6 @@ class PhotoRestoring(Protocol):
 @dataclass(frozen=True)
 class VideoOptions:
     frames_per_batch: int = 8  # frames handed to restore_photos at once (bounds memory)
-    save_frames: bool = False  # also write each restored frame as OUT/<stem>_frames/<n>.png
     progress: bool = True
 
 
@@ -75,27 +74,46 @@ def is_video(path: Path | str) -> bool:
     return Path(path).suffix.lower() in VIDEO_EXTENSIONS
 
 
-def output_path(src: Path, out_dir: Path) -> Path:
-    return Path(out_dir) / f"{Path(src).stem}{Path(src).suffix.lower()}"
+def read_video_source(path: Path) -> str | None:
+    """The input id a video written by `restore_video(..., source=...)` records in its container comment."""
+    import av
+
+    from interlcm.imageio import parse_source_tag
+
+    try:
+        with av.open(os.fspath(path)) as container:
+            tags = {k.lower(): v for k, v in container.metadata.items()}
+    except (av.error.FFmpegError, OSError, ValueError):
+        return None
+    return parse_source_tag(tags.get("comment"))
 
 
 def restore_video(
-    photo: PhotoRestoring, src: Path, out_dir: Path, options: VideoOptions = VideoOptions()
+    photo: PhotoRestoring,
+    src: Path,
+    dst: Path,
+    options: VideoOptions = VideoOptions(),
+    *,
+    frames_dir: Path | None = None,
+    source: str | None = None,
 ) -> VideoReport:
-    """Restore every frame of `src` into OUT_DIR/<name>; raises VideoError, leaving no output, on failure."""
+    """Restore every frame of `src` into the video `dst` (named by engines/outputs.py, same container as
+    `src`), each frame also into `frames_dir` when given; `source` (the input's id) is recorded in the
+    container comment and each frame. Raises VideoError, leaving no output, on failure."""
     import av
 
-    src, out_dir = Path(src), Path(out_dir)
+    src, dst = Path(src), Path(dst)
     suffix = src.suffix.lower()
     if suffix not in _OUTPUT_FORMATS:
         raise VideoError(f"{src}: unsupported video type {suffix!r}; use one of {', '.join(sorted(VIDEO_EXTENSIONS))}")
-    dst = output_path(src, out_dir)
-    if dst.exists() and dst.resolve() == src.resolve():
+    if dst.suffix.lower() != suffix:
+        raise ValueError(f"the output {dst} of {src} must keep its container ({src.suffix})")
+    if dst.exists() and os.path.samefile(dst, src):  # by identity: case-insensitive file systems too
         raise VideoError(f"output {dst} would overwrite the input {src}: choose another --out")
-    out_dir.mkdir(parents=True, exist_ok=True)
+    dst.parent.mkdir(parents=True, exist_ok=True)
     tmp = dst.with_name(f".{dst.stem}.{uuid.uuid4().hex[:8]}.part{suffix}")
     try:
-        report = _transcode(photo, src, tmp, dst, options)
+        report = _transcode(photo, src, tmp, dst, options, frames_dir, source)
         os.replace(tmp, dst)
     except av.error.FFmpegError as exc:
         raise VideoError(
@@ -111,7 +129,10 @@ def _one_line(exc: BaseException) -> str:
     return text[0] if text else type(exc).__name__
 
 
-def _transcode(photo: PhotoRestoring, src: Path, tmp: Path, dst: Path, options: VideoOptions) -> VideoReport:
+def _transcode(
+    photo: PhotoRestoring, src: Path, tmp: Path, dst: Path, options: VideoOptions, frames_dir: Path | None,
+    source: str | None,
+) -> VideoReport:
     import av
     from tqdm import tqdm
 
@@ -126,9 +147,8 @@ def _transcode(photo: PhotoRestoring, src: Path, tmp: Path, dst: Path, options: 
             raise VideoError(f"{src} does not say its frame rate; remux it with ffmpeg (-r) first")
         ain = inp.streams.audio[0] if inp.streams.audio else None
         expected = vin.frames  # from the container header; 0 when it does not say
-        writer = _Writer(tmp, fmt, codec, codec_options, Fraction(fps), ain)
+        writer = _Writer(tmp, fmt, codec, codec_options, Fraction(fps), ain, source)
         report = VideoReport(dst, 0, Fraction(fps), (0, 0), 0)
-        frames_dir = dst.parent / f"{dst.stem}_frames" if options.save_frames else None
         pending: list[np.ndarray] = []
         bar = tqdm(total=expected or None, unit="frame", disable=not options.progress, desc=src.name)
 
@@ -142,7 +162,7 @@ def _transcode(photo: PhotoRestoring, src: Path, tmp: Path, dst: Path, options: 
             for img in images:
                 writer.write(img)
                 if frames_dir is not None:
-                    _save_frame(frames_dir, report.frames + 1, img)
+                    _save_frame(frames_dir, report.frames + 1, img, source)
                 report.frames += 1
             report.seconds["encode"] += time.perf_counter() - start
             bar.update(len(pending))
@@ -182,15 +202,10 @@ def _merge_stage_seconds(report: VideoReport, photo: PhotoRestoring) -> None:
         report.seconds[stage] += secs
 
 
-def _save_frame(folder: Path, index: int, img: np.ndarray) -> None:
-    import cv2
+def _save_frame(folder: Path, index: int, img: np.ndarray, source: str | None) -> None:
+    from interlcm.imageio import write_image
 
-    from interlcm.files import atomic_write_bytes
-
-    ok, data = cv2.imencode(".png", np.ascontiguousarray(img[:, :, ::-1]))  # OpenCV wants BGR
-    if not ok:
-        raise VideoError(f"could not encode frame {index} as PNG")
-    atomic_write_bytes(folder / f"{index:06d}.png", data.tobytes())
+    write_image(folder / f"{index:06d}.png", img, source=source)
 
 
 class _Writer:
@@ -200,8 +215,10 @@ class _Writer:
     muxed in order; after it they are muxed as they come.
     """
 
-    def __init__(self, path: Path, fmt: str, codec: str, codec_options: dict[str, str], fps: Fraction, ain):  # noqa: ANN001
+    def __init__(self, path: Path, fmt: str, codec: str, codec_options: dict[str, str], fps: Fraction, ain,  # noqa: ANN001
+                 source: str | None = None):
         self.path, self.fmt, self.codec, self.codec_options, self.fps, self.ain = path, fmt, codec, codec_options, fps, ain
+        self.source = source
         self.out = None
         self.vout = self.aout = None
         self.held: list = []
@@ -222,6 +239,10 @@ class _Writer:
 
         h, w = img.shape[:2]
         self.out = av.open(os.fspath(self.path), "w", format=self.fmt)
+        if self.source is not None:  # which input this is a restoration of (engines/outputs.py)
+            from interlcm.imageio import source_tag
+
+            self.out.metadata["comment"] = source_tag(self.source)
         self.vout = self.out.add_stream(self.codec, rate=self.fps, options=self.codec_options)
         self.vout.width, self.vout.height = w, h
         # 4:2:0 needs even sides; odd ones keep full chroma (x264 supports it, players mostly do)

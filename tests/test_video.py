@@ -59,8 +59,8 @@ def _video_info(path) -> tuple[int, object, tuple[int, int]]:
 
 def test_video_frames_rate_size_audio_and_saved_frames(clip, tiny_models, tmp_path):
     out = tmp_path / "out"
-    options = VideoOptions(frames_per_batch=3, save_frames=True, progress=False)  # batches of 3, 3, 2 frames
-    report = restore_video(_photo(tiny_models), clip, out, options)
+    options = VideoOptions(frames_per_batch=3, progress=False)  # batches of 3, 3, 2 frames
+    report = restore_video(_photo(tiny_models), clip, out / "clip.mp4", options, frames_dir=out / "clip_frames")
     frames, rate, size = _video_info(report.output)
     assert report.output == out / "clip.mp4" and frames == FPS * SECONDS == report.frames
     assert rate == FPS
@@ -106,13 +106,13 @@ def test_no_face_frames_are_kept_and_upscaled(tmp_path):
     frames = [np.full((24, 40, 3), 10 if i % 2 else 200, np.uint8) for i in range(6)]  # odd frames: no face
     write_clip(tmp_path / "c.mkv", frames, fps=3, audio_rate=None)
     fake = _FakeWholePhoto(upscale=2)
-    report = restore_video(fake, tmp_path / "c.mkv", tmp_path / "o", VideoOptions(frames_per_batch=4, progress=False))
+    report = restore_video(fake, tmp_path / "c.mkv", tmp_path / "o" / "c.mkv", VideoOptions(frames_per_batch=4, progress=False))
     assert fake.seen == 6 and _video_info(report.output)[0] == 6 and report.size == (80, 48)
     assert report.audio_packets == 0
 
 
 def test_whole_photo_video_upscales(clip, tiny_models, tmp_path):
-    report = restore_video(_photo(tiny_models, aligned=False), clip, tmp_path, VideoOptions(progress=False))
+    report = restore_video(_photo(tiny_models, aligned=False), clip, tmp_path / "o.mp4", VideoOptions(progress=False))
     assert _video_info(report.output) == (FPS * SECONDS, FPS, (SIDE * 2, SIDE * 2))
     assert _audio_packets(report.output) == _audio_packets(clip)
 
@@ -124,7 +124,7 @@ def test_broken_video_one_line_error_no_output(clip, tiny_models, tmp_path, dama
     bad.write_bytes(data[: len(data) // 2] if damage == "truncated" else b"not a video" * 100)
     out = tmp_path / "out"
     with pytest.raises(VideoError) as info:
-        restore_video(_photo(tiny_models), bad, out, VideoOptions(progress=False))
+        restore_video(_photo(tiny_models), bad, out / "bad.mp4", VideoOptions(progress=False))
     assert "cannot read" in str(info.value) and "bad.mp4" in str(info.value) and "\n" not in str(info.value)
     assert not out.exists() or list(out.iterdir()) == []
 
@@ -154,7 +154,7 @@ def test_truncated_after_the_header(tmp_path):
         bad = tmp_path / "cut.mp4"
         bad.write_bytes(data[: int(len(data) * cut)])
         with pytest.raises(VideoError, match=r"cut.mp4(: Invalid data| is truncated)") as info:
-            restore_video(_FakeWholePhoto(), bad, tmp_path / "o", VideoOptions(progress=False))
+            restore_video(_FakeWholePhoto(), bad, tmp_path / "o" / "cut.mp4", VideoOptions(progress=False))
         assert "\n" not in str(info.value)
         assert not (tmp_path / "o").exists() or list((tmp_path / "o").iterdir()) == []
         kinds.add("truncated" if "is truncated" in str(info.value) else "unreadable")

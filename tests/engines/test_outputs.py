@@ -19,8 +19,8 @@ def _touch(root: Path, *names: str) -> list[Path]:
     return paths
 
 
-def _names(plans: list[OutputPlan], out: Path) -> list[str]:
-    return [p.photo.relative_to(out).as_posix() for p in plans]
+def _names(plan, out: Path) -> list[str]:
+    return [p.photo.relative_to(out).as_posix() for p in plan.photos]
 
 
 @pytest.mark.parametrize(
@@ -29,8 +29,9 @@ def _names(plans: list[OutputPlan], out: Path) -> list[str]:
         (["a.png", "b.webp"], ["a.png", "b.png"]),  # no clash: plain stems, PNG unless JPEG
         (["a.png", "a.jpg"], ["a.png", "a.jpg"]),  # JPEG in, JPEG out: different names already
         (["a.png", "a.webp"], ["a_png.png", "a_webp.png"]),  # both PNG out: keep the extension
-        (["x.png", "x.PNG"], ["x_png.png", "x_PNG.png"]),
-        (["p.jpeg", "p.jpg", "q.JPG"], ["p_jpeg.jpg", "p_jpg.jpg", "q.jpg"]),
+        (["x.png", "y.PNG", "z.WEBP", "w.Tif"], ["x.png", "y.PNG", "z.PNG", "w.png"]),  # the suffix's case kept
+        (["p.jpeg", "p.jpg", "q.JPG"], ["p.jpeg", "p.jpg", "q.JPG"]),
+        (["a.JPG", "a.jpeg"], ["a.JPG", "a.jpeg"]),
         (["A/face.png", "B/face.png"], ["A/face.png", "B/face.png"]),  # folders mirrored
         (["A/face.png", "A/deep/face.png", "c.png"], ["A/face.png", "A/deep/face.png", "c.png"]),
     ],
@@ -38,9 +39,9 @@ def _names(plans: list[OutputPlan], out: Path) -> list[str]:
 def test_every_input_gets_its_own_output(tmp_path, inputs, expected):
     paths = _touch(tmp_path / "in", *inputs)
     out = tmp_path / "out"
-    plans = plan_outputs(paths, out)
-    assert _names(plans, out) == expected
-    assert [p.source for p in plans] == paths
+    plan = plan_outputs(paths, out)
+    assert _names(plan, out) == expected
+    assert [p.source for p in plan.photos] == paths
 
 
 def test_folders_below_the_common_folder_only(tmp_path):
@@ -66,7 +67,7 @@ def test_saved_faces_folder_may_not_meet_an_input_folder(tmp_path):
 
 def test_saved_faces_go_beside_the_photo(tmp_path):
     (path,) = _touch(tmp_path / "in", "group.jpg")
-    (plan,) = plan_outputs([path], tmp_path / "out", save_faces=True)
+    (plan,) = plan_outputs([path], tmp_path / "out", save_faces=True).photos
     assert plan.photo == tmp_path / "out" / "group.jpg" and plan.faces == tmp_path / "out" / "group_faces"
 
 
