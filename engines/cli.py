@@ -241,12 +241,9 @@ def _print_summary(photo_restorer, report) -> None:  # noqa: ANN001
     for result in written:
         for note in result.notes:
             by_note[note].append(Path(result.input).name)
-    for note, names in by_note.items():  # which photos, unless it is all of them
-        if len(names) == len(written) and len(names) > 1:
-            click.echo(f"  {note} (all {len(names)} image(s))")
-        else:
-            more = f" and {len(names) - _NAMED} more" if len(names) > _NAMED else ""
-            click.echo(f"  {note} ({len(names)} image(s): {', '.join(names[:_NAMED])}{more})")
+    for note, names in by_note.items():  # which photos: a count alone does not say which to look at
+        more = f" and {len(names) - _NAMED} more" if len(names) > _NAMED else ""
+        click.echo(f"  {note} ({len(names)} image(s): {', '.join(names[:_NAMED])}{more})")
     if photo_restorer.seconds:
         click.echo("whole-photo stages (s): " + ", ".join(f"{k} {v:.3f}" for k, v in photo_restorer.seconds.items()))
     timed = photo_restorer.restorer.timings
