@@ -8,12 +8,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import torch
 from torch import nn
 
-from interlcm.files import atomic_save
+from interlcm.files import FilesError, atomic_open
 
 
 class WeightsError(RuntimeError):
@@ -27,7 +27,38 @@ def save_params_ema(module: nn.Module, path: Path) -> None:
 
 
 def atomic_torch_save(obj: Any, path: Path) -> None:
-    atomic_save(Path(path), lambda tmp: torch.save(obj, tmp))
+    """torch.save, atomically; a failed write (a full disk ...) is one sentence (FilesError / DiskFull).
+
+    torch's writer swallows the OS's error and fails later with "enforce fail ... unexpected pos", so
+    it writes through a file object that keeps the first OSError, which is raised instead.
+    """
+    path = Path(path)
+    with atomic_open(path) as f:
+        sink = _KeepWriteError(f)
+        try:
+            torch.save(obj, sink)
+        except RuntimeError as exc:
+            if sink.error is not None:
+                raise sink.error from None  # atomic_open: "cannot write PATH: no space left on the device: ..."
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise FilesError(f"cannot write {path}: torch.save failed ({first}); check free space and permissions") from None
+
+
+class _KeepWriteError:
+    """A binary file whose first failed write is kept (torch.save writes through `write`)."""
+
+    def __init__(self, f: IO[bytes]):
+        self.f, self.error = f, None
+
+    def write(self, data: bytes) -> int:
+        try:
+            return self.f.write(data)
+        except OSError as exc:
+            self.error = self.error or exc
+            raise
+
+    def flush(self) -> None:
+        self.f.flush()
 
 
 def load_state_strict(module: nn.Module, state: Mapping[str, torch.Tensor], source: Path) -> None:

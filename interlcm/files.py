@@ -23,6 +23,7 @@ import contextlib
 import errno
 import hashlib
 import os
+import re
 import secrets
 import shutil
 from collections.abc import Callable, Iterator
@@ -66,6 +67,32 @@ def describe_os_error(exc: OSError, what: str) -> str:
     return f"{what}: {fix}"
 
 
+def files_error(exc: OSError, what: str) -> FilesError:
+    """The FilesError (DiskFull for a full disk) for an OSError while doing `what`."""
+    error = DiskFull if exc.errno in _DISK_FULL else FilesError
+    return error(describe_os_error(exc, what))
+
+
+def library_errors(what: str, *kinds: type[Exception]) -> contextlib.AbstractContextManager[None]:
+    """`os_errors` for libraries that report I/O failures as their own exception (`kinds`, e.g.
+    safetensors' SafetensorError): Rust's "(os error N)" is read back as the OSError it was."""
+    return _library_errors(what, kinds)
+
+
+@contextlib.contextmanager
+def _library_errors(what: str, kinds: tuple[type[Exception], ...]) -> Iterator[None]:
+    with os_errors(what):
+        try:
+            yield
+        except kinds as exc:
+            found = re.search(r"\(os error (\d+)\)", str(exc))
+            if found is None:
+                first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+                raise FilesError(f"{what}: {first}") from None
+            code = int(found.group(1))
+            raise files_error(OSError(code, os.strerror(code)), what) from None
+
+
 @contextlib.contextmanager
 def os_errors(what: str) -> Iterator[None]:
     """Turn an OSError raised inside into a FilesError naming `what` (a FilesError passes through)."""
@@ -74,8 +101,7 @@ def os_errors(what: str) -> Iterator[None]:
     except FilesError:
         raise
     except OSError as exc:
-        error = DiskFull if exc.errno in _DISK_FULL else FilesError
-        raise error(describe_os_error(exc, what)) from exc
+        raise files_error(exc, what) from exc
 
 
 def sha256_file(path: Path, chunk: int = 1 << 22) -> str:

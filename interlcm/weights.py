@@ -22,6 +22,7 @@ Their table is `interlcm.faces.networks.FACE_NETWORKS`.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 from collections.abc import Mapping
@@ -30,6 +31,7 @@ from typing import Any
 
 import torch
 from diffusers import AutoencoderKL, LCMScheduler, UNet2DConditionModel
+from safetensors import SafetensorError
 from transformers import CLIPVisionModel
 from transformers.utils import logging as hf_logging
 
@@ -39,10 +41,12 @@ from interlcm.config import PRESETS, SD15, PresetConfig, VisualEncoderConfig, ge
 from interlcm.faces.networks import FACE_NETWORKS, load_network, random_network, save_network
 from interlcm.faces.networks import FOLDER as FACE_FOLDER
 from interlcm.files import (
+    DiskFull,
     FilesError,
     atomic_write_text,
     check_replaceable,
-    os_errors,
+    describe_os_error,
+    library_errors,
     replace_folder,
     sha256_file,
 )
@@ -127,9 +131,11 @@ def init_weights(out: Path, preset: str, seed: int = 0, force: bool = False) -> 
     cfg = get_preset(preset)
     try:
         check_replaceable(out, INFO_FILE, "a weights folder")  # before minutes of work, and again at the end
-        with _staging_folder(out) as tmp, os_errors(f"cannot write the weights folder {out}"):
+        with _staging_folder(out) as tmp, library_errors(f"cannot write the weights folder {out}", SafetensorError):
             _write_random(tmp, cfg, preset, seed)
             replace_folder(tmp, out, INFO_FILE, "a weights folder")
+    except DiskFull:  # the sentence names the temporary folder's file: name OUT instead
+        raise WeightsError(describe_os_error(OSError(errno.ENOSPC, "full"), f"cannot write the weights folder {out}")) from None
     except FilesError as exc:
         raise WeightsError(str(exc)) from None
     return out
