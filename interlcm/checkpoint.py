@@ -6,6 +6,8 @@ the upsampler and training write and read checkpoints without importing the weig
 
 from __future__ import annotations
 
+import pickle
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import IO, Any
@@ -18,6 +20,29 @@ from interlcm.files import FilesError, atomic_open
 
 class WeightsError(RuntimeError):
     """A weights folder or checkpoint is missing, incomplete or does not match the model."""
+
+
+def load_torch_file(path: Path, fix: str) -> Any:
+    """`torch.load` of a file a user gave (weights, checkpoints), tensors only; WeightsError in one sentence
+    ending in `fix` (e.g. "download it again") if it cannot be read.
+
+    A file that holds Python objects besides tensors (a pickle) is refused without relaying torch's
+    advice to load it with `weights_only=False`: loading such a file can run any code it carries.
+    """
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        if "weights_only" not in str(exc):  # not torch's refusal: a damaged or foreign file
+            raise WeightsError(f"cannot read checkpoint {path} (UnpicklingError: {str(exc).strip()[:200]}): {fix}") from None
+        found = re.search(r"GLOBAL ([\w.]+)", str(exc))
+        held = f" ({found.group(1)})" if found else ""
+        raise WeightsError(
+            f"{path} holds Python objects{held} besides tensors, which interlcm never loads (they can run code): "
+            f"{fix}"
+        ) from None
+    except Exception as exc:  # truncated zip, not a torch file, unreadable
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise WeightsError(f"cannot read checkpoint {path} ({type(exc).__name__}: {first}): {fix}") from None
 
 
 def save_params_ema(module: nn.Module, path: Path) -> None:

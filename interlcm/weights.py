@@ -35,7 +35,7 @@ from safetensors import SafetensorError
 from transformers import CLIPVisionModel
 from transformers.utils import logging as hf_logging
 
-from interlcm.checkpoint import WeightsError, load_state_strict, save_params_ema
+from interlcm.checkpoint import WeightsError, load_state_strict, load_torch_file, save_params_ema
 from interlcm.choices import DEFAULT_VARIANT, VARIANTS, get_variant
 from interlcm.config import PRESETS, SD15, PresetConfig, VisualEncoderConfig, get_preset, get_upsampler
 from interlcm.faces.networks import FACE_NETWORKS, load_network, random_network, save_network
@@ -103,10 +103,7 @@ def encoder_paths(root: Path, variant: str) -> tuple[Path, Path]:
 def read_params_ema(path: Path) -> Mapping[str, torch.Tensor]:
     if not path.is_file():
         raise WeightsError(f"missing checkpoint {path}: {LAYOUT_HELP}")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # corrupt zip, pickle with foreign objects, truncated download
-        raise WeightsError(f"cannot read checkpoint {path} ({type(exc).__name__}: {exc}); download it again") from exc
+    ckpt = load_torch_file(path, "download it again")
     if not isinstance(ckpt, Mapping) or "params_ema" not in ckpt:
         keys = list(ckpt)[:5] if isinstance(ckpt, Mapping) else type(ckpt).__name__
         raise WeightsError(f"{path} is not a released InterLCM checkpoint: no 'params_ema' key (found {keys})")
