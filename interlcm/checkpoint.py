@@ -31,14 +31,14 @@ def load_torch_file(path: Path, fix: str) -> Any:
     """
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        if "weights_only" not in str(exc):  # not torch's refusal: a damaged or foreign file
-            raise WeightsError(f"cannot read checkpoint {path} (UnpicklingError: {str(exc).strip()[:200]}): {fix}") from None
+    except pickle.UnpicklingError as exc:  # torch's text advises weights_only=False: never relayed
         found = re.search(r"GLOBAL ([\w.]+)", str(exc))
-        held = f" ({found.group(1)})" if found else ""
+        if found is None:
+            raise WeightsError(f"cannot read checkpoint {path} (not a file of tensors: damaged, or not a torch "
+                               f"checkpoint): {fix}") from None
         raise WeightsError(
-            f"{path} holds Python objects{held} besides tensors, which interlcm never loads (they can run code): "
-            f"{fix}"
+            f"{path} holds Python objects ({found.group(1)}) besides tensors, which interlcm never loads "
+            f"(they can run code): {fix}"
         ) from None
     except Exception as exc:  # truncated zip, not a torch file, unreadable
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
