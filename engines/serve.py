@@ -24,6 +24,7 @@ from fastapi.responses import PlainTextResponse, Response
 from ray import serve
 
 from interlcm.choices import COLORFIXES, Variant
+from interlcm.engines.outputs import source_id
 from interlcm.engines.photo import PhotoOptions
 
 MEDIA_TYPES = {"png": "image/png", "jpeg": "image/jpeg"}  # response format -> content type
@@ -140,7 +141,8 @@ class RestoreServer:
                 raise image
         except BadRequest as exc:
             return PlainTextResponse(f"{exc}\n", status_code=exc.status)
-        return Response(encode_image(image, f"restored.{options.format}"), media_type=MEDIA_TYPES[options.format])
+        data = encode_image(image, f"restored.{options.format}", source=source_id(body))  # the bytes the CLI writes
+        return Response(data, media_type=MEDIA_TYPES[options.format])
 
     @serve.batch(max_batch_size=4, batch_wait_timeout_s=0.05)
     async def restore_batch(self, items: list[tuple[Any, RequestOptions]]) -> list[Any]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import threading
@@ -55,7 +56,20 @@ def faces(tmp_path_factory, tiny_cfg):
         Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)).save(root / "in" / f"face{i:02d}.png")
     result = CliRunner().invoke(main, ["restore", str(root / "in"), *COMMON, "--out", str(root / "reference")])
     assert result.exit_code == 0, result.output
+    # what the job test restores, as a camera card holds it: folders, JPEGs with an upper-case suffix
+    for i in range(6):
+        (root / "tree" / ("cam" if i % 2 else "")).mkdir(parents=True, exist_ok=True)
+        with Image.open(root / "in" / f"face{i:02d}.png") as img:
+            img.save(root / "tree" / ("cam" if i % 2 else "") / (f"IMG_{i:04d}.JPG" if i >= 4 else f"face{i:02d}.png"))
+    result = CliRunner().invoke(main, ["restore", str(root / "tree" / "face00.png"), str(root / "tree" / "face02.png"),
+                                       str(root / "tree" / "IMG_0004.JPG"), str(root / "tree" / "cam"), *COMMON,
+                                       "--save-faces", "--out", str(root / "tree_reference")])
+    assert result.exit_code == 0, result.output
     return root
+
+
+def _files(folder) -> dict[str, bytes]:
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
 def _folder(faces, dst, n):
@@ -70,28 +84,41 @@ def _table(out):
 
 
 def test_job_equals_single_process_reports_bad_images_and_resumes(ray_session, faces, tmp_path):
-    src = _folder(faces, tmp_path / "in", 8)
+    """The same restore command: the CLI's files byte for byte (mirrored folders, JPEG kept as .JPG,
+    --save-faces folders), the same refusals, and one InputResult per input with its faces counted."""
+    src = tmp_path / "in"
+    shutil.copytree(faces / "tree", src)
     (src / "corrupt.png").write_bytes(b"\x89PNG not really")
     out = tmp_path / "out"
-    args = ["restore", str(src), *COMMON, "--batch", "1", "--ray", "local", "--actors", "2", "--out", str(out)]
+    args = ["restore", str(src), str(src / "cam"), *COMMON, "--batch", "1", "--save-faces", "--ray", "local",
+            "--actors", "2", "--out", str(out)]
+    out.mkdir()
+    (out / "face00.png").write_bytes(b"the user's own file")  # not this run's to replace: refused before any work
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 1 and "would replace files this run did not write" in result.output, result.output
+    assert (out / "face00.png").read_bytes() == b"the user's own file"
+    (out / "face00.png").unlink()
+
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 1, result.output  # the corrupt image failed, and the exit code says so
-    assert "8 restored (8 face(s))" in result.output and "1 failed" in result.output
+    assert "6 restored (6 face(s))" in result.output and "1 failed" in result.output
     table = _table(out)
     assert table["corrupt.png"]["status"] == "failed" and "not an image" in table["corrupt.png"]["reason"]
-    assert sorted(p.name for p in out.iterdir()) == [f"face{i:02d}.png" for i in range(8)] + ["results.jsonl"]
-    for i in range(8):
-        name = f"face{i:02d}.png"
-        assert table[name]["status"] == "written"
-        assert (out / name).read_bytes() == (faces / "reference" / name).read_bytes(), name
+    assert all(r["faces"] == 1 for n, r in table.items() if n != "corrupt.png")  # each crop is one face
+    written = _files(out)
+    written.pop("results.jsonl")
+    assert written == _files(faces / "tree_reference")  # every file, byte for byte, and nothing else
 
     (src / "corrupt.png").unlink()  # the user removes the bad file and reruns: nothing is redone
-    stamps = {p.name: p.stat().st_mtime_ns for p in out.glob("*.png")}
+    def stamps() -> dict:
+        return {p: p.stat().st_mtime_ns for p in out.rglob("*.*") if p.name != "results.jsonl"}
+
+    before = stamps()
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
-    assert "8 skipped" in result.output and "0 restored" in result.output
-    assert {n: r["status"] for n, r in _table(out).items()} == {f"face{i:02d}.png": "skipped" for i in range(8)}
-    assert stamps == {p.name: p.stat().st_mtime_ns for p in out.glob("*.png")}
+    assert "6 skipped" in result.output and "0 restored" in result.output
+    assert {r["status"] for r in _table(out).values()} == {"skipped"}
+    assert stamps() == before
 
 
 def _restore_actor_pids() -> list[int]:
@@ -206,3 +233,31 @@ def test_serve_refuses_bad_requests_and_stays_healthy(server, faces):
         assert len(answer.strip().splitlines()) == 1, answer
     status, body = _post(url, good)
     assert status == 200 and body == (faces / "reference" / "face01.png").read_bytes()
+
+
+def test_results_count_the_faces_restored_without_save_faces(tmp_path):
+    """Whole photos, no --save-faces: the row says how many faces were restored (it said 0).
+
+    The actor and the write stage called as Ray calls them, without starting Ray.
+    """
+    pytest.importorskip("dlib", reason="the faces-dlib extra is not installed")
+    import pyarrow.fs as pafs
+
+    from interlcm.engines.outputs import source_id
+    from interlcm.engines.photo import PhotoOptions
+    from interlcm.engines.ray_job import JobSpec, RestoreActor, _objects, write_stage
+    from interlcm.engines.restorer import RestoreOptions
+    from interlcm.testing import group_photo
+
+    photo = group_photo((480, 360), ((0.3, 0.4, 200, 0), (0.72, 0.45, 170, 8)))
+    spec = JobSpec({"kind": "torch", "preset": "tiny", "threads": 1}, RestoreOptions(batch=2), PhotoOptions(),
+                   detector="dlib")
+    batch = {"src": np.array(["in/group.png"], dtype=object), "dst": np.array([str(tmp_path / "group.png")], dtype=object),
+             "faces_dir": np.array([""], dtype=object), "source": np.array([source_id(b"x")], dtype=object),
+             "image": _objects([photo]), "error": np.array([""], dtype=object)}
+    restored = RestoreActor(spec)(batch)
+    (row,) = write_stage(restored, pafs.LocalFileSystem())["row"]
+    row = json.loads(row)
+    assert row["status"] == "written" and row["faces"] == 2, row
+    assert row["notes"] == ["paste-back mask: soft box mask alone (no face parser)"]
+    assert not (tmp_path / "group_faces").exists()
