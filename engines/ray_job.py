@@ -326,6 +326,11 @@ def run_job(spec: JobSpec, inputs: Sequence[str], out: str, *, overwrite: bool =
     import ray
 
     in_fs, out_fs, run = plan(inputs, out, spec, overwrite)
+    if _is_local(out_fs):  # temporaries of killed runs (never a live run's)
+        from interlcm.files import clean_stale_temporaries
+
+        for folder in run.folders():
+            clean_stale_temporaries(Path(folder))
     report = RestoreReport()
     todo = []
     for one in run.photos:
