@@ -119,7 +119,7 @@ def list_inputs(inputs: Sequence[str]):  # -> (filesystem, [paths])
     return fs, paths
 
 
-class StoreOf:
+class ArrowStore:
     """engines.outputs.Store over pyarrow filesystems: outputs on `out_fs`, inputs read through `in_fs`."""
 
     def __init__(self, in_fs, out_fs):  # noqa: ANN001
@@ -157,8 +157,6 @@ def _read_bytes(fs, path: str) -> bytes:  # noqa: ANN001
 
 def _write_bytes(fs, path: str, data: bytes) -> None:  # noqa: ANN001
     if _is_local(fs):  # temp file + fsync + rename: readers never see a half-written file
-        from pathlib import Path
-
         from interlcm.files import atomic_write_bytes
 
         atomic_write_bytes(Path(path), data)
@@ -287,7 +285,7 @@ def plan(inputs: Sequence[str], out: str, spec: JobSpec, overwrite: bool = False
     out_fs, out_root = open_location(out)
     local = _is_local(in_fs) and _is_local(out_fs)
     path = Path if local else PurePosixPath
-    store = LOCAL if local else StoreOf(in_fs, out_fs)
+    store = LOCAL if local else ArrowStore(in_fs, out_fs)
     run = plan_outputs([path(s) for s in sources], path(out_root), save_faces=spec.photo.save_faces,
                        overwrite=overwrite, store=store)
     results = path(out_root) / RESULTS_NAME  # the job's own table: replaced only when it is one

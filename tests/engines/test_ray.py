@@ -261,3 +261,42 @@ def test_results_count_the_faces_restored_without_save_faces(tmp_path):
     assert row["status"] == "written" and row["faces"] == 2, row
     assert row["notes"] == ["paste-back mask: soft box mask alone (no face parser)"]
     assert not (tmp_path / "group_faces").exists()
+
+
+def test_the_plan_holds_on_object_stores(tmp_path):
+    """Buckets get the CLI's plan and refusals too (fsspec's memory filesystem stands in for s3://)."""
+    fsspec = pytest.importorskip("fsspec")
+    import io
+
+    import pyarrow.fs as pafs
+
+    from interlcm.engines.outputs import OutputClash, source_id
+    from interlcm.engines.photo import PhotoOptions
+    from interlcm.engines.ray_job import JobSpec, _objects, plan, write_stage
+    from interlcm.engines.restorer import RestoreOptions
+
+    memory = fsspec.filesystem("memory")
+    bucket = f"/bucket-{tmp_path.name}"
+    pixels = np.random.default_rng(0).integers(0, 255, (16, 16, 3), dtype=np.uint8)
+    for name, fmt in (("IMG_0001.JPG", "JPEG"), ("b.webp", "WEBP")):
+        data = io.BytesIO()
+        Image.fromarray(pixels).save(data, format=fmt)
+        memory.pipe(f"{bucket}/in/{name}", data.getvalue())
+    spec = JobSpec({}, RestoreOptions(), PhotoOptions(aligned=True, save_faces=True))
+    in_fs, out_fs, run = plan([f"memory://{bucket}/in"], f"memory://{bucket}/out", spec)
+    assert [(p.photo.name, p.faces.name) for p in run.photos] == [("IMG_0001.JPG", "IMG_0001_faces"), ("b.png", "b_faces")]
+
+    jpeg = run.photos[0]  # written as the job writes it: faces, then the photo, recording the input
+    source = source_id(memory.cat(str(jpeg.source)))
+    batch = {"src": np.array([str(jpeg.source)], dtype=object), "dst": np.array([str(jpeg.photo)], dtype=object),
+             "faces_dir": np.array([str(jpeg.faces)], dtype=object), "source": np.array([source], dtype=object),
+             "image": _objects([pixels]), "faces": _objects([pixels[None]]), "found": np.array([1]),
+             "notes": np.array([""], dtype=object), "error": np.array([""], dtype=object)}
+    assert json.loads(write_stage(batch, pafs.PyFileSystem(pafs.FSSpecHandler(memory)))["row"][0])["status"] == "written"
+    assert memory.cat(f"{bucket}/out/IMG_0001.JPG")[:2] == b"\xff\xd8"  # JPEG in, JPEG out
+    assert plan([f"memory://{bucket}/in"], f"memory://{bucket}/out", spec)[2].earlier == {jpeg.source}  # resumable
+
+    memory.pipe(f"{bucket}/out/b.png", b"someone else's object")
+    with pytest.raises(OutputClash, match=r"out/b\.png \(not an output of .*in/b\.webp\)"):
+        plan([f"memory://{bucket}/in"], f"memory://{bucket}/out", spec)
+    assert plan([f"memory://{bucket}/in"], f"memory://{bucket}/out", spec, overwrite=True)[2].earlier == {jpeg.source}
