@@ -119,6 +119,13 @@ class ModelSource:
         gc.collect()
         _trim_heap()
 
+    def load_all(self) -> InterLCMModels:
+        faces = [name for name in self._makers if name not in NETWORKS]
+        return InterLCMModels(
+            self.config, *(self.network(name) for name in NETWORKS), origin=self.origin,
+            faces={name: self.network(name) for name in faces}, identity=self.identity,
+        ).eval()
+
 
 def _trim_heap() -> None:
     """Give freed heap pages back to the OS (glibc keeps them: after a 3.4 GB UNet is freed, the next
@@ -127,13 +134,6 @@ def _trim_heap() -> None:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except (OSError, AttributeError):  # not glibc (macOS, Windows, musl): nothing to do
         pass
-
-    def load_all(self) -> InterLCMModels:
-        faces = [name for name in self._makers if name not in NETWORKS]
-        return InterLCMModels(
-            self.config, *(self.network(name) for name in NETWORKS), origin=self.origin,
-            faces={name: self.network(name) for name in faces}, identity=self.identity,
-        ).eval()
 
 
 class _Faces(Mapping[str, nn.Module]):
