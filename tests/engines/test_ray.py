@@ -161,7 +161,7 @@ def test_killed_actor_loses_nothing(ray_session, faces, tmp_path):
     killer.join(timeout=5)
     assert killed and killed[0][1] < 12, f"no actor was killed mid-job: {killed}"
     assert report.count("written") == 12 and report.count("failed") == 0, report.summary()
-    assert sorted(r["input"] for r in report.rows) == sorted(str(p) for p in src.iterdir())  # each input once
+    assert sorted(r.input for r in report.results) == sorted(str(p) for p in src.iterdir())  # each input once
     assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in src.iterdir()) + ["results.jsonl"]
     for path in out.glob("*.png"):  # no partial or different outputs (and no leftover temp files, listed above)
         assert path.read_bytes() == (faces / "reference" / path.name).read_bytes(), path.name
