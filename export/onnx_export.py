@@ -57,6 +57,9 @@ if TYPE_CHECKING:
 DEFAULT_OPSET = 17
 RECIPE_VERSION = 1  # bump when the export steps change: files made by older code are redone
 EXTERNAL_DATA_BYTES = 1_800_000_000  # protobuf caps a file at 2 GB; above this, weights go to .onnx.data
+# onnxslim holds ~7 copies of a model while it works: the sd15 ControlNet (1.44 GB) took an export from
+# 6.0 to 11.3 GiB. From this size up, the exporter's own constant folding only (as the 3.4 GB UNet).
+SLIM_MAX_BYTES = 1_000_000_000
 
 
 class ExportError(RuntimeError):
@@ -147,14 +150,20 @@ def _weight_bytes(model: onnx.ModelProto) -> int:
 def _simplify(raw: Path) -> onnx.ModelProto:
     """Constant folding, dead-node and Identity removal, shape inference (onnxslim).
 
-    onnxslim serialises the whole proto, which protobuf cannot do past 2 GB (the
-    sd15 UNet is 3.4 GB). Those models keep the TorchScript exporter's own
-    constant folding and get their shapes from inference on a weight-less copy.
+    onnxslim holds several copies of the model while it works and serialises the whole proto,
+    which protobuf cannot do past 2 GB. Models from SLIM_MAX_BYTES up (sd15: the ControlNet and
+    the UNet) keep the TorchScript exporter's own constant folding and get their shapes from
+    inference on a weight-less copy: the weights are in memory once.
     """
-    model = onnx.load(str(raw))  # loads the exporter's per-tensor external files too
-    if _weight_bytes(model) < EXTERNAL_DATA_BYTES:
+    model = onnx.load(str(raw), load_external_data=False)  # inline weights, or references to the exporter's files
+    inline = not any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer)
+    if inline and _weight_bytes(model) < SLIM_MAX_BYTES:
         return onnxslim.slim(model)
-    skeleton = onnx.load(str(raw), load_external_data=False)  # dims and dtypes, no data
+    if inline:  # moving the weights to a file leaves `model` without them (onnx clears what it wrote)
+        onnx.save_model(model, str(raw), save_as_external_data=True, all_tensors_to_one_file=True,
+                        location=f"{raw.name}.data")
+    skeleton = model
+    model = onnx.load(str(raw))  # the weights, once
     model.graph.ClearField("value_info")
     model.graph.value_info.extend(onnx.shape_inference.infer_shapes(skeleton).graph.value_info)
     return model
