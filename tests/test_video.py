@@ -159,3 +159,19 @@ def test_truncated_after_the_header(tmp_path):
         assert not (tmp_path / "o").exists() or list((tmp_path / "o").iterdir()) == []
         kinds.add("truncated" if "is truncated" in str(info.value) else "unreadable")
     assert kinds == {"truncated", "unreadable"}
+
+
+@pytest.mark.parametrize("suffix", [".mkv", ".MP4"])
+def test_the_video_and_its_frames_record_their_input(tmp_path, suffix):
+    """How a rerun tells its own earlier outputs from other files (engines/outputs.py)."""
+    from interlcm.imageio import read_source
+    from interlcm.video import read_video_source
+
+    frames = [np.full((24, 40, 3), 10 * i, np.uint8) for i in range(3)]
+    write_clip(tmp_path / f"c{suffix}", frames, fps=3, audio_rate=None)
+    dst = tmp_path / "o" / f"c{suffix}"
+    report = restore_video(_FakeWholePhoto(), tmp_path / f"c{suffix}", dst, VideoOptions(progress=False),
+                           frames_dir=tmp_path / "o" / "c_frames", source="abc123")
+    assert report.output == dst and read_video_source(dst) == "abc123"
+    assert read_video_source(tmp_path / f"c{suffix}") is None
+    assert [read_source(p) for p in sorted((tmp_path / "o" / "c_frames").iterdir())] == ["abc123"] * 3
