@@ -1,21 +1,36 @@
 # One entry point: `make test` and `make demo` set everything up on a fresh machine.
+# VENV may name an existing environment (e.g. one with the machine's CUDA torch): make installs into it.
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
+PYTHON ?= python3
 STAMP  := $(VENV)/.installed
-# CPU build of torch first, so the project's loose `torch>=` pin installs nothing more
-TORCH  ?= torch==2.13.0
 PYTEST_ARGS ?=
+GPU    := $(shell nvidia-smi >/dev/null 2>&1 && echo yes)
+# torch first, the build for this machine, so the project's loose `torch>=` pin installs nothing more
+# (README, "Installing torch"). Without an NVIDIA GPU: the CPU build (PyPI's Linux wheel is a CUDA build of
+# several GB). With one: the CUDA build the driver runs (scripts/gpu_check.py reads nvidia-smi), and a CUDA
+# torch already in the environment is kept. pip looks in TORCH_INDEX besides PyPI and prefers its build
+# (2.13.0+cpu sorts above 2.13.0); where that index cannot be reached it takes what PyPI (or pip's local
+# wheels) has, after a few retries. TORCH_INDEX= (empty) installs PyPI's default build.
+TORCH  ?= torch==2.13.0
+TORCH_INDEX ?= $(if $(GPU),$(shell $(PYTHON) scripts/gpu_check.py --torch-index),https://download.pytorch.org/whl/cpu)
 # ONNX Runtime flavour: onnxruntime-gpu where nvidia-smi runs, else the CPU wheel (never both: they
 # break each other); `make gpu-check` then adds the TensorRT extra for the driver's CUDA
-ORT_EXTRA ?= $(shell nvidia-smi >/dev/null 2>&1 && echo gpu || echo cpu)
+ORT_EXTRA ?= $(if $(GPU),gpu,cpu)
+GPU_CHECK_ARGS ?=
 
 .PHONY: install test demo lint typecheck gpu-check clean
 
 $(STAMP): pyproject.toml
-	test -x $(PY) || python3 -m venv $(VENV)
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q "$(TORCH)"
-	$(PY) -m pip install -q -e ".[dev,ray,faces-dlib,$(ORT_EXTRA)]"
+	@if $(PY) -c "import sys, torch; sys.exit(torch.version.cuda is None)" 2>/dev/null; then \
+	  echo "torch: keeping the installed CUDA build $$($(PY) -c 'import torch; print(torch.__version__)')"; \
+	else \
+	  echo "torch: $(TORCH)$(if $(TORCH_INDEX), from $(TORCH_INDEX) (or PyPI))"; \
+	  $(PY) -m pip install -q "$(TORCH)" $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX)); \
+	fi
+	$(PY) -m pip install -q -e ".[dev,ray,faces-dlib,app,$(ORT_EXTRA)]"
 	# the stubs' metadata depends on tensorrt, whose libraries PyPI only serves to CUDA machines
 	$(PY) -m pip install -q --no-deps tensorrt-stubs
 	touch $(STAMP)
@@ -47,11 +62,12 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(PY) -m interlcm.engines.trt_typecheck
 
-# On a machine with an NVIDIA GPU and a CUDA build of torch: installs the TensorRT extra for the driver's
-# CUDA, exports tiny and sd15 (random weights), builds engines, runs the gpu/trt tests and `check`,
-# benchmarks, and writes gpu-check/report.json + report.md (see README, "Checking a GPU machine").
+# On a machine with an NVIDIA GPU: installs the GPU extras for the driver's CUDA (keeping a CUDA torch), runs
+# the gpu/trt tests, exports tiny and sd15, builds engines, restores a photo and a video on every backend
+# against the CPU, benchmarks, and writes gpu-check/report.md (README, "Checking a GPU machine").
+# GPU_CHECK_ARGS="--quick --no-install": tiny only, this environment as it is.
 gpu-check: $(STAMP)
-	$(PY) -m interlcm.engines.gpu_check --out gpu-check
+	$(PY) scripts/gpu_check.py --out gpu-check $(GPU_CHECK_ARGS)
 
 clean:
 	rm -rf $(VENV) .cache outputs

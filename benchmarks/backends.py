@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import torch
 
-from interlcm.backend import Backend
+from interlcm.backend import Backend, BackendWrapper
 from interlcm.components import BY_NAME
 
 
-class ReleaseStyle:
+class ReleaseStyle(BackendWrapper):
     """The sampler's calls mapped to the release's Spatial Encoder: its image embedding every step.
 
     The sampler runs `se_condition` once and `spatial_encoder` per step. The
@@ -24,15 +24,8 @@ class ReleaseStyle:
     CONDITION = BY_NAME["se_condition"]
 
     def __init__(self, inner: Backend):
-        self.inner = inner
-        self.name, self.config, self.device, self.max_batch = inner.name, inner.config, inner.device, inner.max_batch
+        super().__init__(inner)
         self._image: torch.Tensor | None = None
-
-    def synchronize(self) -> None:
-        self.inner.synchronize()
-
-    def close(self) -> None:
-        self.inner.close()
 
     def run(self, component: str, **inputs: torch.Tensor) -> dict[str, torch.Tensor]:
         if component == self.CONDITION.name:

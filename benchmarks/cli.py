@@ -25,6 +25,19 @@ def _csv(kind: type):  # noqa: ANN202 - click callback; the harness checks the v
     return parse
 
 
+def _flags(off: str, on: str):  # noqa: ANN202 - click callback
+    """`off,on` -> (False, True): which of the two forms to measure."""
+
+    def parse(ctx: click.Context, param: click.Parameter, value: str) -> tuple[bool, ...]:
+        items = _csv(str)(ctx, param, value)
+        bad = [v for v in items if v not in (off, on)]
+        if bad or not items:
+            raise click.BadParameter(f"{value!r}: expected {off}, {on} or {off},{on}")
+        return tuple(v == on for v in items)
+
+    return parse
+
+
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
 @click.option("--preset", type=click.Choice(list(PRESETS)), default="tiny", show_default=True,
               help="Model sizes (random weights unless --weights).")
@@ -35,8 +48,12 @@ def _csv(kind: type):  # noqa: ANN202 - click callback; the harness checks the v
               show_default=True, help="Comma-separated from torch, torch-release (torch as released: SE embedding every step), "
               "onnxruntime, tensorrt.")
 @click.option("--precision", "precisions", callback=_csv(str), default="fp32", show_default=True,
-              help="fp32,fp16 (torch rows are fp32 only)")
+              help="fp32,fp16,bf16 (torch: fp16 on CUDA only; onnxruntime: fp32,fp16; tensorrt: fp16)")
 @click.option("--batch", "batches", callback=_csv(int), default="1", show_default=True, help="e.g. 1,4,8")
+@click.option("--step", "step_forms", callback=_flags("separate", "fused"), default="separate", show_default=True,
+              help="separate,fused: SE and UNet as two calls per step, and/or the fused denoise_step.")
+@click.option("--cuda-graph", "graph_modes", callback=_flags("off", "on"), default="off", show_default=True,
+              help="off,on: also replay the step chain as a CUDA graph (torch and tensorrt on a GPU).")
 @click.option("--resolution", type=int, help="Face size in pixels (default: the preset's, 512 for sd15).")
 @click.option("--steps", type=click.Choice([str(n) for n in STEPS]), default=str(STEPS[0]), show_default=True, help="Network steps.")
 @click.option("--colorfix", type=click.Choice(COLORFIXES), default=COLORFIXES[0], show_default=True)
@@ -48,8 +65,8 @@ def _csv(kind: type):  # noqa: ANN202 - click callback; the harness checks the v
 @click.option("--cache-dir", type=_PATH, default=Path(".cache/bench-onnx"), show_default=True)
 @click.option("--json", "json_path", type=_PATH, help="Write every number and the environment here.")
 @click.option("--plot", "plot_path", type=_PATH, help="Write the stacked-bar PNG here.")
-def main(preset, weights, onnx, engines, backends, precisions, batches, resolution, steps, colorfix, warmup, runs,  # noqa: ANN001
-         threads, components, probe_n, cache_dir, json_path, plot_path) -> None:
+def main(preset, weights, onnx, engines, backends, precisions, batches, step_forms, graph_modes, resolution, steps,  # noqa: ANN001
+         colorfix, warmup, runs, threads, components, probe_n, cache_dir, json_path, plot_path) -> None:
     """Measure InterLCM's latency per component and end to end, for every backend, precision and batch,
     in one process, against a matmul peak measured in the same process."""
     from interlcm.benchmarks.harness import run_benchmark
@@ -59,7 +76,8 @@ def main(preset, weights, onnx, engines, backends, precisions, batches, resoluti
     try:
         settings = BenchSettings(
             preset=preset, resolution=resolution, weights=weights, onnx=onnx, engines=engines,
-            backends=backends, precisions=precisions, batches=batches, steps=int(steps), colorfix=colorfix,
+            backends=backends, precisions=precisions, batches=batches, fused=step_forms,
+            graphs=graph_modes, steps=int(steps), colorfix=colorfix,
             warmup=warmup, runs=runs, threads=threads, components=components or (), probe_max_n=probe_n,
             cache_dir=cache_dir,
         )

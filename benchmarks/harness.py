@@ -18,6 +18,7 @@ of peak" is measured, not looked up.
 from __future__ import annotations
 
 import contextlib
+import copy
 import functools
 import gc
 import sys
@@ -37,12 +38,12 @@ from interlcm.benchmarks.schema import BenchReport, BenchSettings, ComponentTimi
 from interlcm.choices import variant_for_steps
 from interlcm.components import BY_NAME, DEFAULT_COMPONENTS
 from interlcm.config import PresetConfig
-from interlcm.engines.backend import open_backend
+from interlcm.engines.backend import FUSED, BackendOptions, fast_path, open_backend
 from interlcm.engines.restorer import RestoreOptions, Restorer
-from interlcm.engines.trt import PRECISION
+from interlcm.engines.trt_common import PRECISION
 from interlcm.export.session import cuda_device_count
 from interlcm.models.container import build_random
-from interlcm.torch_backend import TorchBackend
+from interlcm.torch_backend import TorchBackend, check_torch_precision
 from interlcm.weights import load_models, weights_digest
 
 Log = Callable[[str], None]
@@ -88,7 +89,7 @@ def _weights_identity(settings: BenchSettings, models) -> tuple[bool, str]:  # n
 
 
 def _open_exported(stack: contextlib.ExitStack, kind: str, folder: Path | None, engines: Path | None,
-                   precision: str, threads: int, names: list[str]) -> _Opened:
+                   precision: str, threads: int, names: list[str] | None) -> _Opened:
     """ONNX Runtime or TensorRT through `open_backend`, closed when `stack` closes."""
     if kind == "tensorrt":
         devices, why = cuda_device_count()
@@ -99,10 +100,15 @@ def _open_exported(stack: contextlib.ExitStack, kind: str, folder: Path | None, 
         if precision != PRECISION:
             raise _Skip(f"TensorRT engines are built {PRECISION} only (strongly typed, from the {PRECISION} ONNX files)")
     start = time.perf_counter()
-    opened = stack.enter_context(open_backend(kind, onnx=folder, engines=engines, precision=precision,
-                                              threads=threads, components=names))
+    options = BackendOptions(kind, onnx=folder, engines=engines, precision=precision, threads=threads)
+    opened = stack.enter_context(open_backend(options, components=names))
     desc = opened.description + (f", intra-op threads: {threads}" if kind == "onnxruntime" else "")
     return _Opened(opened.backend, opened.device.type, desc, time.perf_counter() - start)
+
+
+def _fused_names(settings: BenchSettings) -> list[str]:
+    """The fused step's component, when a fused row is asked for (exported, counted and loaded with the rest)."""
+    return [FUSED] if True in settings.fused else []
 
 
 class _Skip(Exception):
@@ -165,7 +171,7 @@ def _add_costs(row: RowResult, flops: dict[str, ComponentFlops], peaks: dict[tup
         c.gflops = c.gflop_per_call / c.per_call.median
         c.fraction_of_peak = c.gflops / peak.gflops if peak else None
         total += c.gflop_per_call * c.calls
-    if row.end_to_end is not None:
+    if row.end_to_end is not None and row.components:  # graph rows time no components
         row.gflop_per_restoration = total
         row.gflops = total / row.end_to_end.median
         row.fraction_of_peak = row.gflops / peak.gflops if peak else None
@@ -196,8 +202,11 @@ def _measure(settings: BenchSettings, cfg: PresetConfig, opened: _Opened, row: R
             for name, inputs in feeds.items():
                 clock.run(name, **inputs)
     else:
-        options = RestoreOptions(steps=settings.steps, seed=settings.seed, colorfix=settings.colorfix, batch=row.batch)
-        restorer = Restorer(ReleaseStyle(clock) if release else clock, options)
+        options = RestoreOptions(steps=settings.steps, seed=settings.seed, colorfix=settings.colorfix, batch=row.batch,
+                                 fused_step=row.fused, cuda_graph=row.graph)
+        # a graph replays the whole step chain: only the raw backend can be captured (the clock synchronises)
+        runner = opened.backend if row.graph else ReleaseStyle(clock) if release else clock
+        restorer = Restorer(runner, options)
         (image_name,) = BY_NAME["se_condition"].input_names
         lq = BY_NAME["se_condition"].sample_inputs(cfg, row.batch, settings.seed)[image_name]  # (B, 3, R, R)
 
@@ -219,7 +228,7 @@ def _measure(settings: BenchSettings, cfg: PresetConfig, opened: _Opened, row: R
         row.seconds_per_image = row.end_to_end.median / row.batch
         row.images_per_s = row.batch / row.end_to_end.median
         glue = [wall - sum(s for _, s in calls) for wall, calls in zip(e2e, per_run)]
-        row.host_other_s = Stats.of(glue).median
+        row.host_other_s = None if row.graph else Stats.of(glue).median
 
 
 # --- the whole benchmark ---------------------------------------------------------------------------
@@ -233,7 +242,14 @@ def _ratios(rows: list[RowResult]) -> list[Ratio]:
         return r.end_to_end.median if r.end_to_end else None
 
     for row in ran:
-        base = next((b for b in ran if b.backend == "torch" and b.precision == "fp32" and b.batch == row.batch), None)
+        if not row.plain:  # the fused step and graphs: against the same backend's separate calls
+            twin = next((b for b in ran if (b.backend, b.precision, b.batch) == (row.backend, row.precision, row.batch)
+                         and b.plain), None)
+            if twin is not None and e2e(row) and e2e(twin):
+                out.append(Ratio("step", "end to end", row.label, twin.label, e2e(row) / e2e(twin)))
+            continue
+        base = next((b for b in ran if b.backend == "torch" and b.precision == "fp32" and b.batch == row.batch
+                     and b.plain), None)
         if base is None or row is base:
             continue
         if row.backend == "torch-release":  # ours over the release's way: below 1, ours is faster
@@ -251,7 +267,8 @@ def _ratios(rows: list[RowResult]) -> list[Ratio]:
             if c.name in theirs:
                 out.append(Ratio("backend", c.name, row.label, base.label, c.per_call.median / theirs[c.name]))
     for row in ran:
-        first = min((r for r in ran if (r.backend, r.precision) == (row.backend, row.precision)), key=lambda r: r.batch)
+        same = (row.backend, row.precision, row.fused, row.graph)
+        first = min((r for r in ran if (r.backend, r.precision, r.fused, r.graph) == same), key=lambda r: r.batch)
         if row is not first and row.seconds_per_image and first.seconds_per_image:
             out.append(Ratio("batch", "s/image", row.label, first.label, row.seconds_per_image / first.seconds_per_image))
     return out
@@ -275,7 +292,8 @@ def _run(settings: BenchSettings, log: Log) -> BenchReport:
     with contextlib.suppress(RuntimeError):  # only settable before any inter-op work has run
         torch.set_num_interop_threads(1)
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    rows = [RowResult(kind, p, b) for kind in settings.backends for p in settings.precisions for b in settings.batches]
+    rows = [RowResult(kind, p, b, fused, graph) for kind in settings.backends for p in settings.precisions
+            for b in settings.batches for fused in settings.fused for graph in settings.graphs]
     notes: list[str] = []
 
     # 1. ONNX files first, in a child process, before this one holds the models
@@ -335,24 +353,39 @@ def _torch_phase(settings: BenchSettings, cfg: PresetConfig, rows: list[RowResul
     models = _load_models(settings, cfg, device)
     models_load_s = time.perf_counter() - start
     random_weights, weights = _weights_identity(settings, models)
-    names = sorted(set(DEFAULT_COMPONENTS) | set(settings.components)
+    names = sorted(set(DEFAULT_COMPONENTS) | set(settings.components) | set(_fused_names(settings))
                    | ({"spatial_encoder_full"} if "torch-release" in settings.backends else set()))
     log(f"counting FLOPs of {len(names)} components")
     flops = count_flops(models, names, seed=settings.seed)
 
-    owner: str | None = None
+    owners: dict[str, str] = {}  # precision -> the row that paid for the models at that precision
+    backends: dict[str, TorchBackend] = {}
+    loads: dict[str, float] = {}  # precision -> seconds to build or load (and cast) its models
     for row in rows:
         if row.backend not in ("torch", "torch-release"):
-            continue
-        if row.precision != "fp32":
-            row.skipped = "torch rows run fp32, as the release does; fp16 is measured through onnxruntime/tensorrt"
             continue
         if row.backend == "torch-release" and settings.isolated:
             row.skipped = "release-style differs only inside a restoration: time spatial_encoder_full with --backend torch"
             continue
-        opened = _Opened(TorchBackend(models, device), device,
-                         f"torch fp32 on {device}, threads: {torch.get_num_threads()}", models_load_s)
-        row.load_shared_with, owner = owner, owner or row.label
+        if row.backend == "torch-release" and not row.plain:
+            row.skipped = "release-style runs the release's separate SE and UNet calls, without a graph"
+            continue
+        try:
+            check_torch_precision(row.precision, torch.device(device))
+            if row.precision not in backends:  # fp16/bf16 cast a copy: the fp32 models stay the reference
+                start = time.perf_counter()
+                models_at = models if row.precision == "fp32" else copy.deepcopy(models)
+                backends[row.precision] = TorchBackend(models_at, device, precision=row.precision)
+                owners[row.precision] = row.label
+                loads[row.precision] = models_load_s + (time.perf_counter() - start)
+            fast_path(backends[row.precision], row.fused, row.graph)
+        except ValueError as exc:
+            row.skipped = str(exc)
+            continue
+        backend = backends[row.precision]
+        opened = _Opened(backend, device, f"torch {backend.describe()} on {device}, threads: {torch.get_num_threads()}",
+                         loads[row.precision])
+        row.load_shared_with = None if owners[row.precision] == row.label else owners[row.precision]
         log(f"{row.label}: {opened.description}")
         _measure_row(settings, cfg, opened, row, release=row.backend == "torch-release", log=log)
     return flops, random_weights, weights
@@ -373,7 +406,7 @@ def _prepare_onnx(settings: BenchSettings, cfg: PresetConfig, log: Log, onnx_cac
         weights_tag=tag,
         seed=settings.seed,
         steps=settings.steps,
-        components=tuple(sorted(set(DEFAULT_COMPONENTS) | set(settings.components))),
+        components=tuple(sorted(set(DEFAULT_COMPONENTS) | set(settings.components) | set(_fused_names(settings)))),
         precisions=tuple(settings.precisions),
         batch=(min(settings.batches), min(settings.batches), max(settings.batches)),
     )
@@ -391,6 +424,8 @@ def _run_group(settings: BenchSettings, cfg: PresetConfig, kind: str, precision:
     names = list(settings.components) or [
         n for n in DEFAULT_COMPONENTS if not n.startswith("colorfix_") or n == f"colorfix_{settings.colorfix}"
     ]
+    if kind == "tensorrt" and True in settings.fused:  # every engine of the folder, the fused step's if it has one
+        names = None
     with contextlib.ExitStack() as stack:
         try:
             if kind == "onnxruntime" and onnx_info is None:
@@ -413,6 +448,11 @@ def _run_group(settings: BenchSettings, cfg: PresetConfig, kind: str, precision:
         for row in group:
             if hi is not None and row.batch > hi:
                 row.skipped = f"the engines take batch up to {hi}: rebuild them with a wider profile"
+                continue
+            try:
+                fast_path(opened.backend, row.fused, row.graph)
+            except ValueError as exc:
+                row.skipped = str(exc)
                 continue
             row.load_shared_with, owner = owner, owner or row.label
             log(f"{row.label}: {opened.description}")

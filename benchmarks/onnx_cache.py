@@ -16,7 +16,13 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from interlcm.choices import variant_for_steps
+from interlcm.config import get_preset
+from interlcm.export.onnx_export import export_all
 from interlcm.files import FilesError, atomic_write_text, check_replaceable, replace_folder, staging_folder
+from interlcm.identity import WeightsIdentity
+from interlcm.models.container import build_random
+from interlcm.weights import folder_identity, load_models
 
 MARKER = "bench-export.json"
 
@@ -107,12 +113,6 @@ def ensure_onnx(cache_root: Path, request: ExportRequest, log=print) -> ExportRe
 
 def _export(request: ExportRequest, out: Path) -> None:
     """Child process: build or load the models, then export them with the project's exporter."""
-    from interlcm.choices import variant_for_steps
-    from interlcm.config import get_preset
-    from interlcm.export.onnx_export import export_all
-    from interlcm.identity import WeightsIdentity
-    from interlcm.models.container import build_random
-    from interlcm.weights import folder_identity, load_models
 
     variant = variant_for_steps(request.steps).name
     if request.weights is None:

@@ -81,9 +81,9 @@ def render(report: BenchReport) -> str:
     if e2e_rows:
         out += ["", f"end to end: seconds per restoration of one batch, over {s['runs']} runs after {s['warmup']} warm-up"]
         out += _table(
-            ["row", "median", "p90", "min", "s/image", "img/s", "load", "1st run", "TTFR", "peak RSS", "cores",
-             "others", "GFLOP/img", "GFLOP/s", "of peak"],
-            [[r.label, _num(r.end_to_end.median), _num(r.end_to_end.p90), _num(r.end_to_end.min),
+            ["row", "step", "graph", "median", "p90", "min", "s/image", "img/s", "load", "1st run", "TTFR", "peak RSS",
+             "cores", "others", "GFLOP/img", "GFLOP/s", "of peak"],
+            [[r.label, "fused" if r.fused else "SE+UNet", "yes" if r.graph else "-", _num(r.end_to_end.median), _num(r.end_to_end.p90), _num(r.end_to_end.min),
               _num(r.seconds_per_image), _num(r.images_per_s, ".2f"),
               _num(r.load_s, ".1f") + ("*" if r.load_shared_with else ""), _num(r.first_run_s, ".2f"),
               _num(r.time_to_first_result_s, ".1f"), f"{r.peak_rss_mb / 1024:.2f} GB", _num(r.process_cores.median, ".2f"), _num(r.other_cores.median, ".2f"),
@@ -91,7 +91,9 @@ def render(report: BenchReport) -> str:
               _num(r.gflops, ".1f"), _pct(r.fraction_of_peak)] for r in e2e_rows],
         )
         out.append("load*: opened once for an earlier row; TTFR = load + 1st run, what a fresh process waits. "
-                   "cores: CPU-seconds per wall-second of this process; others: of the rest of the machine.")
+                   "cores: CPU-seconds per wall-second of this process; others: of the rest of the machine. "
+                   "step: separate SE and UNet calls or the fused denoise_step; graph: the step chain replayed "
+                   "as a CUDA graph (end to end only).")
     busy = [r for r in ran if competed(r, env["logical_cores"])]
     if busy:
         out.append(f"WARNING: other processes kept up to {max(r.other_cores.median for r in busy):.1f} cores busy during "
@@ -102,6 +104,9 @@ def render(report: BenchReport) -> str:
 
     for r in ran:
         out += ["", f"{r.label}: {r.description}"]
+        if r.graph:
+            out.append("  CUDA graph: the steps are one replay, so no component is timed alone")
+            continue
         lines = [[c.name, str(c.calls), _num(c.per_call.median * 1e3, ".1f"), _num(c.per_call.p90 * 1e3, ".1f"),
                   _num(c.per_call.min * 1e3, ".1f"), _num(c.per_restoration.median), _share(c.per_restoration.median, r),
                   _gflop(c.gflop_per_call), _num(c.gflops, ".1f"), _pct(c.fraction_of_peak)] for c in r.components]
@@ -154,6 +159,7 @@ def _ratio_lines(report: BenchReport) -> list[str]:
         "backend": "backend vs torch (time ratio, same run; below 1 = faster than torch)",
         "release": "this project's torch path vs the release's (time ratio ours / release-style; below 1 = ours faster)",
         "batch": "batch scaling (seconds per image relative to the smallest batch)",
+        "step": "fused step and CUDA graph vs separate SE and UNet calls (time ratio, same backend; below 1 = faster)",
     }
     for kind, title in titles.items():
         rs = [r for r in report.ratios if r.kind == kind]

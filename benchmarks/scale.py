@@ -18,17 +18,27 @@ so the ratios measure Ray's overhead, not scaling.
 from __future__ import annotations
 
 import json
+import os
+import socket
 import tempfile
 import time
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import click
+import numpy as np
+from PIL import Image
+
+from interlcm.config import get_preset
+from interlcm.engines.backend import BackendOptions, open_backend
+from interlcm.engines.photo import PhotoOptions, PhotoRestorer
+from interlcm.engines.ray_job import JobSpec, run_job, start_local_ray
+from interlcm.engines.restorer import RestoreOptions, Restorer
+from interlcm.imageio import read_rgb
 
 
 def _faces(folder: Path, n: int, size: int) -> list[Path]:
-    import numpy as np
-    from PIL import Image
-
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)
     paths = []
@@ -38,14 +48,10 @@ def _faces(folder: Path, n: int, size: int) -> list[Path]:
     return paths
 
 
-def single_process(backend_args: dict, paths: list[Path], batch: int) -> float:
-    from interlcm.engines.backend import open_backend
-    from interlcm.engines.photo import PhotoOptions, PhotoRestorer
-    from interlcm.engines.restorer import RestoreOptions, Restorer
-    from interlcm.imageio import read_rgb
-
-    with open_backend(**backend_args) as opened:
-        photos = PhotoRestorer(Restorer(opened.backend, RestoreOptions(batch=batch)), PhotoOptions(aligned=True))
+def single_process(backend: BackendOptions, paths: list[Path], batch: int) -> float:
+    with open_backend(backend) as opened:
+        photos = PhotoRestorer(Restorer(opened.backend, opened.fast.apply(RestoreOptions(batch=batch))),
+                               PhotoOptions(aligned=True))
         photos.restore_photos([read_rgb(paths[0])])  # warm-up
         start = time.perf_counter()
         for i in range(0, len(paths), batch):
@@ -53,28 +59,20 @@ def single_process(backend_args: dict, paths: list[Path], batch: int) -> float:
         return time.perf_counter() - start
 
 
-def ray_job(backend_args: dict, folder: Path, out: Path, batch: int, actors: int) -> float:
-    from interlcm.engines.photo import PhotoOptions
-    from interlcm.engines.ray_job import JobSpec, run_job
-    from interlcm.engines.restorer import RestoreOptions
-
-    spec = JobSpec(backend_args, RestoreOptions(batch=batch), PhotoOptions(aligned=True), actors)
+def ray_job(backend: BackendOptions, folder: Path, out: Path, batch: int, actors: int) -> float:
+    spec = JobSpec(backend, RestoreOptions(batch=batch), PhotoOptions(aligned=True), actors)
     report = run_job(spec, [str(folder)], str(out))
     assert report.count("written") == len(report.results), report.summary()
     return report.seconds
 
 
-def serve_endpoint(backend_args: dict, paths: list[Path], batch: int, concurrency: int) -> tuple[float, list[int]]:
-    import socket
-    import urllib.request
-    from concurrent.futures import ThreadPoolExecutor
-
-    from interlcm.engines.serve import build_app, start
+def serve_endpoint(backend: BackendOptions, paths: list[Path], batch: int, concurrency: int) -> tuple[float, list[int]]:
+    from interlcm.engines.serve import build_app, start  # Ray Serve: an optional dependency
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    handle = start(build_app(backend_args, max_batch=batch, batch_wait_s=0.02), port=port)
+    handle = start(build_app(backend, max_batch=batch, batch_wait_s=0.02), port=port)
     bodies = [p.read_bytes() for p in paths]
 
     def post(body: bytes) -> int:
@@ -107,22 +105,18 @@ def serve_endpoint(backend_args: dict, paths: list[Path], batch: int, concurrenc
 @click.option("--json", "json_path", type=click.Path(path_type=Path), help="Write the numbers here.")
 def main(preset, backend, onnx, images, batch, actors, concurrency, threads, json_path) -> None:  # noqa: ANN001
     """Images per second: single process vs Ray Data job vs Ray Serve, same inputs, one run."""
-    import os
-
     import ray
     from ray import serve
 
-    from interlcm.config import get_preset
-
-    backend_args = {"kind": backend, "preset": preset, "onnx": onnx, "batch": batch, "threads": threads}
+    options = BackendOptions(backend, preset=preset, onnx=onnx, batch=batch, threads=threads)
     with tempfile.TemporaryDirectory() as tmp:
         paths = _faces(Path(tmp) / "in", images, get_preset(preset).resolution)
-        rows = {"single process": single_process(backend_args, paths, batch)}
-        ray.init(include_dashboard=False, _node_ip_address="127.0.0.1", logging_level="warning", log_to_driver=False)
+        rows = {"single process": single_process(options, paths, batch)}
+        start_local_ray(log_to_driver=False)
         ray.data.DataContext.get_current().enable_progress_bars = False
         try:
-            rows[f"ray job, {actors} actors"] = ray_job(backend_args, Path(tmp) / "in", Path(tmp) / "out", batch, actors)
-            rows["serve, 1 replica"], sizes = serve_endpoint(backend_args, paths, batch, concurrency)
+            rows[f"ray job, {actors} actors"] = ray_job(options, Path(tmp) / "in", Path(tmp) / "out", batch, actors)
+            rows["serve, 1 replica"], sizes = serve_endpoint(options, paths, batch, concurrency)
         finally:
             serve.shutdown()
             ray.shutdown()

@@ -38,6 +38,11 @@ class BenchSettings:
     backends: tuple[str, ...] = ("torch", "torch-release", "onnxruntime")
     precisions: tuple[str, ...] = ("fp32",)
     batches: tuple[int, ...] = (1,)
+    # step forms: False the separate SE and UNet calls, True the fused `denoise_step` (where the backend has it)
+    fused: tuple[bool, ...] = (False,)
+    # True: the step chain replayed as a CUDA graph (torch and TensorRT on a GPU; end to end only, since
+    # timing each component would synchronise inside the graph)
+    graphs: tuple[bool, ...] = (False,)
     steps: int = 3  # network steps: 3 (paper) or 1
     colorfix: str = COLORFIXES[0]
     warmup: int = 2  # untimed restorations per row; the first is the time to first result
@@ -60,6 +65,10 @@ class BenchSettings:
         for name in self.components:
             if name not in BY_NAME:
                 problems.append(f"component {name!r} (choose from {', '.join(BY_NAME)})")
+        if not self.fused or not self.graphs:
+            problems.append("fused and graphs need at least one value each")
+        if self.isolated and (True in self.fused or True in self.graphs):
+            problems.append("--components times components alone: the fused step and CUDA graphs need whole restorations")
         if not self.batches or min(self.batches) < 1:
             problems.append(f"batches {self.batches} (each at least 1)")
         if self.warmup < 1:
@@ -97,6 +106,8 @@ class RowResult:
     backend: str
     precision: str
     batch: int
+    fused: bool = False  # the fused SE+UNet `denoise_step` instead of separate SE and UNet calls
+    graph: bool = False  # the step chain replayed as a CUDA graph (no per-component times)
     device: str = ""
     description: str = ""
     skipped: str | None = None  # why this row could not run here
@@ -128,12 +139,20 @@ class RowResult:
 
     @property
     def label(self) -> str:
-        return f"{self.backend} {self.precision} b{self.batch}"
+        return f"{self.backend} {self.precision} b{self.batch}" + (" fused" if self.fused else "") + (
+            " graph" if self.graph else "")
+
+    @property
+    def plain(self) -> bool:
+        """Separate SE and UNet, no graph: the form the step ratios divide by."""
+        return not (self.fused or self.graph)
 
 
 @dataclass(frozen=True)
 class Ratio:
-    kind: str  # "backend" (X / torch), "release" (ours / release-style), "batch" (s/image vs batch 1)
+    # "backend" (X / torch), "release" (ours / release-style), "batch" (s/image vs batch 1),
+    # "step" (fused step and/or CUDA graph / separate SE and UNet calls, same backend, precision, batch)
+    kind: str
     what: str  # "end to end", "s/image" or a component name
     numerator: str  # row label
     denominator: str  # row label

@@ -23,16 +23,26 @@ from __future__ import annotations
 import json
 import os
 import platform
+import tempfile
 import time
 from pathlib import Path
 
 import click
+import cv2
 import numpy as np
+import torch
+
+from interlcm.config import get_preset
+from interlcm.engines.photo import PhotoOptions, PhotoRestorer
+from interlcm.engines.restorer import RestoreOptions, Restorer
+from interlcm.models.container import build_random
+from interlcm.testing import write_clip
+from interlcm.torch_backend import TorchBackend
+from interlcm.video import VideoOptions, restore_video
 
 
 def _face_frames(resolution: int, count: int, shift: int) -> list[np.ndarray]:
     """(R, R, 3) uint8 crops of the astronaut's face, the window moving `shift` px right per frame."""
-    import cv2
     from skimage import data
 
     img = data.astronaut()  # 512 x 512; the face is near (x 170..300, y 20..200)
@@ -55,10 +65,6 @@ def _flicker(frames: list[np.ndarray], shift: int) -> dict[str, float]:
 
 
 def _photo_restorer(models, seed: int, steps: int, batch: int, aligned: bool):  # noqa: ANN001, ANN202
-    from interlcm.engines.photo import PhotoOptions, PhotoRestorer
-    from interlcm.engines.restorer import RestoreOptions, Restorer
-    from interlcm.torch_backend import TorchBackend
-
     restorer = Restorer(TorchBackend(models), RestoreOptions(steps=steps, seed=seed, batch=batch), timing=True)
     return PhotoRestorer(restorer, PhotoOptions(aligned=aligned))
 
@@ -74,14 +80,8 @@ def _photo_restorer(models, seed: int, steps: int, batch: int, aligned: bool):  
 @click.option("--out", type=click.Path(path_type=Path), default=Path("benchmarks/results"), show_default=True)
 def main(preset, frames, steps, batch, shift, flicker, whole_photo, out) -> None:  # noqa: ANN001
     """Per-stage seconds per frame on a synthetic clip, and flicker with shared vs fresh noise."""
-    import tempfile
 
-    import torch
 
-    from interlcm.config import get_preset
-    from interlcm.models.container import build_random
-    from interlcm.testing import write_clip
-    from interlcm.video import VideoOptions, restore_video
 
     cfg = get_preset(preset)
     start = time.perf_counter()

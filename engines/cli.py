@@ -2,15 +2,26 @@
 
 from __future__ import annotations
 
+import functools
 import sys
 from pathlib import Path
 
 import click
 
-from interlcm.choices import BACKENDS, COLORFIXES, PRECISIONS, STEPS, VARIANTS
+from interlcm.choices import (
+    BACKENDS,
+    COLORFIXES,
+    DEFAULT_STRENGTH,
+    EXPORT_PRECISIONS,
+    PRECISIONS,
+    STEPS,
+    STRENGTH_RANGE,
+    VARIANTS,
+)
 from interlcm.cli.options import SEED, Command, Group
 from interlcm.config import PRESETS
 from interlcm.faces.detectors import DEFAULT_DETECTOR, DETECTORS  # light: the choice list
+from interlcm.limits import MEGAPIXEL, PixelLimits, ServeLimits
 
 _PATH = click.Path(path_type=Path)
 
@@ -26,25 +37,59 @@ _BACKEND_OPTIONS = (  # which backend runs and how it is opened: shared by `rest
     click.option("--weights", type=_PATH, help="Weights folder (interlcm-weights) for the torch backend."),
     click.option("--preset", type=click.Choice(list(PRESETS)), help="Random weights of this size (no download)."),
     click.option("--backend", type=click.Choice(BACKENDS), default=BACKENDS[0], show_default=True),
-    click.option("--precision", type=click.Choice(PRECISIONS), default=PRECISIONS[0], show_default=True,
-                 help="ONNX files to run."),
+    click.option("--precision", type=click.Choice(PRECISIONS),
+                 help="torch: fp32, fp16 (CUDA) or bf16, half weights with fp32 norms; onnxruntime: the export's "
+                 "fp32 or fp16 files; tensorrt: fp16. Default: fp32 (tensorrt fp16)."),
     click.option("--variant", type=click.Choice(list(VARIANTS)), help="Encoder pair (default: the one --steps implies)."),
     click.option("--steps", type=click.Choice([str(n) for n in STEPS]), default=str(STEPS[0]), show_default=True,
                  help="3-step (paper) or 1-step model."),
     click.option("--threads", type=int, help="CPU threads (default: all cores)."),
+    click.option("--fused-step/--no-fused-step", default=None,
+                 help="SE + UNet as one denoise_step call per step (default: on GPUs when the backend has it)."),
+    click.option("--cuda-graph/--no-cuda-graph", default=None,
+                 help="Replay the step chain as a CUDA graph (default: on GPUs for torch and tensorrt)."),
 )
 
 
 def backend_options(command):  # noqa: ANN001, ANN201 - click decorator
+    """Adds the backend options to `command` and hands it one `BackendOptions` as `backend`
+    (with the command's own `--batch`, which it also keeps)."""
+
+    @functools.wraps(command)
+    def with_options(*args, engines, onnx, weights, preset, backend, precision, variant, steps, threads,  # noqa: ANN001, ANN202
+                     fused_step, cuda_graph, batch, **kwargs):
+        from interlcm.engines.backend import BackendOptions
+
+        options = BackendOptions(kind=backend, weights=weights, onnx=onnx, engines=engines, preset=preset,
+                                 variant=_variant(variant, steps).name, precision=precision, threads=threads,
+                                 batch=batch, fused_step=fused_step, cuda_graph=cuda_graph)
+        return command(*args, backend=options, batch=batch, **kwargs)
+
     for option in reversed(_BACKEND_OPTIONS):
-        command = option(command)
-    return command
+        with_options = option(with_options)
+    return with_options
 
 
-def _backend_args(backend, weights, onnx, engines, preset, precision, variant, steps, threads, batch) -> dict:  # noqa: ANN001
-    """The backend options as engines.backend.open_backend's keyword arguments."""
-    return dict(kind=backend, weights=weights, onnx=onnx, engines=engines, preset=preset,
-                variant=_variant(variant, steps).name, precision=precision, threads=threads, batch=batch)
+def pixel_options(defaults: PixelLimits):  # noqa: ANN201 - click decorator
+    """--max-input-mp / --max-output-mp, in megapixels, with these defaults (interlcm.limits.PixelLimits)."""
+    megapixels = click.FloatRange(0.0, min_open=True)
+    options = (
+        click.option("--max-input-mp", type=megapixels, default=defaults.input / MEGAPIXEL, show_default=True,
+                     help="Largest input photo, in megapixels (judged from the file header, before decoding)."),
+        click.option("--max-output-mp", type=megapixels, default=defaults.output / MEGAPIXEL, show_default=True,
+                     help="Largest output photo (input x upscale^2), in megapixels; a larger one fails before any work."),
+    )
+
+    def decorate(command):  # noqa: ANN001, ANN202
+        for option in reversed(options):
+            command = option(command)
+        return command
+
+    return decorate
+
+
+def _pixel_limits(max_input_mp: float, max_output_mp: float) -> PixelLimits:
+    return PixelLimits(input=round(max_input_mp * MEGAPIXEL), output=round(max_output_mp * MEGAPIXEL))
 
 
 @main.command()
@@ -60,10 +105,14 @@ def _backend_args(backend, weights, onnx, engines, preset, precision, variant, s
               help="Face detector for whole photos.")
 @click.option("--only-center-face", is_flag=True, help="Restore only the face nearest each photo's centre.")
 @click.option("--upscale", type=click.IntRange(1, 8), default=2, show_default=True, help="Whole photos: output size factor.")
+@click.option("--strength", type=click.FloatRange(*STRENGTH_RANGE), default=DEFAULT_STRENGTH, show_default=True,
+              help="Mix of restored and original face (A1111's visibility, facefusion's blend): "
+              "1 the restored face, 0 the input unchanged.")
 @click.option("--save-faces", is_flag=True, help="Also write the restored faces, in NAME_faces/ beside each output.")
 @click.option("--skip-existing", is_flag=True, help="Skip inputs whose earlier output (of that very input) is complete.")
 @click.option("--overwrite", is_flag=True,
               help="Replace files in OUT that are not earlier outputs of the same inputs (refused without it).")
+@pixel_options(PixelLimits())
 @click.option("--out", default="outputs/restored", show_default=True, help="Output folder (with --ray also a URI: s3://...).")
 # --- scale out ---
 @click.option("--ray", "ray_address", metavar="local|ADDRESS",
@@ -77,15 +126,18 @@ def _backend_args(backend, weights, onnx, engines, preset, precision, variant, s
               help="Real-ESRGAN tile size in pixels (0: whole image at once); tiles overlap by 40 px.")
 @click.option("--face-upsample", is_flag=True, help="Also upscale restored faces with Real-ESRGAN before paste-back.")
 @click.option("--save-frames", is_flag=True, help="Videos: also write every restored frame, in OUT/NAME_frames/.")
-def restore(inputs, engines, onnx, weights, preset, backend, precision, variant, steps, seed, colorfix, batch,  # noqa: ANN001
-            threads, timing, aligned, detector, only_center_face, upscale, save_faces, skip_existing, overwrite, out,
-            ray_address, actors, bg_upsampler, bg_tile, face_upsample, save_frames) -> None:
+def restore(inputs, backend, seed, colorfix, batch, timing, aligned, detector, only_center_face, upscale,  # noqa: ANN001
+            strength, save_faces, skip_existing, overwrite, max_input_mp, max_output_mp, out, ray_address, actors,
+            bg_upsampler, bg_tile, face_upsample, save_frames) -> None:
     """Restore every face of whole photos (default) or aligned face crops: files, folders or globs.
 
     Videos (.mp4 .mov .avi .mkv .webm) are restored frame by frame, audio kept. With no input,
     restores the bundled demo photo (or, with --aligned, the demo face crop). Outputs never replace
     an input, nor a file in OUT other than an earlier output of the same input (see --overwrite).
     """
+    from dataclasses import replace
+
+    from interlcm.choices import get_variant
     from interlcm.engines.backend import open_backend
     from interlcm.engines.outputs import plan_outputs
     from interlcm.engines.photo import PhotoOptions, open_photo_restorer
@@ -97,7 +149,9 @@ def restore(inputs, engines, onnx, weights, preset, backend, precision, variant,
 
     if not out.strip():  # `--out "$DIR"` with DIR unset: never the current folder by accident
         raise click.UsageError("--out is empty (an unset shell variable?): give the output folder")
-    chosen = _variant(variant, steps)
+    chosen = get_variant(backend.variant)
+    if timing and backend.cuda_graph is None:  # --timing synchronises after every call: no graph to capture
+        backend = replace(backend, cuda_graph=False)
     if not inputs:
         inputs = (str(demo_image_path() if aligned else demo_photo_path()),)
         click.echo(f"no input given: restoring the embedded demo {'face' if aligned else 'photo'} {inputs[0]}")
@@ -105,12 +159,12 @@ def restore(inputs, engines, onnx, weights, preset, backend, precision, variant,
     inputs = tuple(i for i in inputs if not is_video(i))
     options = RestoreOptions(steps=chosen.steps, seed=seed, colorfix=colorfix or chosen.colorfix, batch=batch)
     photo_options = PhotoOptions(aligned=aligned, upscale=upscale, only_center_face=only_center_face,
-                                 save_faces=save_faces, keep_gray=chosen.name != "colorization")
-    backend_args = _backend_args(backend, weights, onnx, engines, preset, precision, variant, steps, threads, batch)
+                                 save_faces=save_faces, keep_gray=chosen.keep_gray, strength=strength,
+                                 limits=_pixel_limits(max_input_mp, max_output_mp))
     if ray_address is not None:
         if videos:
             raise click.UsageError(f"--ray restores photos, not videos ({videos[0]}): restore videos without --ray")
-        _restore_on_ray(inputs, out, ray_address, actors, backend_args, options, photo_options, detector, overwrite)
+        _restore_on_ray(inputs, out, ray_address, actors, backend, options, photo_options, detector, overwrite)
         return
     out = Path(out)
     report, video_failed = None, False
@@ -119,14 +173,14 @@ def restore(inputs, engines, onnx, weights, preset, backend, precision, variant,
         # every output of the run, checked against each other, the inputs and OUT, before any work
         plan = plan_outputs(paths, out, videos=videos, save_faces=save_faces, save_frames=save_frames,
                             overwrite=overwrite)
-        with open_backend(**backend_args) as opened:
-            upsamplers = _upsamplers(opened.config, weights, bg_upsampler, bg_tile, face_upsample)
-            photo_restorer = open_photo_restorer(opened.backend, options, photo_options, detector, weights, timing,
-                                                 upsamplers)
+        with open_backend(backend) as opened:
+            upsamplers = _upsamplers(opened.backend, backend.weights, bg_upsampler, bg_tile, face_upsample)
+            photo_restorer = open_photo_restorer(opened.backend, opened.fast.apply(options), photo_options, detector,
+                                                 backend.weights, timing, upsamplers)
             make_folder(out)  # --out a file, read-only or uncreatable: one sentence before any work
             for folder in plan.folders():  # temporaries of killed runs (never a live run's)
                 clean_stale_temporaries(folder)
-            click.echo(f"backend: {opened.description}")
+            click.echo(f"backend: {opened.description}; {opened.fast.describe()}")
             if not aligned:
                 click.echo(f"detector: {detector}")
             if opened.random_weights:
@@ -151,14 +205,14 @@ def _variant(variant: str | None, steps: str):  # noqa: ANN202 - interlcm.choice
     return get_variant(variant) if variant else variant_for_steps(int(steps))
 
 
-def _restore_on_ray(inputs, out: str, address: str, actors, backend_args: dict, options, photo_options,  # noqa: ANN001
+def _restore_on_ray(inputs, out: str, address: str, actors, backend, options, photo_options,  # noqa: ANN001
                     detector: str, overwrite: bool) -> None:
     """The restore command as a Ray Data job (engines/ray_job.py); same options, same outputs."""
     import ray
 
     from interlcm.engines.ray_job import JobSpec, connect, run_job
 
-    spec = JobSpec(backend_args, options, photo_options, actors, detector)
+    spec = JobSpec(backend, options, photo_options, actors, detector)
     try:
         started = connect(address)
     except (ConnectionError, RuntimeError, ValueError) as exc:
@@ -183,21 +237,26 @@ def _last_line(exc: BaseException) -> str:
     return lines[-1] if lines else type(exc).__name__
 
 
-def _upsamplers(cfg, weights, bg_upsampler: str, bg_tile: int, face_upsample: bool):  # noqa: ANN001, ANN202
-    """Real-ESRGAN for the background (and faces), as asked; says where its weights come from."""
+def _upsamplers(backend, weights, bg_upsampler: str, bg_tile: int, face_upsample: bool):  # noqa: ANN001, ANN202
+    """Real-ESRGAN for the background (and faces), as asked, on the restoring backend; says where it runs."""
     from interlcm.upsampler import TileOptions, open_upsamplers
 
-    upsamplers, why = open_upsamplers(cfg, weights, bg_upsampler == "realesrgan", face_upsample, TileOptions(bg_tile))
+    upsamplers, why = open_upsamplers(backend, weights, bg_upsampler == "realesrgan", face_upsample, TileOptions(bg_tile))
     if why:
         click.echo(why)
     return upsamplers
 
 
 def _restore_videos(photo_restorer, plan, skip_existing: bool) -> bool:  # noqa: ANN001
-    """Each planned video through the photo pipeline; True if any failed (each failure: one line)."""
+    """Each planned video through the photo pipeline; True if any failed.
+
+    A failure belongs to its video (one `failed:` line) and the next video goes on, whatever
+    failed: reading, writing, the engine or memory. A full disk stops the run: every later
+    write would fail too.
+    """
     from interlcm.engines.outputs import source_id
-    from interlcm.files import DiskFull, FilesError
-    from interlcm.video import VideoError, VideoOptions, restore_video
+    from interlcm.files import DiskFull
+    from interlcm.video import VideoOptions, restore_video
 
     failed = False
     batch = photo_restorer.restorer.options.batch
@@ -210,19 +269,27 @@ def _restore_videos(photo_restorer, plan, skip_existing: bool) -> bool:  # noqa:
                                    frames_dir=one.frames, source=source_id(one.source))
         except DiskFull:
             raise
-        except (VideoError, FilesError) as exc:
-            click.echo(f"failed: {exc}", err=True)
-            failed = True
-            continue
-        except OSError as exc:  # the input vanished or cannot be read
-            click.echo(f"failed: {one.source}: {exc.strerror or exc}", err=True)
+        except (ValueError, RuntimeError, OSError, MemoryError) as exc:  # VideoError, FilesError, EngineError ...
+            click.echo(f"failed: {_video_failure(one.source, exc)}", err=True)
             failed = True
             continue
         per_frame = ", ".join(f"{k} {v / report.frames:.3f}" for k, v in report.seconds.items())
+        turned = f", turned upright ({report.rotation} degrees)" if report.rotation else ""
         click.echo(f"{one.source} -> {report.output}: {report.frames} frames at {report.fps} fps, "
-                   f"{report.size[0]}x{report.size[1]}, {report.audio_packets} audio packets copied; "
-                   f"s per frame: {per_frame}")
+                   f"{report.size[0]}x{report.size[1]}{turned}, {len(report.copied)} other stream(s) copied "
+                   f"({report.packets_copied} packets); s per frame: {per_frame}")
+        for note in report.notes:
+            click.echo(f"  note: {note}")
     return failed
+
+
+def _video_failure(src: Path, exc: BaseException) -> str:
+    """One line naming the video: the error's first line, with the video's name in front unless it has it."""
+    if isinstance(exc, MemoryError):
+        return f"{src}: out of memory; lower --batch or --upscale, or free memory"
+    lines = [line for line in str(exc).splitlines() if line.strip()]
+    reason = lines[0] if lines else type(exc).__name__
+    return reason if str(src) in reason else f"{src}: {reason}"
 
 
 _NAMED = 5  # photos named per note in the summary
@@ -270,7 +337,8 @@ def _print_failures(report) -> None:  # noqa: ANN001
               help="auto: rebuild stale engines; never: refuse them; always: rebuild everything.")
 def build(onnx, out, components, opt_level, timing_cache, rebuild) -> None:  # noqa: ANN001
     """Build fp16 TensorRT engines from an export folder (needs an NVIDIA GPU)."""
-    from interlcm.engines.trt import INDEX_FILE, EngineError, build_engines, check_cuda
+    from interlcm.engines.trt_build import INDEX_FILE, build_engines
+    from interlcm.engines.trt_common import EngineError, check_cuda
     from interlcm.files import FilesError, check_replaceable
 
     try:
@@ -294,7 +362,7 @@ def build(onnx, out, components, opt_level, timing_cache, rebuild) -> None:  # n
 @click.option("--onnx", type=_PATH, help="ONNX folder to check (ONNX Runtime).")
 @click.option("--weights", type=_PATH,
               help="Weights the export was made from (default: the random weights the export or engines record).")
-@click.option("--precision", type=click.Choice(PRECISIONS), default=PRECISIONS[0], show_default=True,
+@click.option("--precision", type=click.Choice(EXPORT_PRECISIONS), default=EXPORT_PRECISIONS[0], show_default=True,
               help="ONNX files to check (engines are always fp16).")
 @click.option("--variant", type=click.Choice(list(VARIANTS)), help="Encoder pair (default: the one --steps implies).")
 @click.option("--steps", type=click.Choice([str(n) for n in STEPS]), default=str(STEPS[0]), show_default=True)
@@ -305,7 +373,7 @@ def check(engines, onnx, weights, precision, variant, steps, batch, seed) -> Non
 
     Each stage is judged by the tolerance of the component that produced it (components.py).
     """
-    from interlcm.engines.backend import open_backend, reference_models
+    from interlcm.engines.backend import BackendOptions, open_backend, reference_models
     from interlcm.engines.restorer import RestoreOptions, Restorer
     from interlcm.imageio import demo_image_path, read_image
     from interlcm.parity import ParityError, compare_traces, format_table, require
@@ -318,8 +386,8 @@ def check(engines, onnx, weights, precision, variant, steps, batch, seed) -> Non
     chosen = _variant(variant, steps)
     options = RestoreOptions(steps=chosen.steps, seed=seed, colorfix=chosen.colorfix)
     try:
-        with open_backend("tensorrt" if engines else "onnxruntime", onnx=onnx, engines=engines, precision=precision,
-                          variant=chosen.name, batch=batch) as opened:
+        with open_backend(BackendOptions("tensorrt" if engines else "onnxruntime", onnx=onnx, engines=engines,
+                                          precision=precision, variant=chosen.name, batch=batch)) as opened:
             models = reference_models(opened, weights)
             click.echo(f"checking {opened.description}\nagainst torch fp32, weights: {models.origin}")
             lq = read_image(demo_image_path(), opened.config.resolution)[None].repeat(batch, 1, 1, 1)
@@ -337,6 +405,9 @@ def check(engines, onnx, weights, precision, variant, steps, batch, seed) -> Non
     click.echo(f"all {len(rows)} stages within tolerance")
 
 
+_SERVE = ServeLimits()  # the server's defaults
+
+
 @click.command(cls=Command, context_settings={"help_option_names": ["-h", "--help"]})
 @backend_options
 @click.option("--batch", type=click.IntRange(1, 63), default=4, show_default=True,
@@ -344,26 +415,40 @@ def check(engines, onnx, weights, precision, variant, steps, batch, seed) -> Non
 @click.option("--batch-wait-ms", type=click.IntRange(0), default=20, show_default=True,
               help="How long a replica waits for a batch to fill.")
 @click.option("--replicas", type=click.IntRange(1), default=1, show_default=True, help="One per GPU on GPU machines.")
-@click.option("--max-mb", type=click.FloatRange(0.01), default=20.0, show_default=True, help="Request size limit.")
 @click.option("--port", type=click.IntRange(1, 65535), default=8000, show_default=True, help="Port on 127.0.0.1.")
 @click.option("--ray", "ray_address", default="local", show_default=True, metavar="local|ADDRESS",
-              help="Start a local Ray cluster or join one.")
-def serve_main(engines, onnx, weights, preset, backend, precision, variant, steps, threads,  # noqa: ANN001
-               batch, batch_wait_ms, replicas, max_mb, port, ray_address) -> None:
+              help="Start a local Ray cluster (on loopback only) or join one.")
+# --- what one request may be, and how many wait ---
+@click.option("--max-mb", type=click.FloatRange(0.01), default=_SERVE.max_bytes / 2**20, show_default=True,
+              help="Request body limit (413).")
+@click.option("--body-timeout", type=click.FloatRange(0.1), default=_SERVE.body_timeout_s, show_default=True,
+              help="Seconds the whole body may take to arrive (slower: 408).")
+@pixel_options(_SERVE.pixels)
+@click.option("--max-ongoing", type=click.IntRange(1),
+              help="Photos a replica restores or gathers at once (default: 2 x --batch).")
+@click.option("--max-queued", type=click.IntRange(0), default=_SERVE.max_queued, show_default=True,
+              help="Photos waiting for a replica beyond those; more get 503 with Retry-After.")
+@click.option("--retry-after", type=click.IntRange(0), default=_SERVE.retry_after_s, show_default=True,
+              help="Retry-After (s) of a 503.")
+def serve_main(backend, batch, batch_wait_ms, replicas, port, ray_address, max_mb, body_timeout,  # noqa: ANN001
+               max_input_mp, max_output_mp, max_ongoing, max_queued, retry_after) -> None:
     """Serve POST /restore and GET /healthz on 127.0.0.1:PORT with Ray Serve (Ctrl-C stops)."""
     import time
 
-    import ray
-
     from interlcm.engines.ray_job import connect
-    from interlcm.engines.serve import build_app, start
 
-    backend_args = _backend_args(backend, weights, onnx, engines, preset, precision, variant, steps, threads, batch)
     try:
-        connect(ray_address)
+        connect(ray_address)  # before Ray is imported here: a local cluster listens on loopback only
+        import ray
+
+        from interlcm.engines.serve import build_app, start
+
+        limits = ServeLimits(max_bytes=int(max_mb * 2**20), body_timeout_s=body_timeout,
+                             pixels=_pixel_limits(max_input_mp, max_output_mp), max_ongoing=max_ongoing,
+                             max_queued=max_queued, retry_after_s=retry_after)
         gpus = 1.0 if ray.cluster_resources().get("GPU", 0) >= replicas else 0.0
-        app = build_app(backend_args, replicas=replicas, max_batch=batch, batch_wait_s=batch_wait_ms / 1000,
-                        max_bytes=int(max_mb * 2**20), gpus=gpus)
+        app = build_app(backend, replicas=replicas, max_batch=batch, batch_wait_s=batch_wait_ms / 1000,
+                        limits=limits, gpus=gpus)
         start(app, port=port)
     except (ConnectionError, RuntimeError, ValueError) as exc:
         raise click.ClickException(f"cannot start the server: {_last_line(exc)}") from None

@@ -1,80 +1,56 @@
-"""ONNX Runtime backend: runs the exported components, CPU or CUDA/TensorRT providers."""
+"""ONNX Runtime backend: runs the exported components, CPU or CUDA/TensorRT providers.
+
+One code path on every device: torch tensors are bound by address (IOBinding) in and out,
+outputs allocated at the shapes the inputs imply (`allocate_outputs`), calls split to the
+export's batch profile (`BackendBase.run`), ONNX Runtime's exceptions turned into one
+sentence at this boundary (`OrtError`). Streams (engines/device.py): ONNX Runtime runs on a
+dedicated CUDA stream of its own (`user_compute_stream`), ordered with the caller's stream both
+ways by events; on the CPU the same calls are made and recorded.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
-from interlcm.components import BY_NAME, DEFAULT_COMPONENTS, Component
-from interlcm.config import PresetConfig
+from interlcm.backend import BackendBase, allocate_outputs
+from interlcm.components import DEFAULT_COMPONENTS, Component, Limits
+from interlcm.engines.device import streams_for
 from interlcm.export.manifest import load_manifest
-from interlcm.export.session import PROVIDERS, open_session, pick_providers
+from interlcm.export.session import PROVIDERS, open_session, ort_errors, pick_providers
 
 
-def provider_options(providers: Sequence[str], device: torch.device, stream: int | None) -> list[dict[str, str]]:
+def provider_options(providers: Sequence[str], device: torch.device, stream: int,
+                     dynamic: bool = False) -> list[dict[str, str]]:
     """Per-provider options: the GPU providers run on `device` and on the CUDA stream `stream`.
 
-    With `user_compute_stream` ONNX Runtime enqueues its kernels on torch's stream, so
-    they start only after torch's pending work on the inputs (otherwise ORT's own stream
-    does not wait for it).
+    `stream` must be a real stream's handle: ONNX Runtime reads 0 (torch's legacy default stream)
+    as "no stream given" and then runs on a stream of its own that waits for nothing. `dynamic`
+    (a component with run-time dims, e.g. a detector seeing every photo's size): cuDNN picks
+    convolution algorithms by heuristics instead of timing every one for each new size.
     """
+    if stream == 0:
+        raise ValueError("ONNX Runtime needs a dedicated CUDA stream: handle 0 (the legacy default stream) means none")
     options = []
     for provider in providers:
         if provider == PROVIDERS["cpu"]:
             options.append({})
             continue
-        opts = {"device_id": str(device.index or 0)}
-        if stream is not None:
-            opts["user_compute_stream"] = str(stream)
+        opts = {"device_id": str(device.index or 0), "user_compute_stream": str(stream)}
+        if provider == PROVIDERS["cuda"]:
+            opts["cudnn_conv_algo_search"] = "HEURISTIC" if dynamic else "EXHAUSTIVE"
         options.append(opts)
     return options
 
 
-def run_bound(
-    sess,  # onnxruntime.InferenceSession
-    component: Component,
-    config: PresetConfig,
-    inputs: dict[str, torch.Tensor],
-    device: torch.device,
-) -> dict[str, torch.Tensor]:
-    """Run with IOBinding: torch tensors bound by address in and out, nothing visits the host.
-
-    Outputs are torch tensors allocated here at the shapes of the component description
-    (`get_outputs()` would give OrtValues, which have no DLPack export), so they belong to
-    torch's allocator. Inputs are made fp32 and contiguous on `device` first; the copies are
-    kept alive until the run returns.
-    """
-    kind, index = device.type, device.index or 0
-    bound = {}
-    binding = sess.io_binding()
-    for name in component.input_names:
-        t = bound[name] = inputs[name].to(device=device, dtype=torch.float32).contiguous()
-        binding.bind_input(name, kind, index, np.float32, list(t.shape), t.data_ptr())
-    batch = bound[component.input_names[0]].shape[0]
-    outputs = {
-        name: torch.empty(shape, dtype=torch.float32, device=device)
-        for name, shape in component.output_shapes(config, batch).items()
-    }
-    for name, t in outputs.items():
-        binding.bind_output(name, kind, index, np.float32, list(t.shape), t.data_ptr())
-    sess.run_with_iobinding(binding)  # returns after ORT synchronised its stream: outputs are complete
-    return outputs
-
-
-class OrtBackend:
-    """Runs the components of an export folder (see interlcm.export.manifest) with ONNX Runtime.
-
-    On CUDA (and on the CPU with `io_binding=True`, which the tests use) tensors are bound
-    by address (`run_bound`); on CUDA ONNX Runtime runs on the torch stream current when
-    the backend was opened, and a run from another torch stream makes the two wait for
-    each other.
-    """
+class OrtBackend(BackendBase):
+    """Runs the components of an export folder (see interlcm.export.manifest) with ONNX Runtime."""
 
     name = "onnxruntime"
-    max_batch: int | None = None  # the graphs have a dynamic batch axis
 
     def __init__(
         self,
@@ -84,7 +60,6 @@ class OrtBackend:
         threads: int | None = None,
         verify: bool = True,
         components: Sequence[str] = DEFAULT_COMPONENTS,
-        io_binding: bool | None = None,  # default: on CUDA
     ):
         """`components`: what this backend will be asked to run, checked against the manifest now."""
         self.root = Path(onnx_dir)
@@ -94,67 +69,73 @@ class OrtBackend:
         self.precision = precision
         self.providers, self.reason = pick_providers(provider)
         self.threads = threads
-        self.io_binding = self.device.type == "cuda" if io_binding is None else io_binding
-        # ORT enqueues on this torch stream (user_compute_stream); None on the CPU
-        self.stream = torch.cuda.current_stream(self.device) if self.device.type == "cuda" else None
+        lo, _, hi = self.manifest.batch
+        self.batch = (int(lo), int(hi))
+        self.streams = streams_for(self.device)
+        self.stream: Any = self.streams.new_stream()  # ONNX Runtime's user_compute_stream (recorded on the CPU)
         self._sessions: dict = {}
         for name in components:
             self.manifest.entry(name, precision)  # fail now, not after minutes of work
 
     @property
-    def device(self) -> torch.device:
+    def device(self) -> torch.device:  # type: ignore[override]
         return torch.device("cuda", 0) if self.providers[0] != PROVIDERS["cpu"] else torch.device("cpu")
+
+    @property
+    def max_batch(self) -> int:  # type: ignore[override]
+        """The export's batch profile ends here: the CPU splits calls as TensorRT must."""
+        return self.batch[1]
 
     def has(self, component: str) -> bool:
         """Whether the export holds `component` in this backend's precision (e.g. the fused denoise_step)."""
         return any(e.component == component and e.precision == self.precision for e in self.manifest.entries)
 
+    def limits(self, component: str) -> Limits:
+        """The export's batch range and the run-time dims range its file was exported for."""
+        return self.manifest.entry(component, self.precision).spec().limits(self.batch)
+
     def session(self, component: str):  # -> onnxruntime.InferenceSession
         if component not in self._sessions:
-            path = self.manifest.path(self.root, component, self.precision)
-            handle = self.stream.cuda_stream if self.stream is not None else None
-            options = provider_options(self.providers, self.device, handle)
-            self._sessions[component] = open_session(path, self.providers, self.threads, options)
+            entry = self.manifest.entry(component, self.precision)
+            options = provider_options(self.providers, self.device, self.streams.handle(self.stream),
+                                       dynamic=bool(entry.dims))
+            self._sessions[component] = open_session(self.root / entry.file, self.providers, self.threads, options)
         return self._sessions[component]
 
     @property
     def running_on(self) -> str:
         return self.providers[0].replace("ExecutionProvider", "")
 
-    def run(self, component: str, **inputs: torch.Tensor) -> dict[str, torch.Tensor]:
-        spec = BY_NAME[component]
-        entry = self.manifest.entry(component, self.precision)
-        _check_inputs(component, entry, inputs)
-        sess = self.session(component)
-        if not self.io_binding:
-            feeds = {n: inputs[n].detach().cpu().numpy() for n in spec.input_names}
-            outs = sess.run(list(spec.output_names), feeds)
-            return {n: torch.from_numpy(np.ascontiguousarray(o)) for n, o in zip(spec.output_names, outs)}
-        if self.stream is None:
-            return run_bound(sess, spec, self.config, inputs, self.device)
-        current = torch.cuda.current_stream(self.device)
-        self.stream.wait_stream(current)  # a no-op when the caller is on our stream
-        outputs = run_bound(sess, spec, self.config, inputs, self.device)
-        current.wait_stream(self.stream)
+    def _run(self, component: Component, inputs: dict[str, torch.Tensor], batch: int,
+             dims: dict[str, int]) -> dict[str, torch.Tensor]:
+        """Bind torch tensors in and out by address and run: nothing visits the host.
+
+        Outputs are torch tensors allocated here (`get_outputs()` would give OrtValues, which have
+        no DLPack export), so they belong to torch's allocator. The inputs were made contiguous on
+        the caller's stream; ONNX Runtime's stream waits for it, and it for ONNX Runtime's.
+        """
+        sess = self.session(component.name)
+        kind, index = self.device.type, self.device.index or 0
+        binding = sess.io_binding()
+        # fp32 and contiguous, on the caller's stream; alive until the run returns
+        bound = {name: inputs[name].to(torch.float32).contiguous() for name in component.input_names}
+        for name, tensor in bound.items():
+            binding.bind_input(name, kind, index, np.float32, list(tensor.shape), tensor.data_ptr())
+        outputs = allocate_outputs(component, self.config, batch, dims,
+                                   lambda shape, dtype: torch.empty(shape, dtype=dtype, device=self.device))
+        for name, tensor in outputs.items():
+            binding.bind_output(name, kind, index, np.float32, list(tensor.shape), tensor.data_ptr())
+        caller = self.streams.current()
+        self.streams.wait(self.stream, caller)  # the inputs were written on the caller's stream
+        with ort_errors(f"ONNX Runtime failed running {component.name}",
+                        "check the inputs, or re-export the component (interlcm-export --force)"):
+            sess.run_with_iobinding(binding)  # returns after ONNX Runtime synchronised its stream
+        self.streams.launched(self.stream, component.name)
+        self.streams.wait(caller, self.stream)  # the caller reads the outputs after ONNX Runtime wrote them
         return outputs
 
     def synchronize(self) -> None:
-        if self.stream is not None:
-            self.stream.synchronize()
+        self.streams.synchronize(self.stream)
 
     def close(self) -> None:
         self._sessions.clear()
-
-
-def _check_inputs(component: str, entry, inputs: dict[str, torch.Tensor]) -> None:
-    """Names and non-batch dims against the manifest, before anything runs."""
-    for info in entry.inputs:
-        if info.name not in inputs:
-            raise ValueError(f"{component}: missing input {info.name!r} (expects {[i.name for i in entry.inputs]})")
-        got = tuple(inputs[info.name].shape)
-        fixed = [(i, d) for i, d in enumerate(info.shape) if isinstance(d, int)]
-        if len(got) != len(info.shape) or any(got[i] != d for i, d in fixed):
-            raise ValueError(
-                f"{component}: input {info.name!r} has shape {got}, the exported graph takes {info.shape}: "
-                "re-export for this resolution (interlcm-export --resolution ...)"
-            )

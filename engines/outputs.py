@@ -29,11 +29,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePath
 from typing import Protocol
 
-from PIL import Image
-
 from interlcm.files import TEMP_PREFIX, sha256_file
-from interlcm.imageio import read_source
-from interlcm.video import is_video, read_video_source
+from interlcm.imageio import encoded_image_complete, read_source
+from interlcm.video import FRAMES_SUFFIX, is_video, read_video_source
 
 _KEPT_PHOTO_SUFFIXES = frozenset({".jpg", ".jpeg", ".png"})  # written in the input's own format
 _SHOWN = 3  # conflicting files named in a refusal
@@ -200,7 +198,7 @@ def plan_outputs(
     for index, src in enumerate(sources):
         video = index >= len(photos)
         suffix = _output_suffix(src.suffix, video)
-        own = ("_frames" if save_frames else None) if video else ("_faces" if save_faces else None)
+        own = (FRAMES_SUFFIX if save_frames else None) if video else ("_faces" if save_faces else None)
         items.append(_Input(src, video, src.parent.relative_to(root), src.stem + suffix,
                             f"{src.stem}_{src.suffix[1:]}{suffix}", own))
     taken = Counter(name for item in items for name in _plain_names(item))
@@ -342,6 +340,7 @@ class InputResult:
     reason: str = ""  # failed: one sentence naming the problem and the fix
     faces: int = 0  # faces restored (an aligned crop is one)
     notes: tuple[str, ...] = ()  # one line each, e.g. "no face found: the photo is only upscaled"
+    backend: str = ""  # Ray: what the actor that restored it had opened (the CLI says it once, at the start)
 
     def to_dict(self) -> dict:
         return {**asdict(self), "notes": list(self.notes)}
@@ -376,16 +375,17 @@ class RestoreReport:
         written = self.count("written")
         rate = f", {written / self.seconds:.2f} images/s" if self.seconds and written else ""
         on = f" on {self.actors} actor(s)" if self.actors else ""
-        return (f"{len(self.results)} image(s): {written} restored ({self.faces} face(s)), "
+        ran = sorted({r.backend for r in self.results if r.backend})  # what the Ray actors opened
+        return ("".join(f"backend: {b}\n" for b in ran)
+                + f"{len(self.results)} image(s): {written} restored ({self.faces} face(s)), "
                 f"{self.count('skipped')} skipped (already restored), {self.count('failed')} failed; "
                 f"{self.seconds:.1f} s{on}{rate}")
 
 
 def output_complete(plan: OutputPlan) -> bool:
-    """The photo is there and decodes (written last, atomically: then the faces are there too)."""
-    try:
-        with Image.open(plan.photo) as img:
-            img.load()
-        return True
-    except (OSError, ValueError, SyntaxError):
-        return False
+    """The photo is there and whole (written last, atomically: then the faces are there too).
+
+    Judged by the file's start and end markers, not by decoding it: a 192 MP output is as quick to
+    check as a small one, and Pillow's decompression-bomb guard never fires on our own outputs.
+    """
+    return encoded_image_complete(plan.photo)

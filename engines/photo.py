@@ -18,6 +18,12 @@ Modes:
   input's size times ``upscale``. Faces whose eyes are under 5 px apart are dropped. A grayscale
   photo (the release's test) gets grayscale faces back. The faces of every photo in a call are
   restored together in full batches, then each photo is pasted back.
+
+Strength (``PhotoOptions.strength``, A1111's "visibility", facefusion's "blend") mixes each restored
+face with the original: whole photos scale the paste-back mask by it, so 0.0 gives the upscaled
+canvas a photo without faces gives; aligned crops are mixed with the input crop stretched to the
+model resolution, so 0.0 gives that stretched input (the aligned output is always model-sized).
+1.0, the default, is the restored face, byte for byte as without the option.
 """
 
 from __future__ import annotations
@@ -34,12 +40,14 @@ import numpy as np
 import torch
 
 from interlcm.backend import Backend
+from interlcm.choices import DEFAULT_STRENGTH, check_strength
 from interlcm.engines.restorer import RestoreOptions, Restorer
 from interlcm.faces.align import AlignedFace, align_face, eye_distance
 from interlcm.faces.detect import Detection, Detector
 from interlcm.faces.detectors import DEFAULT_DETECTOR, DetectorContext, open_detector, open_parser
 from interlcm.faces.paste import PastedFace, larger_crop_inverse, paste_faces
 from interlcm.imageio import to_uint8
+from interlcm.limits import PixelLimits
 from interlcm.upsampler import Upsamplers
 
 DETECT_MIN_SIDE = 512  # the release enlarges photos with a shorter short side before detecting
@@ -57,6 +65,16 @@ class PhotoOptions:
     only_center_face: bool = False  # whole-photo mode: keep the face nearest the image centre
     save_faces: bool = False  # also return the aligned restored faces
     keep_gray: bool = True  # whole-photo mode: a grayscale photo gets gray faces (not for the colorization variant)
+    limits: PixelLimits = PixelLimits()  # largest photo read and made; checked on the file's header, before decoding
+    strength: float = DEFAULT_STRENGTH  # mix of restored (1.0) and original (0.0) face; choices.STRENGTH_RANGE
+
+    def __post_init__(self) -> None:
+        check_strength(self.strength)
+
+    @property
+    def output_scale(self) -> int:
+        """Output size over input size, per side, as the pixel limits count it (aligned crops: 1)."""
+        return 1 if self.aligned else self.upscale
 
 
 @dataclass
@@ -65,6 +83,7 @@ class PhotoResult:
     faces: list[np.ndarray] = field(default_factory=list)  # (R, R, 3) uint8 restored faces, if asked
     notes: list[str] = field(default_factory=list)  # one line each, e.g. which paste-back mask was used
     found: int = 0  # faces restored: detected and pasted back (whole photos), 1 (aligned crops)
+    originals: list[np.ndarray] = field(default_factory=list)  # (R, R, 3) uint8 aligned input faces, with `faces`
 
 
 def to_model_input(face: np.ndarray, resolution: int) -> torch.Tensor:
@@ -83,6 +102,14 @@ def restore_faces(restorer: Restorer, faces: Sequence[np.ndarray]) -> list[np.nd
         lq = torch.stack([to_model_input(f, resolution) for f in faces[start : start + batch]])
         out += [to_uint8(img) for img in restorer.restore(lq)]
     return out
+
+
+def mix(original: np.ndarray, restored: np.ndarray, strength: float) -> np.ndarray:
+    """Per-pixel mix of two (H, W, 3) uint8 images, as the paste-back blends: strength 1.0 is `restored`."""
+    if strength == 1.0:
+        return restored
+    out = original.astype(np.float32) + np.float32(strength) * (restored.astype(np.float32) - original)
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
 
 
 def is_gray(photo: np.ndarray, threshold: float = GRAY_THRESHOLD) -> bool:
@@ -144,7 +171,12 @@ class PhotoRestorer:
     def restore_photos(self, photos: Sequence[np.ndarray]) -> list[PhotoResult]:
         if self.options.aligned:
             restored = restore_faces(self.restorer, photos)
-            return [PhotoResult(img, [img] if self.options.save_faces else [], found=1) for img in restored]
+            size = self.restorer.config.resolution
+            originals = [cv2.resize(p, (size, size), interpolation=cv2.INTER_LINEAR) if p.shape[:2] != (size, size)
+                         else p for p in photos]  # what the model saw (to_model_input's stretch)
+            keep = self.options.save_faces
+            return [PhotoResult(mix(o, r, self.options.strength), [r] if keep else [], found=1,
+                                originals=[o] if keep else []) for o, r in zip(originals, restored)]
         assert self.detector is not None
         with self._timed("detect"):
             found = self._detect(photos)
@@ -186,8 +218,8 @@ class PhotoRestorer:
         if self.upsamplers.face is not None and restored and self.options.upscale > 1:
             # the release's --face_upsample: each restored face enlarged by `upscale` before it is warped back
             s = self.options.upscale
-            with self._timed("face upsample"):
-                restored = [self.upsamplers.face.enhance(face, outscale=s) for face in restored]
+            with self._timed("face upsample"):  # the photo's faces in one batch, split to the backend's
+                restored = self.upsamplers.face.enhance_many(restored, outscale=s)
             inverses = [larger_crop_inverse(inverse, s) for inverse in inverses]
             side = restored[0].shape[0]
             masks = [None if m is None else cv2.resize(m, (side, side), interpolation=cv2.INTER_LINEAR) for m in masks]
@@ -196,7 +228,7 @@ class PhotoRestorer:
         if self.upsamplers.background is not None:  # the release's --bg_upsampler: Real-ESRGAN canvas
             with self._timed("background"):
                 background = self.upsamplers.background.enhance(photo, outscale=self.options.upscale)
-        image = paste_faces(photo, pasted, self.options.upscale, background)
+        image = paste_faces(photo, pasted, self.options.upscale, background, strength=self.options.strength)
         if not restored:
             notes = ["no face found: the photo is only upscaled"]
         elif self.parser is not None:
@@ -205,7 +237,9 @@ class PhotoRestorer:
             notes = ["paste-back mask: soft box mask alone (no face parser)"]
         if gray and restored:
             notes.append("grayscale photo: faces kept gray")
-        return PhotoResult(image, list(restored) if self.options.save_faces else [], notes, found=len(restored))
+        keep = self.options.save_faces
+        return PhotoResult(image, list(restored) if keep else [], notes, found=len(restored),
+                           originals=[a.image for a in aligned] if keep else [])
 
     @contextmanager
     def _timed(self, stage: str) -> Iterator[None]:

@@ -18,6 +18,7 @@ from interlcm.engines.outputs import (
 from interlcm.engines.photo import PhotoRestorer, PhotoResult
 from interlcm.files import DiskFull, FilesError
 from interlcm.imageio import ImageReadError, read_rgb, write_image
+from interlcm.limits import PixelLimitError
 
 __all__ = ["RestoreReport", "restore_files"]
 
@@ -57,12 +58,13 @@ def restore_files(
     def run(batch: list[tuple[OutputPlan, np.ndarray, list[str]]]) -> None:
         try:
             results = photo_restorer.restore_photos([photo for _, photo, _ in batch])
-        except (ValueError, RuntimeError) as exc:
+        except (ValueError, RuntimeError, MemoryError) as exc:
             if len(batch) > 1:  # find the photo that failed; the others go on
                 for one in batch:
                     run([one])
                 return
-            failed(batch[0][0], str(exc))
+            reason = "out of memory: lower --batch or --upscale, or free memory" if isinstance(exc, MemoryError) else str(exc)
+            failed(batch[0][0], reason)
             return
         for (one, _, read_notes), result in zip(batch, results):
             result.notes[:0] = read_notes
@@ -80,8 +82,10 @@ def restore_files(
         for one in todo:
             try:
                 read_notes: list[str] = []  # a multi-frame file: which frame was used
-                pending.append((one, read_rgb(one.source, notes=read_notes), read_notes))
-            except ImageReadError as exc:
+                options = photo_restorer.options  # over the pixel limits: refused from the header, one sentence
+                photo = read_rgb(one.source, notes=read_notes, limits=options.limits, upscale=options.output_scale)
+                pending.append((one, photo, read_notes))
+            except (ImageReadError, PixelLimitError) as exc:
                 failed(one, str(exc))
                 bar.update(1)
             if len(pending) == group:

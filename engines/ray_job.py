@@ -34,12 +34,13 @@ import os
 import time
 from collections.abc import Sequence
 from contextlib import ExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path, PurePath, PurePosixPath
 from typing import Any
 
 import numpy as np
 
+from interlcm.engines.backend import BackendOptions
 from interlcm.engines.outputs import (
     LOCAL,
     InputResult,
@@ -60,7 +61,7 @@ RESULTS_NAME = "results.jsonl"
 class JobSpec:
     """Everything an actor needs to build the same restorer the single-process CLI builds."""
 
-    backend_args: dict[str, Any]  # keyword arguments of engines.backend.open_backend
+    backend: BackendOptions  # what each actor opens: the single-process CLI's options, the same object
     options: RestoreOptions
     photo: PhotoOptions
     actors: int | None = None  # default: one per GPU, else 1
@@ -184,15 +185,18 @@ _NO_IMAGE = np.zeros((1, 1, 3), np.uint8)  # placeholder pixels of a failed row
 _COLUMNS = ("src", "dst", "faces_dir")  # the plan's paths, carried through every stage
 
 
-def decode_stage(batch: dict[str, np.ndarray], fs) -> dict[str, np.ndarray]:  # noqa: ANN001
+def decode_stage(batch: dict[str, np.ndarray], fs, photo: PhotoOptions) -> dict[str, np.ndarray]:  # noqa: ANN001
+    """Read, hash and decode each input; one over the pixel limits is refused from its header, before decoding."""
     from interlcm.imageio import ImageReadError, decode_rgb
+    from interlcm.limits import PixelLimitError
 
     images, errors, sources = [], [], []
     for src in batch["src"]:
         try:
             data = _read_bytes(fs, src)
-            image, source, error = decode_rgb(data, src), source_id(data), ""
-        except (ImageReadError, OSError) as exc:
+            image = decode_rgb(data, src, limits=photo.limits, upscale=photo.output_scale)
+            source, error = source_id(data), ""
+        except (ImageReadError, PixelLimitError, OSError) as exc:
             image, source, error = _NO_IMAGE, "", str(exc).splitlines()[0]
         images.append(image)
         sources.append(source)
@@ -209,10 +213,10 @@ class RestoreActor:
         from interlcm.engines.photo import open_photo_restorer
 
         self._open = ExitStack()  # the backend stays open for the actor's life (its process exit releases it)
-        opened = self._open.enter_context(open_backend(**spec.backend_args))
-        self.photos = open_photo_restorer(opened.backend, spec.options, spec.photo, spec.detector,
-                                          spec.backend_args.get("weights"))
-        self.aligned = spec.photo.aligned
+        opened = self._open.enter_context(open_backend(spec.backend))
+        self.photos = open_photo_restorer(opened.backend, opened.fast.apply(spec.options), spec.photo, spec.detector,
+                                          spec.backend.weights)
+        self.ran = f"{opened.description}; {opened.fast.describe()}"  # what this actor opened, for the report
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         errors = list(batch["error"])
@@ -232,7 +236,8 @@ class RestoreActor:
             found[i] = result.found
             notes[i] = "\n".join(result.notes)
         return {**{k: batch[k] for k in (*_COLUMNS, "source")}, "image": _objects(images), "faces": _objects(faces),
-                "found": np.array(found), "notes": np.array(notes, dtype=object), "error": np.array(errors, dtype=object)}
+                "found": np.array(found), "notes": np.array(notes, dtype=object), "error": np.array(errors, dtype=object),
+                "backend": np.array([self.ran] * len(images), dtype=object)}
 
 
 _NO_FACES = np.zeros((0, 1, 1, 3), np.uint8)
@@ -261,21 +266,59 @@ def write_stage(batch: dict[str, np.ndarray], fs) -> dict[str, np.ndarray]:  # n
             rows.append(InputResult(str(src), str(dst), "failed", reason))
             continue
         notes = tuple(str(batch["notes"][i]).split("\n")) if batch["notes"][i] else ()
-        rows.append(InputResult(str(src), str(dst), "written", faces=int(batch["found"][i]), notes=notes))
+        rows.append(InputResult(str(src), str(dst), "written", faces=int(batch["found"][i]), notes=notes,
+                                backend=str(batch["backend"][i])))
     return {"row": np.array([json.dumps(r.to_dict()) for r in rows], dtype=object)}
 
 
 # --- the job --------------------------------------------------------------------------------------
 
 
+# Ray's own switch between a cluster node and a Ray for this machine alone (its default on macOS and Windows).
+# When it is "0", Ray takes loopback as the node's IP address, and every service binds the node's IP address.
+RAY_LOCAL_ONLY_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+
+
+def start_local_ray(**init: Any) -> None:
+    """Start Ray for this machine alone: every service it starts listens on loopback (127.0.0.1) only.
+
+    Ray binds the GCS, the raylet, the object manager, every worker's gRPC server and its agents to
+    the node's IP address. On Linux that is the external address, even for
+    ``ray.init(_node_ip_address="127.0.0.1")``: ray.init replaces a loopback address by the external
+    one. Ray's local-only mode keeps loopback; it is read when Ray is imported, so the variable is set
+    for the processes Ray starts and the already imported constant follows it. The dashboard is not
+    started (nothing here needs it). ``init``: more ray.init arguments (e.g. num_cpus).
+    Raises RuntimeError, after shutting Ray down, if the node still is not on loopback.
+    """
+    os.environ[RAY_LOCAL_ONLY_ENV] = "0"
+    import ray
+    from ray._private import ray_constants
+
+    ray_constants.ENABLE_RAY_CLUSTER = False  # what Ray reads at import when the variable above is set first
+    ray.init(include_dashboard=False, logging_level="warning", **init)
+    node_ip = ray.util.get_node_ip_address()
+    if not _is_loopback(node_ip):
+        ray.shutdown()
+        raise RuntimeError(f"the local Ray cluster would listen on {node_ip}, not on loopback: "
+                           f"set {RAY_LOCAL_ONLY_ENV}=0 before Ray is imported")
+
+
+def _is_loopback(host: str) -> bool:
+    import ipaddress
+
+    return host == "localhost" or ipaddress.ip_address(host).is_loopback
+
+
 def connect(address: str) -> bool:
-    """Join the cluster at `address`, or start a local one for `local`; True if we started Ray here."""
+    """Join the cluster at `address`, or start one on loopback for `local`; True if we started Ray here."""
     import ray
 
     if ray.is_initialized():
         return False
-    local = {"_node_ip_address": "127.0.0.1"} if address == "local" else {}  # a local cluster listens on loopback only
-    ray.init(address=None if address == "local" else address, include_dashboard=False, logging_level="warning", **local)
+    if address == "local":
+        start_local_ray()
+    else:
+        ray.init(address=address, logging_level="warning")
     return True
 
 
@@ -338,15 +381,15 @@ def run_job(spec: JobSpec, inputs: Sequence[str], out: str, *, overwrite: bool =
             todo.append({"src": str(one.source), "dst": str(one.photo), "faces_dir": str(one.faces or "")})
     actors, resources = actor_resources(spec.actors)
     report.actors = actors
-    backend_args = dict(spec.backend_args)
-    if backend_args.get("threads") is None and "num_cpus" in resources:  # split the cores, don't oversubscribe
-        backend_args["threads"] = max(1, int(ray.cluster_resources().get("CPU", 1)) // actors)
-    spec = JobSpec(backend_args, spec.options, spec.photo, actors, spec.detector)
+    backend = spec.backend
+    if backend.threads is None and "num_cpus" in resources:  # split the cores, don't oversubscribe
+        backend = replace(backend, threads=max(1, int(ray.cluster_resources().get("CPU", 1)) // actors))
+    spec = replace(spec, backend=backend, actors=actors)
     start = time.perf_counter()
     try:
         if todo:
             ds = ray.data.from_items(todo, override_num_blocks=min(len(todo), 4 * actors))
-            ds = ds.map_batches(decode_stage, fn_kwargs={"fs": in_fs}, batch_size=spec.options.batch,
+            ds = ds.map_batches(decode_stage, fn_kwargs={"fs": in_fs, "photo": spec.photo}, batch_size=spec.options.batch,
                                 batch_format="numpy")
             ds = ds.map_batches(RestoreActor, fn_constructor_kwargs={"spec": spec}, batch_size=spec.options.batch,
                                 batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=actors), **resources)

@@ -1,534 +1,59 @@
-"""TensorRT engines for InterLCM's components: build, cache, run.
+"""Running TensorRT engines: `TrtBackend`, the sampler's Backend on an engine folder (building: trt_build.py).
 
-    build_engines(onnx_dir, out_dir)        one fp16 engine per component of the export's manifest
-    with TrtBackend(out_dir) as backend:    the sampler's Backend, on CUDA tensors
-        restore(backend, lq, noise, settings)
-    check_cuda()                            can this machine run TensorRT at all, and if not, why
+    with TrtBackend(engine_dir) as backend:     restore(backend, lq, noise, settings)
 
-Engines are strongly typed: precision comes from the fp16 ONNX files (TensorRT 11
-builds nothing else and has no `BuilderFlag.FP16`; on TensorRT 10 we set the
-STRONGLY_TYPED network flag). Every input gets one optimization profile whose
-min/opt/max are the component description's shapes at the manifest's batch
-min/opt/max.
-
-Engine cache: `OUT/<component>.engine` plus a sidecar `OUT/<component>.engine.json`
-holding a key, the sha256 of the parts below, and the parts themselves:
-
-    onnx_sha256   the fp16 ONNX file's hash from the manifest
-    external_sha256  the hash of its external weight file (`.onnx.data`, models over 2 GB), if any
-    tensorrt      the TensorRT version (an engine only loads in the version that built it)
-    gpu           the GPU's name and compute capability, e.g. "NVIDIA H100 80GB HBM3 (sm_90)": an
-                  engine tuned on an H100 is not silently reused on an H200 of the same capability
-    options       builder options: optimisation level, workspace, precision, profile shapes
-
-A stale or foreign engine is rebuilt (`rebuild="auto"`) or refused with a one-line
-reason (`rebuild="never"`); it is never silently used. The timing cache carries a
-sidecar with the TensorRT version and GPU it was measured on; a cache from another
-pair, or one TensorRT rejects, is discarded with a note and the build goes on. Engines, sidecars, the
-folder index `engines.json` and the timing cache are written atomically (temp file
-+ `os.replace`), and the sidecar also records the engine's sha256, which
-`TrtBackend` checks against the bytes it deserializes.
-
-The TensorRT module lives in the module-level name `trt`, imported on first use
-(`_require_trt`). Tests put a recording stand-in there; mypy sees the real stubs
-(`python -m interlcm.engines.trt_typecheck`).
+The same code runs on a GPU and, under the stand-in of engines/trt_standin.py, on the CPU: what
+differs per device (streams, their ordering, copies, allocation) is engines/device.py.
 """
 
 from __future__ import annotations
 
 import hashlib
-import importlib
-import json
-import logging
-import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import torch
 
-from interlcm.components import Component, get_component
+from interlcm.backend import BackendBase, allocate_outputs
+from interlcm.components import Component, Limits, get_component
 from interlcm.config import PresetConfig
-from interlcm.files import atomic_write_bytes
+from interlcm.engines import trt_common
+from interlcm.engines.device import ALIGNMENT, Streams, aligned_empty, streams_for
+from interlcm.engines.trt_build import (
+    ENGINE_SUFFIX,
+    INDEX_FILE,
+    check_names,
+    load_export,
+    read_index,
+    read_sidecar,
+    sidecar_path,
+    stale_reason,
+)
+from interlcm.engines.trt_common import PRECISION, EngineError, check_cuda, logger, require_trt, torch_dtype
+from interlcm.engines.trt_common import dims as dims_tuple
 
 if TYPE_CHECKING:
     import tensorrt as trt
-
-    from interlcm.export.manifest import Manifest
 else:
-    trt = None  # imported by _require_trt() on first use; tests put a recording stand-in here
+    from interlcm.engines.trt_common import INSTALLED as trt
 
-log = logging.getLogger(__name__)
-
-INDEX_FILE = "engines.json"
-TIMING_CACHE_FILE = "timing.cache"
-ENGINE_SUFFIX = ".engine"
-PRECISION = "fp16"  # engines are built from the manifest's fp16 entries, strongly typed
-BUILD_FORMAT = 2  # bump when the build procedure or the cache records change (2: GPU name, external data)
-ALIGNMENT = 256  # bytes: TensorRT's requirement for every I/O tensor address
-Rebuild = Literal["auto", "never", "always"]
 Shape = tuple[int, ...]
 
 
-class EngineError(RuntimeError):
-    """An engine cannot be built, loaded or run; the message says why and what to do."""
-
-
-# --- TensorRT and the device ----------------------------------------------------------------------
-
-
-_INSTALL_HINT = "pip install tensorrt on a machine with an NVIDIA GPU and CUDA"
-
-
-def _tensorrt_problem() -> str | None:
-    """Import TensorRT into the module-level name `trt`; None if it worked, else a short reason."""
-    if globals()["trt"] is not None:
-        return None
-    try:
-        module = importlib.import_module("tensorrt")
-    except Exception as exc:  # noqa: BLE001 - ImportError, or OSError from the bindings' missing libraries
-        return f"tensorrt does not import ({type(exc).__name__}: {exc})"
-    if not hasattr(module, "Builder"):
-        # `tensorrt-stubs` installs a bare tensorrt/ folder of .pyi files: Python imports it as an empty namespace
-        return "tensorrt is not installed (only its type stubs are)"
-    globals()["trt"] = module
-    return None
-
-
-def _require_trt() -> None:
-    problem = _tensorrt_problem()
-    if problem is not None:
-        raise EngineError(f"{problem}: {_INSTALL_HINT}")
-
-
-def _logger() -> trt.ILogger:
-    return trt.Logger(trt.Logger.WARNING)
-
-
-def _compute_capability(device: torch.device | None = None) -> str:
-    """The GPU's architecture tag, e.g. 'sm_89'; part of every engine's cache key."""
-    major, minor = torch.cuda.get_device_capability(device)
-    return f"sm_{major}{minor}"
-
-
-def gpu_identity(device: torch.device | None = None) -> str:
-    """Name and architecture of the GPU, e.g. 'NVIDIA H100 80GB HBM3 (sm_90)'; part of every cache key."""
-    return f"{torch.cuda.get_device_name(device)} ({_compute_capability(device)})"
-
-
-def _new_stream(device: torch.device) -> torch.cuda.Stream:
-    """A dedicated CUDA stream for the engines (never the legacy default stream, handle 0)."""
-    return torch.cuda.Stream(device)
-
-
 def _require_device(device: torch.device) -> None:
-    if device.type != "cuda":
+    if device.type != trt_common.engine_device().type:
         raise EngineError(f"TrtBackend needs a CUDA device, got {device}: TensorRT runs on NVIDIA GPUs only")
-    ok, why = check_cuda(device.index or 0)
-    if not ok:
-        raise EngineError(f"cannot run TensorRT engines here: {why}")
-
-
-def check_cuda(device: int = 0) -> tuple[bool, str]:
-    """(usable, reason): a CUDA device that really allocates, and a TensorRT that really imports.
-
-    onnxruntime-gpu and pip's tensorrt stubs both "install" on machines without a GPU, so
-    this checks by doing: an allocation on the device and a TensorRT runtime.
-    """
-    reasons = []
-    gpu = ""
-    if not torch.cuda.is_available():
-        built = f"torch {torch.__version__} built for CUDA {torch.version.cuda}" if torch.version.cuda else \
-            f"torch {torch.__version__} is a CPU-only build"
-        reasons.append(f"no CUDA device ({built})")
-    else:
-        try:
-            torch.empty(1, device=f"cuda:{device}").add_(1)
-            torch.cuda.synchronize(device)
-            gpu = gpu_identity(torch.device("cuda", device))
-        except Exception as exc:  # noqa: BLE001 - any CUDA failure means "not usable"
-            reasons.append(f"CUDA device {device} cannot allocate ({type(exc).__name__}: {exc})")
-    problem = _tensorrt_problem()
-    if problem is not None:
-        reasons.append(problem)
-    else:
-        try:
-            if trt.Runtime(_logger()) is None:
-                reasons.append("tensorrt cannot create a runtime")
-        except Exception as exc:  # noqa: BLE001
-            reasons.append(f"tensorrt cannot create a runtime ({type(exc).__name__}: {exc})")
-    if reasons:
-        return False, "; ".join(reasons)
-    return True, f"CUDA device {gpu}, TensorRT {trt.__version__}"
-
-
-def _dims(dims: trt.Dims) -> Shape:
-    """A TensorRT Dims as a tuple (the stubs give Dims indexing and len, not iteration)."""
-    return tuple(int(dims[i]) for i in range(len(dims)))
-
-
-def _torch_dtype(dtype: trt.DataType) -> torch.dtype:
-    table = {
-        trt.DataType.FLOAT: torch.float32,
-        trt.DataType.HALF: torch.float16,
-        trt.DataType.BF16: torch.bfloat16,
-        trt.DataType.INT8: torch.int8,
-        trt.DataType.INT32: torch.int32,
-        trt.DataType.INT64: torch.int64,
-        trt.DataType.BOOL: torch.bool,
-        trt.DataType.UINT8: torch.uint8,
-    }
-    try:
-        return table[dtype]
-    except KeyError:
-        raise EngineError(f"engine tensor dtype {dtype} has no torch equivalent") from None
-
-
-def aligned_empty(shape: Shape, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """An uninitialised contiguous tensor whose data starts on an ALIGNMENT-byte boundary.
-
-    torch's CUDA allocator already aligns to 512 bytes; this makes it a property of the
-    code rather than of the allocator (and holds for the CPU tensors the tests use).
-    """
-    itemsize = torch.empty((), dtype=dtype).element_size()
-    numel = math.prod(shape)
-    base = torch.empty(numel + ALIGNMENT // itemsize, dtype=dtype, device=device)
-    skip = (-base.data_ptr() % ALIGNMENT) // itemsize
-    return base[skip:skip + numel].view(shape)
-
-
-def _aligned_copy(tensor: torch.Tensor) -> torch.Tensor:
-    copy = aligned_empty(tuple(tensor.shape), tensor.dtype, tensor.device)
-    copy.copy_(tensor)
-    return copy
-
-
-# --- atomic files -------------------------------------------------------------------------------
-
-
-def _write_json(path: Path, data: dict) -> None:
-    atomic_write_bytes(path, (json.dumps(data, indent=2, sort_keys=True) + "\n").encode())
-
-
-# --- the export's manifest ----------------------------------------------------------------------
-
-
-def _load_manifest(onnx_dir: Path) -> Manifest:
-    """The export's manifest with every file re-hashed; ManifestError becomes EngineError."""
-    from interlcm.export.manifest import ManifestError, load_manifest
-
-    try:
-        return load_manifest(onnx_dir, verify=True)
-    except ManifestError as exc:
-        raise EngineError(f"cannot use the export in {onnx_dir}: {exc}") from exc
-
-
-def _batch_range(batch: Sequence[int]) -> tuple[int, int, int]:
-    lo, opt, hi = (int(b) for b in batch)
-    if not 1 <= lo <= opt <= hi:
-        raise EngineError(f"manifest batch range (min, opt, max) = {(lo, opt, hi)} must satisfy 1 <= min <= opt <= max: "
-                          "re-export with a valid --batch")
-    return lo, opt, hi
-
-
-# --- cache keys ---------------------------------------------------------------------------------
-
-
-def cache_parts(
-    onnx_sha256: str,
-    tensorrt_version: str,
-    gpu: str,
-    *,
-    external_sha256: str | None,
-    opt_level: int,
-    workspace: int | None,
-    profile: dict[str, tuple[Shape, Shape, Shape]],
-) -> dict[str, Any]:
-    """Everything an engine depends on; two builds with equal parts make interchangeable engines."""
-    return {
-        "format": BUILD_FORMAT,
-        "onnx_sha256": onnx_sha256,
-        "external_sha256": external_sha256,
-        "tensorrt": tensorrt_version,
-        "gpu": gpu,
-        "options": {
-            "precision": PRECISION,
-            "strongly_typed": True,
-            "opt_level": opt_level,
-            "workspace": workspace,
-            "profile": {name: [list(s) for s in shapes] for name, shapes in sorted(profile.items())},
-        },
-    }
-
-
-def cache_key(parts: dict[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
-
-
-def stale_reason(name: str, old: dict[str, Any] | None, new: dict[str, Any]) -> str | None:
-    """Why the engine built with `old` parts cannot stand in for one built with `new`; None if it can."""
-    file = f"{name}{ENGINE_SUFFIX}"
-    if old is None:
-        return f"{file} has no cache record"
-    if (old.get("tensorrt"), old.get("gpu")) != (new["tensorrt"], new["gpu"]):
-        return (f"{file} was built for TensorRT {old.get('tensorrt')} / {old.get('gpu')}, "
-                f"this machine has {new['tensorrt']} / {new['gpu']}")
-    if old.get("onnx_sha256") != new["onnx_sha256"]:
-        return (f"{file} was built from another ONNX file (sha256 {str(old.get('onnx_sha256'))[:12]}, "
-                f"the manifest has {new['onnx_sha256'][:12]})")
-    if old.get("external_sha256") != new["external_sha256"]:
-        return f"{file} was built from other external weights (the ONNX file's .data changed)"
-    if old.get("options") != new["options"]:
-        old_opts, new_opts = old.get("options") or {}, new["options"]
-        changed = sorted(k for k in {*old_opts, *new_opts} if old_opts.get(k) != new_opts.get(k))
-        return f"{file} was built with other options ({', '.join(changed)} changed)"
-    if old != new:
-        return f"{file} was built by another version of this builder (format {old.get('format')})"
-    return None
-
-
-def _read_sidecar(path: Path) -> dict[str, Any] | None:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    if not isinstance(data, dict) or cache_key(data.get("parts", {})) != data.get("key"):
-        return None  # damaged or hand-edited: treat as missing
-    return data
-
-
-def _sidecar_path(engine_path: Path) -> Path:
-    return engine_path.with_name(engine_path.name + ".json")
-
-
-# --- building -----------------------------------------------------------------------------------
-
-
-def _check_names(kind: str, component: Component, inputs: Iterable[str], outputs: Iterable[str]) -> None:
-    got_in, got_out = list(inputs), list(outputs)
-    if sorted(got_in) != sorted(component.input_names) or sorted(got_out) != sorted(component.output_names):
-        raise EngineError(
-            f"{component.name}: the {kind} has inputs {got_in} and outputs {got_out}, but the component description "
-            f"says {list(component.input_names)} -> {list(component.output_names)}: re-export the ONNX with this "
-            "version of interlcm (interlcm-export), then rebuild the engines"
-        )
-
-
-def _build_one(
-    component: Component,
-    onnx_path: Path,
-    profile: dict[str, tuple[Shape, Shape, Shape]],
-    *,
-    opt_level: int,
-    workspace: int | None,
-    timing_cache: bytes,
-) -> tuple[memoryview, bytes | None]:
-    """Parse, configure and build one engine; returns (serialized engine, updated timing cache or None)."""
-    logger = _logger()
-    builder = trt.Builder(logger)
-    flags = 0
-    # TensorRT 10: precision comes from the fp16 ONNX only with STRONGLY_TYPED (no BuilderFlag.FP16 needed).
-    # TensorRT 11: every network is strongly typed; the flag is accepted and ignored (and may go away).
-    strongly_typed = getattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None)
-    if strongly_typed is not None:
-        flags |= 1 << int(strongly_typed)
-    network = builder.create_network(flags)
-    parser = trt.OnnxParser(network, logger)
-    if not parser.parse_from_file(str(onnx_path)):  # a path, not bytes: the weights may sit in external data
-        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors)) or "no parser message"
-        raise EngineError(f"{component.name}: TensorRT cannot parse {onnx_path}: {errors}")
-    _check_names(
-        f"ONNX file {onnx_path.name}",
-        component,
-        (network.get_input(i).name for i in range(network.num_inputs)),
-        (network.get_output(i).name for i in range(network.num_outputs)),
-    )
-
-    config = builder.create_builder_config()
-    config.builder_optimization_level = opt_level
-    if workspace is not None:
-        config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace)
-    opt_profile = builder.create_optimization_profile()
-    for name, (lo, opt, hi) in profile.items():
-        opt_profile.set_shape(name, trt.Dims(list(lo)), trt.Dims(list(opt)), trt.Dims(list(hi)))
-    config.add_optimization_profile(opt_profile)
-    _use_timing_cache(config, timing_cache, component.name)
-
-    serialized = builder.build_serialized_network(network, config)
-    if serialized is None:
-        raise EngineError(
-            f"{component.name}: TensorRT failed to build an engine from {onnx_path} (see the TensorRT log above); "
-            "a smaller --opt-level or a larger workspace sometimes helps"
-        )
-    # the engine stays in TensorRT's host memory (no second copy of a 2 GB UNet); the cache is small
-    cache = config.get_timing_cache()
-    return memoryview(serialized), (bytes(memoryview(cache.serialize())) if cache is not None else None)
-
-
-def _use_timing_cache(config: trt.IBuilderConfig, data: bytes, name: str) -> None:
-    """Give the build the saved timing cache; one TensorRT refuses is dropped with a note, never fatal.
-
-    `create_timing_cache` returns None for bytes it cannot read, and `set_timing_cache` returns
-    False for a cache from another TensorRT or GPU (ignore_mismatch=False): then an empty cache
-    is used; if even that fails, the engine is built without one.
-    """
-    for attempt in (data, b"") if data else (b"",):
-        cache = config.create_timing_cache(attempt)  # b"" starts an empty cache
-        if cache is not None and config.set_timing_cache(cache, ignore_mismatch=False):
-            return
-        if attempt:
-            log.warning("%s: TensorRT rejected the saved timing cache (other version or GPU?); starting a new one",
-                        name)
-    log.warning("%s: TensorRT could not create a timing cache; building without one", name)
-
-
-def _read_timing_cache(path: Path, owner: dict[str, str]) -> bytes:
-    """The saved timing cache if its sidecar names this TensorRT and GPU; else b"" (with a note)."""
-    if not path.is_file():
-        return b""
-    try:
-        recorded = json.loads(_sidecar_path(path).read_text())
-    except (OSError, ValueError):
-        recorded = None
-    if recorded != owner:
-        log.warning("timing cache %s was measured on %s, this machine is %s: discarded", path,
-                    recorded or "an unknown TensorRT/GPU", owner)
-        return b""
-    return path.read_bytes()
-
-
-def _write_timing_cache(path: Path, data: bytes, owner: dict[str, str]) -> None:
-    _sidecar_path(path).unlink(missing_ok=True)  # never a sidecar vouching for other bytes
-    atomic_write_bytes(path, data)
-    _write_json(_sidecar_path(path), owner)
-
-
-def build_engines(
-    onnx_dir: str | Path,
-    out_dir: str | Path,
-    components: Sequence[str] | None = None,
-    opt_level: int = 3,
-    timing_cache: str | Path | None = None,
-    rebuild: Rebuild = "auto",
-    workspace: int | None = None,
-) -> dict[str, Path]:
-    """Build (or reuse) one fp16 engine per component; returns {component: engine path}.
-
-    components: default every component with an fp16 file in the manifest.
-    timing_cache: persistent TensorRT timing cache (default OUT/timing.cache), loaded if present and
-        saved after each engine, so an interrupted build keeps what it learned.
-    rebuild: "auto" rebuilds stale engines, "never" refuses them (EngineError with the reason),
-        "always" rebuilds everything.
-    workspace: cap on TensorRT's workspace pool in bytes (default: TensorRT's, the device's memory).
-    """
-    if rebuild not in ("auto", "never", "always"):
-        raise ValueError(f"rebuild must be 'auto', 'never' or 'always', got {rebuild!r}")
-    if not 0 <= opt_level <= 5:
-        raise ValueError(f"opt_level must be in 0..5 (TensorRT's builder optimisation level), got {opt_level}")
-    onnx_dir, out_dir = Path(onnx_dir), Path(out_dir)
-    _require_trt()
-    manifest = _load_manifest(onnx_dir)
-    cfg, batch = manifest.config, _batch_range(manifest.batch)
-    available = [e.component for e in manifest.entries if e.precision == PRECISION]
-    names = list(components) if components else available
-    missing = [n for n in names if n not in available]
-    if missing:
-        raise EngineError(
-            f"no fp16 ONNX for {', '.join(missing)} in {onnx_dir} (it has: {', '.join(available) or 'none'}): "
-            "export them with interlcm-export --fp16"
-        )
-    if not names:
-        raise EngineError(f"{onnx_dir} has no fp16 ONNX files to build engines from: export with interlcm-export --fp16")
-
-    tensorrt_version, gpu = trt.__version__, gpu_identity()
-    owner = {"tensorrt": tensorrt_version, "gpu": gpu}
-    cache_path = Path(timing_cache) if timing_cache is not None else out_dir / TIMING_CACHE_FILE
-    cache_bytes = _read_timing_cache(cache_path, owner)
-    built: dict[str, Path] = {}
-    records: dict[str, dict[str, Any]] = {}
-    for name in names:
-        component = get_component(name)
-        entry = manifest.entry(name, PRECISION)
-        _check_names("manifest entry", component, (t.name for t in entry.inputs), (t.name for t in entry.outputs))
-        profile = component.profile(cfg, batch)  # min/opt/max = the description's shapes at batch min/opt/max
-        parts = cache_parts(entry.sha256, tensorrt_version, gpu, external_sha256=entry.external_sha256,
-                            opt_level=opt_level, workspace=workspace, profile=profile)
-        key = cache_key(parts)
-        engine_path = out_dir / f"{name}{ENGINE_SUFFIX}"
-        sidecar_path = _sidecar_path(engine_path)
-        sidecar = _read_sidecar(sidecar_path) if engine_path.is_file() else None
-        reason = stale_reason(name, sidecar["parts"] if sidecar else None, parts)
-        if not engine_path.is_file():
-            reason = f"{engine_path.name} does not exist"
-        if reason is None and rebuild != "always":
-            log.info("%s: up to date (%s)", name, key[:12])
-        else:
-            if rebuild == "never":
-                raise EngineError(f"{reason}: rebuild with `interlcm-trt build --onnx {onnx_dir} --out {out_dir}` "
-                                  "(or --rebuild auto)")
-            log.info("%s: building (%s)", name, reason or "rebuild='always'")
-            engine_bytes, new_cache = _build_one(
-                component, manifest.path(onnx_dir, name, PRECISION), profile,
-                opt_level=opt_level, workspace=workspace, timing_cache=cache_bytes,
-            )
-            # the old sidecar goes first: a crash between the two writes leaves "no record" (rebuild), never a
-            # record that vouches for an engine it does not describe
-            sidecar_path.unlink(missing_ok=True)
-            atomic_write_bytes(engine_path, engine_bytes)
-            sidecar = {
-                "component": name,
-                "key": key,
-                "parts": parts,
-                "engine_sha256": hashlib.sha256(engine_bytes).hexdigest(),
-                "engine_bytes": engine_bytes.nbytes,
-            }
-            _write_json(sidecar_path, sidecar)
-            if new_cache is not None:
-                cache_bytes = new_cache
-                _write_timing_cache(cache_path, cache_bytes, owner)
-        built[name] = engine_path
-        records[name] = {"file": engine_path.name, "key": key}
-
-    index_path = out_dir / INDEX_FILE
-    try:
-        previous = _read_index(index_path) if index_path.is_file() else None
-    except EngineError:
-        previous = None  # unreadable or another format: rewritten below
-    if previous is not None and (PresetConfig.from_dict(previous["config"]), list(previous["batch"]),
-                                 previous.get("weights")) == (cfg, list(batch), manifest.weights):
-        records = {**previous.get("engines", {}), **records}  # keep engines built by earlier partial runs
-    _write_json(index_path, {
-        "format": BUILD_FORMAT,
-        "config": cfg.to_dict(),
-        "batch": list(batch),
-        "weights": manifest.weights,  # the export's weights, described: `check` rebuilds its torch reference
-        "identity": manifest.identity.to_dict() if manifest.identity else None,  # typed: checked at open
-        "onnx_dir": str(onnx_dir.resolve()),
-        "engines": records,
-    })
-    return built
-
-
-def _read_index(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise EngineError(f"{path.parent} has no {INDEX_FILE}: build engines there with `interlcm-trt build`") from None
-    except (OSError, ValueError) as exc:
-        raise EngineError(f"{path} is unreadable ({exc}): rebuild with `interlcm-trt build`") from None
-    if data.get("format") != BUILD_FORMAT:
-        raise EngineError(f"{path} has format {data.get('format')}, this version reads {BUILD_FORMAT}: "
-                          "rebuild with `interlcm-trt build`")
-    return data
-
-
-# --- running ------------------------------------------------------------------------------------
+    if device.type == "cuda":
+        ok, why = check_cuda(device.index or 0)
+        if not ok:
+            raise EngineError(f"cannot run TensorRT engines here: {why}")
 
 
 @dataclass(frozen=True)
 class TensorMeta:
-    """One engine I/O tensor as the engine declares it (-1 marks the dynamic batch axis)."""
+    """One engine I/O tensor as the engine declares it (-1 marks a dynamic axis)."""
 
     name: str
     is_input: bool
@@ -536,30 +61,30 @@ class TensorMeta:
     shape: Shape
     profile: tuple[Shape, Shape, Shape] | None = None  # inputs: (min, opt, max) of profile 0
 
-    def describe(self) -> str:
-        dims = ", ".join("B" if d < 0 else str(d) for d in self.shape)
-        text = f"{str(self.dtype).removeprefix('torch.')} ({dims})"
-        if self.profile is not None:
-            text += f", B in {self.profile[0][0]}..{self.profile[2][0]}"
-        return text
+
+@dataclass
+class _Bound:
+    """One input-shape signature of an engine: its own execution context, with the input shapes set and the
+    buffers bound once; the inputs are copied into `inputs`, the engine writes `outputs`."""
+
+    context: trt.IExecutionContext
+    inputs: dict[str, torch.Tensor]
+    outputs: dict[str, torch.Tensor]
+
+    def tensors(self) -> list[tuple[str, torch.Tensor]]:
+        return [*self.inputs.items(), *self.outputs.items()]
 
 
 @dataclass
 class _Loaded:
     component: Component
     engine: trt.ICudaEngine
-    context: trt.IExecutionContext
     io: dict[str, TensorMeta]
-    # output buffers per batch size, allocated on first use and reused (see TrtBackend)
-    buffers: dict[int, dict[str, torch.Tensor]] = field(default_factory=dict)
+    bound: dict[tuple[Shape, ...], _Bound] = field(default_factory=dict)  # by the shapes of every input
 
     @property
     def inputs(self) -> list[TensorMeta]:
         return [m for m in self.io.values() if m.is_input]
-
-    @property
-    def outputs(self) -> list[TensorMeta]:
-        return [m for m in self.io.values() if not m.is_input]
 
 
 def _device_memory_size(engine: trt.ICudaEngine) -> int:
@@ -582,33 +107,32 @@ def _bind_device_memory(context: trt.IExecutionContext, address: int, size: int)
         setattr(context, "device_memory", address)  # noqa: B010
 
 
-class TrtBackend:
-    """The sampler's `Backend` on TensorRT engines: CUDA tensors in, CUDA tensors out.
+class TrtBackend(BackendBase):
+    """The sampler's `Backend` on TensorRT engines.
 
-    Lifecycle: `with TrtBackend(dir) as backend:` deserializes every engine listed in the
-    folder's index, checks each against its cache record (TensorRT version, GPU, engine
-    sha256, and with `onnx_dir` the export's current hashes) and against the component
-    descriptions, and creates one execution context per engine. With `share_memory` the
-    contexts use one activation buffer of max(engine needs) bytes: they run one at a time
-    on one stream, so they never need their scratch memory at the same time. Exit releases
-    contexts, engines, buffers and that memory.
+    Lifecycle: `with TrtBackend(dir) as backend:` checks every engine's cache record against this
+    machine (TensorRT version, GPU; with `onnx_dir` the export's current hashes). An engine is
+    deserialized on its first call (or at once for `components`), its bytes checked against the
+    record's sha256 and its tensors against the component description: a folder holding both
+    `unet` and the fused `denoise_step` loads only the form that runs. With `share_memory` every
+    context uses one activation buffer of max(engine needs) bytes: they run one at a time on one
+    stream, so they never need their scratch memory at the same time. Exit waits for the engine
+    stream, then releases contexts, engines, buffers and that memory.
 
-    Buffers and their lifetime: outputs are written into buffers allocated once per
-    (component, batch size) and reused by every later call; `run` returns those buffers
-    themselves (no copy). An output is therefore valid until the *same component* runs
-    again with the same batch size. The sampler (interlcm/sampler.py) is safe with this:
-    it keeps `tokens`, `context`, `cond` and `z0` across calls of *other* components only,
-    consumes the SE residuals in the UNet call of the same step, and consumes `eps` before
-    the next UNet call. Callers that keep a result across images or batches (the restored
-    image) must copy it (`.cpu()`, `.clone()`), or pass `copy_outputs=True`.
+    Contexts and buffers: one execution context per engine and input-shape signature (every input's
+    full shape), its input shapes set and its buffers bound once when it is made: input buffers the
+    inputs are copied into (NVIDIA's demo/Diffusion `Engine` copies too) and output buffers at the
+    shapes `get_tensor_shape` resolves (checked against the description). Nothing is set again, so a
+    CUDA graph captured for one batch size replays against a context no other batch size touches.
+    Components with run-time dims (detectors, tiles) keep only their latest signature. `run`
+    returns the output buffers themselves: an output is valid until the *same component* runs
+    again with the same shapes. The sampler is safe with this (it consumes each output before the
+    next call of that component); callers that keep a result must copy it, or pass `copy_outputs=True`.
 
-    Streams: engines run on a dedicated CUDA stream (`self.stream`, never the legacy default
-    stream). Callers that run their torch arithmetic inside `with torch.cuda.stream(backend.stream)`
-    pay nothing; a call from another torch stream makes the engine stream wait for it, and it
-    for the engine stream, with events (no host synchronisation). `synchronize()` waits.
-
-    CUDA graphs: `engines/cuda_graph.py` captures the sampler's whole step chain on
-    `self.stream` per batch size; `run` is capturable (no host sync, static buffers).
+    Streams: engines run on a dedicated stream (`self.stream`, never the legacy default stream).
+    Per call, on the caller's stream: wait for the engine's earlier work, copy the inputs in; then
+    the engine stream waits for those copies, the engine is enqueued, and the caller's stream waits
+    for it (events, no host synchronisation). `synchronize()` waits on the host.
     """
 
     name = "tensorrt"
@@ -616,7 +140,7 @@ class TrtBackend:
     def __init__(
         self,
         engine_dir: str | Path,
-        device: str | torch.device = "cuda",
+        device: str | torch.device | None = None,
         *,
         components: Sequence[str] | None = None,
         onnx_dir: str | Path | None = None,
@@ -624,72 +148,96 @@ class TrtBackend:
         copy_outputs: bool = False,
     ):
         self.engine_dir = Path(engine_dir)
-        self.device = torch.device(device)
+        self.device = torch.device(device) if device is not None else trt_common.engine_device()
         if self.device.type == "cuda" and self.device.index is None:
             self.device = torch.device("cuda", 0)
         self.components = list(components) if components is not None else None
         self.onnx_dir = Path(onnx_dir) if onnx_dir is not None else None
         self.share_memory = share_memory
         self.copy_outputs = copy_outputs
-        index = _read_index(self.engine_dir / INDEX_FILE)
+        index = read_index(self.engine_dir / INDEX_FILE)
         self.config = PresetConfig.from_dict(index["config"])
         lo, opt, hi = index["batch"]
         self.batch = (int(lo), int(opt), int(hi))
         self.weights: str = index["weights"]  # identity of the weights the export was made from
         self._index = index
+        self._records: dict[str, dict[str, Any]] = {}  # component -> its engine's checked cache record
         self._runtime: trt.Runtime | None = None
         self._loaded: dict[str, _Loaded] = {}
         self._shared_memory: torch.Tensor | None = None
-        self.stream: torch.cuda.Stream | None = None
+        self.streams: Streams | None = None
+        self.stream: Any = None
 
     def has(self, component: str) -> bool:
-        """Whether the folder has an engine for `component` (e.g. the fused denoise_step)."""
-        return component in self._index.get("engines", {})
+        """Whether the folder has an engine for `component` (e.g. the fused denoise_step) that this backend may load."""
+        return component in self._index.get("engines", {}) and (self.components is None or component in self.components)
 
     @property
-    def max_batch(self) -> int:
+    def max_batch(self) -> int:  # type: ignore[override]
         """The engines' optimisation profile ends here."""
         return self.batch[2]
+
+    def limits(self, component: str) -> Limits:
+        """The batch range of the folder and each run-time dim's range in the engine's profile (its record)."""
+        if self._runtime is None:
+            raise EngineError("TrtBackend is not open: use `with TrtBackend(engine_dir) as backend:`")
+        record = self._records.get(component)
+        if record is None:
+            raise self._no_engine(component)
+        spec = get_component(component)
+        profile = record["parts"]["options"]["profile"]  # input -> [min, opt, max] shapes
+        ranges: dict[str, tuple[int, int]] = {}
+        for tensor in spec.inputs:
+            for axis, name in tensor.dynamic.items():
+                ranges[name] = (profile[tensor.name][0][axis], profile[tensor.name][2][axis])
+        return Limits((self.batch[0], self.batch[2]), ranges)
 
     # lifecycle
 
     def __enter__(self) -> TrtBackend:
         _require_device(self.device)
-        _require_trt()
+        require_trt()
         try:
-            self.stream = _new_stream(self.device)
-            self._load()
+            self.streams = streams_for(self.device)
+            self.stream = self.streams.new_stream()
+            self._runtime = trt.Runtime(logger())
+            self._check_records()
+            for name in self.components or ():
+                self._load(name)
         except BaseException:
             self.close()
             raise
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
     def close(self) -> None:
-        """Release contexts before engines before the runtime, then every buffer."""
+        """Wait for the engine stream, then release contexts before engines before the runtime, and every buffer."""
+        if self.streams is not None and self.stream is not None:
+            self.streams.synchronize(self.stream)  # queued work still reads and writes these buffers
         for loaded in self._loaded.values():
-            loaded.buffers.clear()
-            del loaded.context
+            loaded.bound.clear()  # contexts before their engine
         self._loaded.clear()
         self._runtime = None
         self._shared_memory = None
         self.stream = None
 
-    def _load(self) -> None:
+    def _no_engine(self, component: str) -> EngineError:
+        have = ", ".join(self._index.get("engines", {})) or "none"
+        return EngineError(f"{self.engine_dir} has no engine for {component} (it has: {have}): "
+                           f"build it with `interlcm-trt build --components {component}`")
+
+    def _check_records(self) -> None:
+        """Every engine's cache record against this machine (and the export): one-line refusals, nothing loaded."""
         engines = self._index.get("engines", {})
         names = self.components if self.components is not None else list(engines)
         unknown = [n for n in names if n not in engines]
         if unknown:
             raise EngineError(f"{self.engine_dir} has no engine for {', '.join(unknown)} "
                               f"(it has: {', '.join(engines) or 'none'}): build it with `interlcm-trt build`")
-        current = {"tensorrt": trt.__version__, "gpu": gpu_identity(self.device)}
-        manifest = _load_manifest(self.onnx_dir) if self.onnx_dir is not None else None
-        self._runtime = trt.Runtime(_logger())
+        current = {"tensorrt": trt.__version__, "gpu": trt_common.gpu_identity(self.device)}
+        manifest = load_export(self.onnx_dir) if self.onnx_dir is not None else None
         for name in names:
             engine_path = self.engine_dir / engines[name]["file"]
-            sidecar = _read_sidecar(_sidecar_path(engine_path))
+            sidecar = read_sidecar(sidecar_path(engine_path))
             if sidecar is None or sidecar.get("key") != engines[name]["key"]:
                 raise EngineError(f"{engine_path.name} has no valid cache record in {self.engine_dir}: "
                                   "rebuild with `interlcm-trt build`")
@@ -701,24 +249,52 @@ class TrtBackend:
             reason = stale_reason(name, parts, expected)
             if reason is not None:
                 raise EngineError(f"{reason}: rebuild with `interlcm-trt build`")
-            try:
-                data = engine_path.read_bytes()
-            except OSError as exc:
-                raise EngineError(f"cannot read {engine_path}: {exc}") from exc
-            if hashlib.sha256(data).hexdigest() != sidecar.get("engine_sha256"):
-                raise EngineError(f"{engine_path.name} does not match its cache record (partial copy or edited?): "
-                                  "rebuild with `interlcm-trt build --rebuild always`")
-            engine = self._runtime.deserialize_cuda_engine(data)
-            if engine is None:
-                raise EngineError(f"TensorRT could not deserialize {engine_path} (see its log above): "
-                                  "rebuild with `interlcm-trt build --rebuild always`")
-            self._loaded[name] = self._activate(name, engine)
-        if self.share_memory and self._loaded:
-            size = max(_device_memory_size(loaded.engine) for loaded in self._loaded.values())
-            # torch's allocator aligns to 512 bytes; TensorRT asks for 256
-            self._shared_memory = torch.empty(max(size, 1), dtype=torch.uint8, device=self.device)
-            for loaded in self._loaded.values():
-                _bind_device_memory(loaded.context, self._shared_memory.data_ptr(), size)
+            self._records[name] = sidecar
+
+    def _load(self, name: str) -> _Loaded:
+        """The engine of `name`, deserialized and activated on first use."""
+        loaded = self._loaded.get(name)
+        if loaded is not None:
+            return loaded
+        if self._runtime is None:
+            raise EngineError("TrtBackend is not open: use `with TrtBackend(engine_dir) as backend:`")
+        record = self._records.get(name)
+        if record is None:
+            raise self._no_engine(name)
+        engine_path = self.engine_dir / self._index["engines"][name]["file"]
+        try:
+            data = engine_path.read_bytes()
+        except OSError as exc:
+            raise EngineError(f"cannot read {engine_path}: {exc}") from exc
+        if hashlib.sha256(data).hexdigest() != record.get("engine_sha256"):
+            raise EngineError(f"{engine_path.name} does not match its cache record (partial copy or edited?): "
+                              "rebuild with `interlcm-trt build --rebuild always`")
+        engine = self._runtime.deserialize_cuda_engine(data)
+        del data
+        if engine is None:
+            raise EngineError(f"TensorRT could not deserialize {engine_path} (see its log above): "
+                              "rebuild with `interlcm-trt build --rebuild always`")
+        loaded = self._loaded[name] = self._activate(name, engine)
+        if self.share_memory:
+            self._share_memory(_device_memory_size(engine))
+        return loaded
+
+    def _share_memory(self, size: int) -> None:
+        """Grow the one activation buffer every context uses to `size` bytes if this engine needs more."""
+        assert self.streams is not None and self.stream is not None
+        if self._shared_memory is not None and self._shared_memory.numel() >= size:
+            return
+        if self._shared_memory is not None:
+            self.streams.synchronize(self.stream)  # the engines may still use the smaller one
+        # torch's allocator aligns to 512 bytes; TensorRT asks for 256
+        self._shared_memory = self.streams.empty((max(size, 1),), torch.uint8)
+        for loaded in self._loaded.values():
+            for bound in loaded.bound.values():
+                self._bind_memory(bound.context)
+
+    def _bind_memory(self, context: trt.IExecutionContext) -> None:
+        if self._shared_memory is not None:
+            _bind_device_memory(context, self._shared_memory.data_ptr(), self._shared_memory.numel())
 
     def _activate(self, name: str, engine: trt.ICudaEngine) -> _Loaded:
         component = get_component(name)
@@ -728,126 +304,82 @@ class TrtBackend:
             is_input = engine.get_tensor_mode(tensor) == trt.TensorIOMode.INPUT
             profile = None
             if is_input:
-                lo, opt, hi = (_dims(d) for d in engine.get_tensor_profile_shape(tensor, 0))
+                lo, opt, hi = (dims_tuple(d) for d in engine.get_tensor_profile_shape(tensor, 0))
                 profile = (lo, opt, hi)
-            io[tensor] = TensorMeta(tensor, is_input, _torch_dtype(engine.get_tensor_dtype(tensor)),
-                                    _dims(engine.get_tensor_shape(tensor)), profile)
-        _check_names(f"engine {name}{ENGINE_SUFFIX}", component,
-                     (m.name for m in io.values() if m.is_input), (m.name for m in io.values() if not m.is_input))
-        if self.share_memory:
-            context = engine.create_execution_context(trt.ExecutionContextAllocationStrategy.USER_MANAGED)
-        else:
-            context = engine.create_execution_context()
-        if context is None:
-            raise EngineError(f"TensorRT could not create an execution context for {name} (out of GPU memory?)")
-        return _Loaded(component, engine, context, io)
+            io[tensor] = TensorMeta(tensor, is_input, torch_dtype(engine.get_tensor_dtype(tensor)),
+                                    dims_tuple(engine.get_tensor_shape(tensor)), profile)
+        check_names(f"engine {name}{ENGINE_SUFFIX}", component,
+                    (m.name for m in io.values() if m.is_input), (m.name for m in io.values() if not m.is_input))
+        specs = {t.name: t for t in (*component.inputs, *component.outputs)}
+        wrong = [f"{m.name} {m.dtype}" for m in io.values() if m.dtype != specs[m.name].dtype]
+        if wrong:
+            raise EngineError(f"engine {name}{ENGINE_SUFFIX} has tensors {', '.join(wrong)}, the component description "
+                              "says float32: rebuild it from an export of this version (interlcm-export --fp16)")
+        return _Loaded(component, engine, io)
 
     # running
 
-    def run(self, component: str, **inputs: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Run one engine on named device tensors; returns its named outputs (reused buffers, see class doc)."""
-        if not self._loaded:
-            raise EngineError("TrtBackend is not open: use `with TrtBackend(engine_dir) as backend:`")
-        loaded = self._loaded.get(component)
-        if loaded is None:
-            raise EngineError(f"no engine for {component!r} is loaded (loaded: {', '.join(self._loaded)}): "
-                              f"build it with `interlcm-trt build --components {component}`")
-        batch = self._check_inputs(loaded, inputs)
-        context = loaded.context
-        for meta in loaded.inputs:
-            if not context.set_input_shape(meta.name, tuple(inputs[meta.name].shape)):
-                raise EngineError(f"{component}: TensorRT rejected shape {tuple(inputs[meta.name].shape)} "
-                                  f"for {meta.name} (expected {meta.describe()})")
-        outputs = loaded.buffers.get(batch)
-        if outputs is None:
-            outputs = loaded.buffers[batch] = self._allocate_outputs(loaded, batch)
-        assert self.stream is not None  # set by __enter__, like _loaded
-        caller = torch.cuda.current_stream(self.device) if self.device.type == "cuda" else None
-        if caller is not None and caller != self.stream:
-            self.stream.wait_stream(caller)  # the inputs were written on the caller's stream
-        keep = []  # copies live until the launch is enqueued; record_stream then holds them for the engine
-        for meta in loaded.inputs:
-            tensor = inputs[meta.name]
-            if not tensor.is_contiguous() or tensor.data_ptr() % ALIGNMENT:
-                tensor = _aligned_copy(tensor)  # a strided view, or a slice starting mid-allocation
-                keep.append(tensor)
-            self._set_address(loaded, meta.name, tensor)
-        for name, buffer in outputs.items():
-            self._set_address(loaded, name, buffer)
-        if not context.execute_async_v3(self.stream.cuda_stream):
-            raise EngineError(f"{component}: TensorRT failed to enqueue the engine (see its log above)")
-        for tensor in keep:
-            if caller is not None:
-                tensor.record_stream(self.stream)  # freed below, but not reused before the engine read it
-        del keep
-        if caller is not None and caller != self.stream:
-            caller.wait_stream(self.stream)  # the caller reads the outputs after the engine wrote them
+    def _run(self, component: Component, inputs: dict[str, torch.Tensor], batch: int,
+             dims: dict[str, int]) -> dict[str, torch.Tensor]:
+        """One engine call (inputs checked by `run`; see the class doc for contexts, buffers and streams)."""
+        loaded = self._load(component.name)
+        streams = self.streams
+        assert streams is not None
+        signature = tuple(tuple(inputs[m.name].shape) for m in loaded.inputs)
+        bound = loaded.bound.get(signature)
+        if bound is None:
+            bound = self._bind(loaded, signature, batch, dims)
+        caller = streams.current()
+        streams.wait(caller, self.stream)  # the engine's earlier work read these input buffers: done first
+        for meta in loaded.inputs:  # on the caller's stream, where the inputs were written
+            streams.copy(bound.inputs[meta.name], inputs[meta.name], caller)
+        streams.wait(self.stream, caller)  # the engine starts after the copies
+        if not bound.context.execute_async_v3(streams.handle(self.stream)):
+            raise EngineError(f"{component.name}: TensorRT failed to enqueue the engine (see its log above)")
+        streams.launched(self.stream, component.name)
+        streams.wait(caller, self.stream)  # the caller reads the outputs after the engine wrote them
         if self.copy_outputs:
-            return {name: buffer.clone() for name, buffer in outputs.items()}
-        return dict(outputs)
+            return {name: buffer.clone() for name, buffer in bound.outputs.items()}
+        return dict(bound.outputs)
 
-    @staticmethod
-    def _set_address(loaded: _Loaded, name: str, tensor: torch.Tensor) -> None:
-        address = tensor.data_ptr()
-        if address % ALIGNMENT:
-            raise EngineError(f"{loaded.component.name}: {name} at {address:#x} is not {ALIGNMENT}-byte aligned, "
-                              "as TensorRT requires")
-        if not loaded.context.set_tensor_address(name, address):
-            raise EngineError(f"{loaded.component.name}: TensorRT refused the address of {name} "
-                              f"({str(tensor.dtype).removeprefix('torch.')} {tuple(tensor.shape)} on {tensor.device})")
+    def _bind(self, loaded: _Loaded, signature: tuple[Shape, ...], batch: int, dims: dict[str, int]) -> _Bound:
+        """A context for one signature: input shapes set, buffers allocated (outputs at the shapes the engine
+        resolves from the inputs) and their addresses set, once."""
+        streams = self.streams
+        assert streams is not None
+        name = loaded.component.name
+        if loaded.component.dims and loaded.bound:  # photos and tiles of many sizes: only the latest is kept
+            streams.synchronize(self.stream)  # a context is not destroyed while its work may run
+            loaded.bound.clear()
+        if self.share_memory:
+            context = loaded.engine.create_execution_context(trt.ExecutionContextAllocationStrategy.USER_MANAGED)
+        else:
+            context = loaded.engine.create_execution_context()
+        if context is None:
+            raise EngineError(f"TensorRT could not create an execution context for {name} (out of GPU memory?)")
+        self._bind_memory(context)
+        for meta, shape in zip(loaded.inputs, signature):
+            if not context.set_input_shape(meta.name, shape):
+                raise EngineError(f"{name}: TensorRT rejected shape {shape} for {meta.name} "
+                                  f"(the engine's profile: {meta.profile})")
+
+        def empty(shape: Shape, dtype: torch.dtype) -> torch.Tensor:
+            return aligned_empty(shape, dtype, streams)
+
+        inputs = {meta.name: empty(shape, meta.dtype) for meta, shape in zip(loaded.inputs, signature)}
+        outputs = allocate_outputs(loaded.component, self.config, batch, dims, empty,
+                                   engine_shape=lambda tensor: dims_tuple(context.get_tensor_shape(tensor)))
+        bound = _Bound(context, inputs, outputs)
+        for tensor, buffer in bound.tensors():
+            address = buffer.data_ptr()
+            if address % ALIGNMENT:
+                raise EngineError(f"{name}: {tensor} at {address:#x} is not {ALIGNMENT}-byte aligned, as TensorRT requires")
+            if not context.set_tensor_address(tensor, address):
+                raise EngineError(f"{name}: TensorRT refused the address of {tensor} "
+                                  f"({str(buffer.dtype).removeprefix('torch.')} {tuple(buffer.shape)} on {buffer.device})")
+        loaded.bound[signature] = bound
+        return bound
 
     def synchronize(self) -> None:
-        if self.stream is not None:
-            self.stream.synchronize()
-
-    def _allocate_outputs(self, loaded: _Loaded, batch: int) -> dict[str, torch.Tensor]:
-        expected = loaded.component.output_shapes(self.config, batch)
-        out = {}
-        for meta in loaded.outputs:
-            shape = _dims(loaded.context.get_tensor_shape(meta.name))  # resolved from the input shapes just set
-            if shape != expected[meta.name]:
-                raise EngineError(
-                    f"{loaded.component.name}: the engine gives {meta.name} shape {shape} for batch {batch}, the "
-                    f"component description says {expected[meta.name]} for preset {self.config.name}: "
-                    "the engines were built for another preset or resolution; rebuild them"
-                )
-            out[meta.name] = aligned_empty(shape, meta.dtype, self.device)
-        return out
-
-    def _check_inputs(self, loaded: _Loaded, inputs: dict[str, torch.Tensor]) -> int:
-        """Every input by name, type, device, dtype and shape, all problems in one error; returns the batch."""
-        name = loaded.component.name
-        problems: list[tuple[str, str, str]] = []  # (tensor, expected, got)
-        expected = {m.name: m for m in loaded.inputs}
-        for key in inputs:
-            if key not in expected:
-                problems.append((key, "not an input", "given"))
-        batches = set()
-        for meta in loaded.inputs:
-            tensor = inputs.get(meta.name)
-            if tensor is None:
-                problems.append((meta.name, meta.describe(), "missing"))
-                continue
-            if not isinstance(tensor, torch.Tensor):
-                problems.append((meta.name, meta.describe(), type(tensor).__name__))
-                continue
-            shape = tuple(tensor.shape)
-            got = f"{str(tensor.dtype).removeprefix('torch.')} {shape} on {tensor.device}"
-            fits = (
-                tensor.dtype == meta.dtype
-                and tensor.device == self.device
-                and len(shape) == len(meta.shape)
-                and all(e < 0 or e == g for e, g in zip(meta.shape, shape))
-                and (meta.profile is None or meta.profile[0][0] <= shape[0] <= meta.profile[2][0])
-            )
-            if not fits:
-                problems.append((meta.name, f"{meta.describe()} on {self.device}", got))
-            elif shape:
-                batches.add(shape[0])
-        if len(batches) > 1:
-            problems.append(("(batch)", "one batch size for all inputs", ", ".join(map(str, sorted(batches)))))
-        if problems:
-            width = max(len(p[0]) for p in problems)
-            rows = "\n".join(f"  {t:<{width}}  expected {e:<40}  got {g}" for t, e, g in problems)
-            raise EngineError(f"{name}: {len(problems)} input problem(s), nothing was run:\n{rows}")
-        return batches.pop() if batches else 1
+        if self.streams is not None and self.stream is not None:
+            self.streams.synchronize(self.stream)

@@ -1,4 +1,4 @@
-"""Type-check `engines/trt.py` against the `tensorrt-stubs` package.
+"""Type-check the TensorRT code (`engines/trt_common.py`, `trt_build.py`, `trt.py`) against the `tensorrt-stubs` package.
 
 TensorRT itself cannot be installed on a machine without CUDA, so mypy is how CI
 checks the name and signature of every TensorRT call we make. The stubs as
@@ -15,7 +15,7 @@ plugin and layer APIs we never call are touched) and `run_mypy` points mypy at
 it. Imports of other project modules are followed silently: their typing
 against torch/diffusers is not what this check is about.
 
-    python -m interlcm.engines.trt_typecheck [FILE ...]     # default: engines/trt.py
+    python -m interlcm.engines.trt_typecheck [FILE ...]     # default: engines/trt_common.py, trt_build.py, trt.py
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-DEFAULT_TARGETS = (REPO / "engines" / "trt.py",)
+DEFAULT_TARGETS = tuple(REPO / "engines" / f for f in ("trt_common.py", "trt_build.py", "trt.py"))
 STUB_PACKAGES = ("tensorrt", "tensorrt_bindings")
 SKIPPED = ("diffusers", "transformers", "huggingface_hub", "accelerate", "safetensors", "onnx", "onnxruntime")
 _IN_PARAM = re.compile(r"\bin: ")

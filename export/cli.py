@@ -70,7 +70,7 @@ def _dims(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]) ->
     multiple=True,
     callback=_dims,
     help="Run-time size range of a component dimension, NAME=MIN:OPT:MAX (repeatable): the detectors' "
-    "height and width (default 64:640:2048), parsenet's size (512:512:512). OPT is traced; the engine "
+    "height and width (default 64:640:4096), parsenet's size (512:512:512). OPT is traced; the engine "
     "profile uses all three. Pass the same values to --validate-only.",
 )
 @click.option(

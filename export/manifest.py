@@ -14,14 +14,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from interlcm.components import get_component
+from interlcm.choices import EXPORT_PRECISIONS as PRECISIONS  # the precisions an export folder holds
+from interlcm.components import Component, get_component
 from interlcm.config import PresetConfig
 from interlcm.files import atomic_write_text, sha256_file  # noqa: F401 - re-exported
 from interlcm.identity import WeightsIdentity
 
 MANIFEST = "manifest.json"
 FORMAT = 2  # 2: `identity` (typed weights identity) recorded
-PRECISIONS = ("fp32", "fp16")
 
 
 class ManifestError(RuntimeError):
@@ -46,6 +46,13 @@ class FileEntry:
     external_data: str | None = None  # e.g. "unet.fp32.onnx.data" for models over 2 GB
     external_sha256: str | None = None
     key: str = ""  # hash of everything the file was made from; equal key = up to date
+    # (min, opt, max) of each run-time dim the file was exported for (Component.dims, or --dims): the
+    # range ONNX Runtime checks calls against and the TensorRT profile spans; {} for fixed-size components
+    dims: dict[str, list[int]] = field(default_factory=dict)
+
+    def spec(self) -> Component:
+        """The component description with this file's run-time dims ranges."""
+        return get_component(self.component).with_dims({n: tuple(r) for n, r in self.dims.items()})
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> FileEntry:

@@ -350,6 +350,7 @@ def _export_locked(models, out_dir, comps, precisions, batch, opset, force, prog
                     external_data=data,
                     external_sha256=sha256_file(path.parent / data) if data else None,
                     key=keys[precision],
+                    dims={n: list(r) for n, r in comp.dims.items()},
                 )
                 # data first, graph last: a graph next to stale data fails its hash check
                 if data:

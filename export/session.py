@@ -9,15 +9,42 @@ from __future__ import annotations
 
 import ctypes
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from importlib.metadata import PackageNotFoundError, distribution
 from pathlib import Path
+
+import torch
 
 PROVIDERS = {
     "tensorrt": "TensorrtExecutionProvider",
     "cuda": "CUDAExecutionProvider",
     "cpu": "CPUExecutionProvider",
 }
+
+
+class OrtError(RuntimeError):
+    """ONNX Runtime refused a file or failed a run; one sentence naming what and the fix."""
+
+
+def _ort_exceptions() -> tuple[type[BaseException], ...]:
+    """ONNX Runtime's own exception types (Fail, RuntimeException, InvalidGraph, ...): plain Exceptions, not RuntimeError."""
+    from onnxruntime.capi import onnxruntime_pybind11_state as state
+
+    return tuple(v for v in vars(state).values() if isinstance(v, type) and issubclass(v, Exception))
+
+
+@contextmanager
+def ort_errors(what: str, fix: str) -> Iterator[None]:
+    """ONNX Runtime's exceptions inside the block (its own types, and the RuntimeError a failed run raises)
+    become one OrtError: "{what}: {ONNX Runtime's reason}; {fix}"."""
+    try:
+        yield
+    except (*_ort_exceptions(), RuntimeError) as exc:
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        reason = lines[0] if lines else type(exc).__name__
+        reason = reason.rsplit("[ONNXRuntimeError] : ", 1)[-1]  # "2 : INVALID_ARGUMENT : the reason"
+        raise OrtError(f"{what}: {reason}; {fix}") from None
 
 
 def cuda_device_count() -> tuple[int, str]:
@@ -74,8 +101,13 @@ def pick_providers(requested: str = "auto") -> tuple[list[str], str]:
         if not devices:
             raise RuntimeError(f"{requested} provider requested but {why}; use --provider cpu")
         chain = ["tensorrt", "cuda", "cpu"] if requested == "tensorrt" else ["cuda", "cpu"]
+        if not torch.cuda.is_available():  # the runtime binds torch tensors by device address
+            raise RuntimeError(f"the {requested} provider binds torch tensors on the GPU, but torch {torch.__version__} "
+                               "has no CUDA: install a CUDA build of torch, or use --provider cpu")
         return [PROVIDERS[p] for p in chain], f"{requested} provider requested, {why}"
     if devices and PROVIDERS["cuda"] in available:
+        if not torch.cuda.is_available():
+            return [PROVIDERS["cpu"]], f"{why} and onnxruntime-gpu, but torch {torch.__version__} has no CUDA, so the CPU provider"
         return [PROVIDERS["cuda"], PROVIDERS["cpu"]], f"{why} and onnxruntime-gpu"
     return [PROVIDERS["cpu"]], f"{why}, so the CPU provider"
 
@@ -100,10 +132,11 @@ def open_session(
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
     opts.log_severity_level = 3  # errors only: fallback warnings are handled by pick_providers
-    sess = ort.InferenceSession(
-        os.fspath(path), sess_options=opts, providers=list(providers),
-        provider_options=list(provider_options) if provider_options is not None else None,
-    )
+    with ort_errors(f"ONNX Runtime cannot open {path}", "re-export it (interlcm-export --force)"):
+        sess = ort.InferenceSession(
+            os.fspath(path), sess_options=opts, providers=list(providers),
+            provider_options=list(provider_options) if provider_options is not None else None,
+        )
     if sess.get_providers()[0] != providers[0]:
         raise RuntimeError(
             f"ONNX Runtime could not start {providers[0]} for {Path(path).name} "

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field, replace
 import torch
 from torch import nn
 
+from interlcm.checkpoint import WeightsError
 from interlcm.colorfix import AdaInColorFix, WaveletColorFix
 from interlcm.config import PresetConfig, get_upsampler
 from interlcm.faces import parsenet
@@ -27,6 +28,20 @@ from interlcm.models.spatial_encoder import SpatialCondition, SpatialEncoderStep
 
 Shape = tuple[int, ...]
 Dims = Mapping[str, int]  # run-time sizes by dimension name, e.g. {"height": 480, "width": 640}
+
+
+class InputError(ValueError):
+    """Inputs a component cannot take (names, dtypes, shapes, sizes); nothing was run. The first line says
+    what to do, a row per problem follows."""
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one call of a component may be given on a backend: the batch range of one engine call and the
+    range of each run-time dim (an engine profile's, or an export's)."""
+
+    batch: tuple[int, int | None] = (1, None)  # (min, max) of one engine call; max None: any. Larger calls are split
+    dims: Mapping[str, tuple[int, int]] = field(default_factory=dict)  # dimension name -> (min, max)
 
 
 @dataclass(frozen=True)
@@ -64,6 +79,10 @@ class Tolerance:
 FP16_KEEP_FP32: tuple[str, ...] = ("InstanceNormalization", "LayerNormalization", "GroupNormalization")
 FP16_KEEP_TIME: tuple[str, ...] = (*FP16_KEEP_FP32, "time_proj/")
 TOL_FP16_SE = Tolerance(3e-2)  # ControlNet residuals: measured 8.5e-3 on tiny
+# bf16 (torch only) is judged by the fp16 limits times this: bf16 keeps 8 significant bits and fp16 11,
+# so its rounding error is 2**3 times larger. Measured on tiny (torch CPU bf16 vs fp32, 3-step, seed 3):
+# worst stage 4.1e-2 of max |ref| (SE residuals, limit 2.4e-1), CLIP context 2.2e-2 (limit 8e-2).
+BF16_OVER_FP16 = 8
 
 
 @dataclass(frozen=True)
@@ -102,6 +121,77 @@ class Component:
             if not 1 <= lo <= opt <= hi:
                 raise ValueError(f"{name} range {lo}:{opt}:{hi} must satisfy 1 <= min <= opt <= max")
         return replace(self, dims={n: tuple(ranges.get(n, r)) for n, r in self.dims.items()})
+
+    def limits(self, batch: tuple[int, int | None] = (1, None)) -> Limits:
+        """This description's ranges (its `dims` min and max) with a batch range: what a backend without an
+        engine profile of its own accepts."""
+        return Limits(batch, {name: (lo, hi) for name, (lo, _, hi) in self.dims.items()})
+
+    def dims_of(self, shapes: Mapping[str, Shape]) -> dict[str, int]:
+        """The run-time dims of a call, read off its inputs' `dynamic` axes (input name -> shape)."""
+        dims: dict[str, int] = {}
+        for spec in self.inputs:
+            shape = shapes.get(spec.name)
+            for axis, name in spec.dynamic.items():
+                if shape is not None and len(shape) > axis:
+                    dims.setdefault(name, int(shape[axis]))
+        return dims
+
+    def check(self, cfg: PresetConfig, inputs: Mapping[str, object], limits: Limits | None = None) -> tuple[int, dict[str, int]]:
+        """The one input check of every backend: names, dtypes, shapes and run-time sizes against this
+        description and `limits`, every problem in one InputError before anything runs.
+
+        Returns the call's (batch, dims): the sizes its outputs are allocated at (`output_shapes`).
+        """
+        limits = limits or self.limits()
+        problems: list[tuple[str, str, str]] = []  # (tensor, expected, got)
+        fixes: list[str] = []
+        problems += [(name, "not an input", "given") for name in inputs if name not in self.input_names]
+        tensors: dict[str, torch.Tensor] = {}
+        for spec in self.inputs:
+            value = inputs.get(spec.name)
+            if value is None:
+                problems.append((spec.name, "an input", "missing"))
+            elif not isinstance(value, torch.Tensor):
+                problems.append((spec.name, "a tensor", type(value).__name__))
+            else:
+                tensors[spec.name] = value
+        shapes = {name: tuple(t.shape) for name, t in tensors.items()}
+        batches = {s[0] for s in shapes.values() if s}
+        if len(batches) > 1:
+            problems.append(("(batch)", "one batch size for all inputs", ", ".join(map(str, sorted(batches)))))
+        batch = min(batches) if batches else 0
+        dims = self.dims_of(shapes)
+        for name, size in dims.items():
+            lo, hi = limits.dims.get(name, (1, None))
+            if size < lo or (hi is not None and size > hi):
+                problems.append((f"({name})", f"{lo}..{hi if hi is not None else ''}", str(size)))
+                fixes.append(f"{name} {size} is outside {lo}..{hi}: make the input fit, or re-export with "
+                             f"--dims {name}=MIN:OPT:MAX and rebuild")
+        if batch < limits.batch[0]:
+            problems.append(("(batch)", f"at least {limits.batch[0]}", str(batch)))
+        expected = self.input_shapes(cfg, max(batch, 1), {**self.sizes(), **dims})
+        for spec in self.inputs:
+            tensor = tensors.get(spec.name)
+            if tensor is None:
+                continue
+            want = expected[spec.name]
+            # any float dtype: runtimes convert to their graph's (autocast training hands bf16 to torch)
+            if shapes[spec.name] != want or tensor.is_floating_point() != spec.dtype.is_floating_point:
+                wanted = "(B" + "".join(f", {spec.dynamic.get(i, d)}" for i, d in enumerate(want) if i) + ")"
+                problems.append((spec.name, f"{str(spec.dtype).removeprefix('torch.')} {wanted}",
+                                 f"{str(tensor.dtype).removeprefix('torch.')} {shapes[spec.name]}"))
+                if len(shapes[spec.name]) == len(want) and any(
+                    g != w for i, (g, w) in enumerate(zip(shapes[spec.name], want)) if i and i not in spec.dynamic
+                ):
+                    fixes.append(f"the graphs were made for the {cfg.name} preset at {cfg.resolution} px: "
+                                 "re-export (interlcm-export --resolution ...) for these inputs, or fix the caller")
+        if problems:
+            width = max(len(p[0]) for p in problems)
+            rows = "\n".join(f"  {t:<{width}}  expected {e:<32}  got {g}" for t, e, g in problems)
+            fix = fixes[0] if fixes else "fix the caller (component descriptions: interlcm/components.py)"
+            raise InputError(f"{self.name}: {len(problems)} input problem(s), nothing was run; {fix}:\n{rows}")
+        return batch, dims
 
     def input_shapes(self, cfg: PresetConfig, batch: int, dims: Dims | None = None) -> dict[str, Shape]:
         dims = self.sizes() if dims is None else dims
@@ -177,8 +267,9 @@ GUIDANCE = TensorSpec("guidance", lambda c, b: (b, c.guidance_dim))
 # colour fix input: ONNX cannot name a graph input and output alike, and the output is the image
 DECODED = TensorSpec("decoded", _image, value_range=(-1, 1))
 # Real-ESRGAN tiles: any even height and width (x2 unshuffles by 2). The upsampler feeds tiles of
-# up to tile + 2 * tile_pad (480 px with the release's 400 / 40); traced at 64 px. Values in [0, 1].
-TILE_DIMS = {"tile_height": (16, 64, 480), "tile_width": (16, 64, 480)}
+# up to tile + 2 * tile_pad (480 px with the release's 400 / 40), edge tiles down to the unshuffle
+# grid (2 px); traced at 64 px. Values in [0, 1].
+TILE_DIMS = {"tile_height": (2, 64, 480), "tile_width": (2, 64, 480)}
 TILE = TensorSpec(
     "tile",
     lambda c, b, d: (b, 3, d["tile_height"], d["tile_width"]),
@@ -218,6 +309,12 @@ class SpatialEncoderFull(nn.Module):
         return self.step(sample, timestep, context, self.cond(image))
 
 
+def _loaded(module: nn.Module | None, what: str) -> nn.Module:
+    if module is None:
+        raise WeightsError(f"no {what} weights loaded: load them with the models (interlcm-weights download --realesrgan)")
+    return module
+
+
 # --- face networks (whole-photo mode; optional: the LCM chain does not need them) --------------
 
 _SQUARE = {2: "size", 3: "size"}
@@ -226,9 +323,12 @@ _SQUARE = {2: "size", 3: "size"}
 PIXELS = TensorSpec(
     "pixels", lambda c, b, d: (b, 3, d["height"], d["width"]), dynamic={2: "height", 3: "width"}, value_range=(0, 255)
 )
-# Engine profile of the detectors: from tiny test photos to 2048 px sides; traced at 640 px,
-# the short side the release detects at.
-DETECTOR_DIMS = {"height": (64, 640, 2048), "width": (64, 640, 2048)}
+# Engine profile of the detectors: from tiny test photos to 4096 px sides; traced at 640 px, the short
+# side the release detects at. The release detects at the photo's own size (its resize=640 only
+# enlarges), so a 12 MP phone photo (4032x3024, either way up) is detected at 4032x3024: 4096 holds
+# it. Larger detection views are shrunk to fit, the scale carried back (faces/detectors.py).
+# Cost: TensorRT sizes a detector context's memory for the profile's max (batch max x 4096^2).
+DETECTOR_DIMS = {"height": (64, 640, 4096), "width": (64, 640, 4096)}
 # fp16 detectors vs torch fp32: measured on random weights (export/README.md); ~5x margin.
 TOL_FP16_DETECTOR = Tolerance(1e-2)
 
@@ -338,7 +438,7 @@ COMPONENTS: tuple[Component, ...] = (
     *FACE_COMPONENTS,
     Component(
         "realesrgan",
-        lambda m: m.realesrgan,  # interlcm.models.rrdbnet.UpsamplerModels
+        lambda m: _loaded(m.realesrgan, "Real-ESRGAN (realesrgan/RealESRGAN_x2plus.pth)"),
         inputs=(TILE,),
         outputs=(UPSCALED,),
         optional=True,

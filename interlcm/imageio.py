@@ -18,6 +18,8 @@ Conventions, chosen once here so the rest of the code never has to think about t
   face crops, which are square, and a crop keeps the face proportions that a stretch would not.
 * Multi-frame files (animated GIF and WebP, multi-page TIFF) use their first frame, and say so: the
   readers take a ``notes`` list and append one line per such file for the caller to print.
+* Size limits (:class:`PixelLimits`) are checked on the size the file's header states, before a
+  pixel is decoded: a small file that would decode to a huge image costs nothing.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from __future__ import annotations
 import glob
 import io
 import os
+import warnings
 from collections.abc import Iterable, Sequence
 from importlib.resources import files
 from pathlib import Path
@@ -35,6 +38,7 @@ import torch
 from PIL import Image, ImageOps
 
 from interlcm.files import atomic_open
+from interlcm.limits import PixelLimitError, PixelLimits
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -42,6 +46,7 @@ __all__ = [
     "decode_rgb",
     "demo_image_path",
     "encode_image",
+    "encoded_image_complete",
     "demo_photo_path",
     "list_images",
     "read_image",
@@ -68,6 +73,11 @@ SOURCE_KEY = "interlcm-source"
 _SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I"})
 _ALPHA_MODES = frozenset({"RGBA", "LA", "PA", "La", "RGBa"})
 _GLOB_CHARS = frozenset("*?[")
+
+# PixelLimits decide which sizes are read (checked right after Image.open, on the header). Pillow's
+# warning for images over ~89 MP would only print, before our one-sentence refusal or a wanted large
+# read, what the limits already decide; its error over ~179 MP stays.
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 
 
 class ImageReadError(ValueError):
@@ -100,20 +110,25 @@ def read_image(
     return torch.from_numpy(array).permute(2, 0, 1).contiguous() / 127.5 - 1.0
 
 
-def read_rgb(path: str | os.PathLike[str], *, notes: list[str] | None = None) -> np.ndarray:
+def read_rgb(
+    path: str | os.PathLike[str], *, notes: list[str] | None = None, limits: PixelLimits | None = None,
+    upscale: int = 1,
+) -> np.ndarray:
     """Read a whole photo as an ``(H, W, 3)`` uint8 RGB array: EXIF orientation applied, no crop or resize.
 
     Modes are converted as :func:`read_image` converts them; failures raise :class:`ImageReadError`;
-    a multi-frame file adds a line to ``notes``.
+    a multi-frame file adds a line to ``notes``. With ``limits``, a photo over them (or whose output
+    at ``upscale`` would be) raises :class:`PixelLimitError` before it is decoded.
     """
     path = Path(path)
     _check_is_file(path)
-    return np.asarray(_load_rgb(path, notes), dtype=np.uint8).copy()
+    return np.asarray(_load_rgb(path, notes, limits=limits, upscale=upscale), dtype=np.uint8).copy()
 
 
-def decode_rgb(data: bytes, name: str) -> np.ndarray:
+def decode_rgb(data: bytes, name: str, *, limits: PixelLimits | None = None, upscale: int = 1) -> np.ndarray:
     """Decode image file bytes (from any filesystem) as :func:`read_rgb` reads a file; ``name`` is for messages."""
-    return np.asarray(_load_rgb(Path(name), source=io.BytesIO(data)), dtype=np.uint8).copy()
+    return np.asarray(_load_rgb(Path(name), source=io.BytesIO(data), limits=limits, upscale=upscale),
+                      dtype=np.uint8).copy()
 
 
 def _check_is_file(path: Path) -> None:
@@ -123,13 +138,17 @@ def _check_is_file(path: Path) -> None:
         raise ImageReadError(f"{path}: no such file")
 
 
-def _load_rgb(path: Path, notes: list[str] | None = None, source: io.BytesIO | None = None) -> Image.Image:
+def _load_rgb(path: Path, notes: list[str] | None = None, source: io.BytesIO | None = None,
+              limits: PixelLimits | None = None, upscale: int = 1) -> Image.Image:
     """Open `path` (or the bytes in `source`), fully decode and convert to 8-bit RGB; failures are ImageReadError.
 
-    A multi-frame file (animation, pages) uses its first frame and says so in `notes`.
+    A multi-frame file (animation, pages) uses its first frame and says so in `notes`. `limits` are
+    checked on the header's size (Image.open reads only the header), before decoding.
     """
     try:
         with Image.open(path if source is None else source) as img:
+            if limits is not None:
+                limits.check(img.size, upscale, path)
             img.load()  # decode now, so a truncated file fails here and not in a later resize
             frames = getattr(img, "n_frames", 1)
             if frames > 1 and notes is not None:
@@ -137,10 +156,10 @@ def _load_rgb(path: Path, notes: list[str] | None = None, source: io.BytesIO | N
             if img.width == 0 or img.height == 0:
                 raise ImageReadError(f"{path}: image has zero size ({img.width}x{img.height})")
             return _to_rgb8(ImageOps.exif_transpose(img), path)
-    except ImageReadError:
+    except (ImageReadError, PixelLimitError):
         raise
-    except Image.DecompressionBombError as exc:
-        raise ImageReadError(f"{path}: image too large to decode safely ({exc})") from exc
+    except Image.DecompressionBombError as exc:  # Pillow's own check: over ~179 MP
+        raise PixelLimitError(f"{path}: image too large to decode safely ({exc})", "input") from exc
     except Image.UnidentifiedImageError as exc:
         raise ImageReadError(
             f"{path}: not an image Pillow can read (wrong or unsupported format, or not an image at all)"
@@ -334,6 +353,36 @@ def _jpeg_comment(file: IO[bytes], rest: bytes) -> bytes | None:
         if marker == 0xFE:
             return data[: size - 2]
         buffer = data[size - 2 :]
+
+
+_END_MARKERS = {  # what the last bytes of a whole file are, per format (as Pillow writes them)
+    ".png": b"IEND\xaeB`\x82",  # the IEND chunk's type and CRC
+    ".jpg": b"\xff\xd9",  # EOI
+    ".jpeg": b"\xff\xd9",
+}
+_START_MARKERS = {".png": _PNG_SIGNATURE, ".jpg": b"\xff\xd8", ".jpeg": b"\xff\xd8"}
+
+
+def encoded_image_complete(path: str | os.PathLike[str]) -> bool:
+    """True if ``path`` is a whole PNG or JPEG file: its signature at the start, its end marker at the end.
+
+    Reads a few bytes at each end and decodes nothing, so a 200 MP output is judged as fast as a
+    small one. Other suffixes, a missing file or a truncated one give False.
+    """
+    path = Path(path)
+    start, end = _START_MARKERS.get(path.suffix.lower()), _END_MARKERS.get(path.suffix.lower())
+    if start is None or end is None:
+        return False
+    try:
+        with open(path, "rb") as f:
+            head = f.read(len(start))
+            f.seek(0, os.SEEK_END)
+            if f.tell() < len(start) + len(end):
+                return False
+            f.seek(-len(end), os.SEEK_END)
+            return head == start and f.read() == end
+    except OSError:
+        return False
 
 
 def _uint8_rgb(image: torch.Tensor | np.ndarray) -> np.ndarray:

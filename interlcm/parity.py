@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
-from interlcm.components import BY_NAME, Tolerance
+from interlcm.components import BF16_OVER_FP16, BY_NAME, Tolerance
 from interlcm.sampler import Trace
 
 
@@ -53,6 +53,8 @@ class Diff:
 def tolerance(component: str, precision: str) -> Tolerance:
     """The limit a `precision` copy of `component` must meet against torch fp32 (components.py)."""
     comp = BY_NAME[component]
+    if precision == "bf16":
+        return Tolerance(comp.tol_fp16.rel * BF16_OVER_FP16, comp.tol_fp16.abs * BF16_OVER_FP16)
     return comp.tol_fp16 if precision == "fp16" else comp.tol_fp32
 
 

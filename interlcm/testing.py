@@ -20,23 +20,46 @@ def photo(resolution: int, batch: int = 1) -> torch.Tensor:
     return torch.stack(out)
 
 
-def write_clip(path, frames, fps: int = 8, audio_rate: int | None = 16000, codec: str = "libx264") -> None:  # noqa: ANN001
-    """Encode (H, W, 3) uint8 RGB frames into a video at `fps`, with a 440 Hz AAC tone of equal length."""
+def write_clip(
+    path,  # noqa: ANN001
+    frames,  # noqa: ANN001
+    fps: int = 8,
+    audio_rate: int | None = 16000,
+    codec: str = "libx264",
+    *,
+    times: list[float] | None = None,
+    rotation: int = 0,
+    hflip: bool = False,
+) -> None:
+    """Encode (H, W, 3) uint8 RGB frames into a video at `fps`, with a 440 Hz AAC tone of equal length.
+
+    `times`: each frame's presentation time in seconds (a variable frame rate; default i / fps).
+    `rotation`, `hflip`: the display matrix players apply, as PyAV's `set_display_rotation` takes it
+    (degrees counter-clockwise, then a mirror): a phone's portrait clip has rotation -90 ("rotate 90").
+    """
+    from fractions import Fraction
+
     import av
 
     frames = list(frames)
+    times = [i / fps for i in range(len(frames))] if times is None else list(times)
+    on_the_rate = all(abs(t * fps - round(t * fps)) < 1e-9 for t in times)  # frames skipped, none in between
+    time_base = Fraction(1, fps) if on_the_rate else Fraction(1, 1000)
     with av.open(str(path), "w") as out:
         video = out.add_stream(codec, rate=fps)
+        video.codec_context.time_base = time_base
         video.height, video.width = frames[0].shape[:2]
         video.pix_fmt = "yuv420p"
+        if rotation or hflip:
+            video.set_display_rotation(rotation, hflip=hflip)
         sound = out.add_stream("aac", rate=audio_rate, layout="mono") if audio_rate else None
-        for i, img in enumerate(frames):
+        for img, t in zip(frames, times):
             frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(img), format="rgb24")
-            frame.pts = i
+            frame.pts, frame.time_base = round(t / time_base), time_base
             out.mux(video.encode(frame))
         out.mux(video.encode(None))
         if sound is not None:
-            n = audio_rate * len(frames) // fps
+            n = round(audio_rate * (times[-1] + 1 / fps))
             tone = (0.3 * np.sin(2 * np.pi * 440 * np.arange(n) / audio_rate)).astype(np.float32)
             for start in range(0, n, 1024):
                 chunk = av.AudioFrame.from_ndarray(tone[None, start : start + 1024], format="fltp", layout="mono")
@@ -90,3 +113,46 @@ def face_landmarks(centre: tuple[float, float], eye_gap: float, angle_deg: float
     t = np.deg2rad(angle_deg)
     rot = scale * np.array([[np.cos(t), -np.sin(t)], [np.sin(t), np.cos(t)]])
     return ((tpl - 256.0) @ rot.T + np.asarray(centre)).astype(np.float32)
+
+
+def pixel_bomb_png(width: int, height: int) -> bytes:
+    """A PNG file of a few hundred bytes whose header says ``width`` x ``height`` RGB pixels.
+
+    Its image data holds only the first rows (a real bomb compresses every row of zeros): enough
+    for any reader that checks the header's size before decoding, which is what it tests.
+    """
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, payload: bytes) -> bytes:
+        return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
+
+    rows = zlib.compress(b"\x00" * (1 + 3 * width) * 4)
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)  # 8-bit RGB, no interlace
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", rows) + chunk(b"IEND", b"")
+
+
+class PlacedFaces:
+    """A face detector that knows where its faces are: (centre x, centre y, eye gap, tilt in degrees) per face,
+    x, y and the gap as fractions of the photo's width. Random detector weights find no faces; this finds these,
+    so tests can restore whole photos with several faces on any backend."""
+
+    landmark_kind = "retinaface"
+
+    def __init__(self, *faces: tuple[float, float, float, float]):
+        self.faces = faces
+        self.seen: list[tuple[int, ...]] = []  # shapes of the photos it was given
+
+    def detect(self, photos):  # noqa: ANN001, ANN201 - interlcm.faces.detect.Detector
+        from interlcm.faces.detect import Detection
+
+        out = []
+        for photo in photos:
+            self.seen.append(photo.shape)
+            w = photo.shape[1]
+            found = []
+            for cx, cy, gap, angle in self.faces:
+                lm = face_landmarks((cx * w, cy * w), gap * w, angle)
+                found.append(Detection(np.r_[lm.min(0), lm.max(0)], lm, 1.0))
+            out.append(found)
+        return out

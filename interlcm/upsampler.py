@@ -7,8 +7,9 @@ and only the tile's own part of each output is kept. The result is clamped to [0
 uint8 and, if the wanted scale is not the network's, resized with Lanczos (OpenCV
 ``INTER_LANCZOS4``).
 
-Tiles go through a backend's ``run("realesrgan", tile=...)`` like every other component, so torch,
-ONNX Runtime and TensorRT all run the same tiling.
+Tiles go through the restoring backend's ``run("realesrgan", tile=...)`` like every other component
+(`open_upsamplers`), so torch, ONNX Runtime and TensorRT run the same tiling on their own device.
+Tiles of one size, and the faces of a photo, go in one call: the backend splits it to its batch.
 
 Seams: an output pixel depends on input pixels up to ``RRDBConfig.receptive_radius`` away. When
 ``tile_pad`` is at least that, the tiled output equals the untiled one up to float
@@ -19,6 +20,7 @@ differ from an untiled run where the far context matters; the padding keeps that
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,8 +29,8 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from interlcm.backend import ComponentRunner
-from interlcm.config import PresetConfig
+from interlcm.backend import Backend
+from interlcm.config import get_upsampler
 from interlcm.models.rrdbnet import build_random_upsampler
 from interlcm.torch_backend import TorchBackend
 from interlcm.weights import load_upsampler
@@ -44,9 +46,9 @@ class TileOptions:
 
 
 class TiledUpsampler:
-    """A backend's Real-ESRGAN over tiles: uint8 RGB photos in, upscaled uint8 RGB photos out."""
+    """A backend's Real-ESRGAN over tiles: uint8 RGB images in, upscaled uint8 RGB images out."""
 
-    def __init__(self, backend: ComponentRunner, scale: int, unshuffle: int, options: TileOptions = TileOptions()):
+    def __init__(self, backend: Backend, scale: int, unshuffle: int, options: TileOptions = TileOptions()):
         if options.tile < 0 or options.tile_pad < 0:
             raise ValueError(f"tile {options.tile} and tile padding {options.tile_pad} must be >= 0")
         if options.tile % unshuffle or options.tile_pad % unshuffle:
@@ -58,57 +60,59 @@ class TiledUpsampler:
         self.options = options
 
     def upsample(self, image: torch.Tensor) -> torch.Tensor:
-        """(B, 3, H, W) in [0, 1], H and W multiples of `unshuffle` -> (B, 3, sH, sW), not clamped."""
+        """(B, 3, H, W) in [0, 1], H and W multiples of `unshuffle` -> (B, 3, sH, sW) on the backend's device, not clamped."""
         tile, pad, s = self.options.tile, self.options.tile_pad, self.scale
-        if tile == 0:
-            return self._run(image)
+        image = image.to(self.backend.device)
         b, c, h, w = image.shape
-        out = image.new_empty((b, c, h * s, w * s))
+        if tile == 0:
+            (_, max_h), (_, max_w) = (self.backend.limits(COMPONENT).dims[n] for n in ("tile_height", "tile_width"))
+            if h > max_h or w > max_w:
+                raise ValueError(f"--bg-tile 0 runs the whole {w}x{h} image at once, larger than the {max_w}x{max_h} "
+                                 f"Real-ESRGAN takes on the {self.backend.name} backend: use --bg-tile 400")
+            return self._run(image)
+        # every tile with its neighbours, grouped by size: one backend call per size
+        groups: dict[tuple[int, int], list[tuple[int, int, int, int, int, int]]] = {}
         for y0 in range(0, h, tile):
             for x0 in range(0, w, tile):
                 y1, x1 = min(y0 + tile, h), min(x0 + tile, w)
-                py0, px0 = max(y0 - pad, 0), max(x0 - pad, 0)  # the tile with its neighbours
+                py0, px0 = max(y0 - pad, 0), max(x0 - pad, 0)
                 py1, px1 = min(y1 + pad, h), min(x1 + pad, w)
-                got = self._run(image[:, :, py0:py1, px0:px1])
-                oy, ox = (y0 - py0) * s, (x0 - px0) * s  # where the tile's own part starts in `got`
-                out[:, :, y0 * s : y1 * s, x0 * s : x1 * s] = got[
-                    :, :, oy : oy + (y1 - y0) * s, ox : ox + (x1 - x0) * s
-                ]
+                groups.setdefault((py1 - py0, px1 - px0), []).append((y0, y1, x0, x1, py0, px0))
+        out = image.new_empty((b, c, h * s, w * s))
+        for (th, tw), boxes in groups.items():
+            crops = torch.cat([image[:, :, py0 : py0 + th, px0 : px0 + tw] for _, _, _, _, py0, px0 in boxes])
+            got = self._run(crops).unflatten(0, (len(boxes), b))  # (tiles, B, 3, s th, s tw)
+            for i, (y0, y1, x0, x1, py0, px0) in enumerate(boxes):
+                oy, ox = (y0 - py0) * s, (x0 - px0) * s  # where the tile's own part starts in its output
+                out[:, :, y0 * s : y1 * s, x0 * s : x1 * s] = got[i, :, :, oy : oy + (y1 - y0) * s, ox : ox + (x1 - x0) * s]
         return out
 
-    def _run(self, tile: torch.Tensor) -> torch.Tensor:
-        return self.backend.run(COMPONENT, tile=tile.contiguous())["upscaled"].float().cpu()
+    def _run(self, tiles: torch.Tensor) -> torch.Tensor:
+        return self.backend.run(COMPONENT, tile=tiles.contiguous())["upscaled"].float()
 
     def enhance(self, img: np.ndarray, outscale: float | None = None) -> np.ndarray:
         """(H, W, 3) uint8 RGB -> (round(H * outscale), ..., 3) uint8 RGB (default: the network's scale)."""
-        h, w = img.shape[:2]
-        x = torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1)[None].float() / 255.0
+        return self.enhance_many([img], outscale)[0]
+
+    def enhance_many(self, images: Sequence[np.ndarray], outscale: float | None = None) -> list[np.ndarray]:
+        """`enhance` of several (H, W, 3) uint8 RGB images of one size (a photo's faces), in one batch."""
+        if not images:
+            return []
+        h, w = images[0].shape[:2]
+        x = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 255.0
         u = self.unshuffle
         mod_h, mod_w = (-h) % u, (-w) % u
         if mod_h or mod_w:  # the release pads by reflection to the unshuffle grid and crops afterwards
             x = F.pad(x, (0, mod_w, 0, mod_h), mode="reflect")
         y = self.upsample(x)[:, :, : h * self.scale, : w * self.scale]
-        out = (y[0].clamp(0, 1).permute(1, 2, 0).numpy() * 255.0).round().astype(np.uint8)
-        if outscale is not None and outscale != self.scale:
-            size = (int(w * outscale), int(h * outscale))  # (W, H) for OpenCV, truncated as the release
-            out = cv2.resize(out, size, interpolation=cv2.INTER_LANCZOS4)
+        batch = (y.clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy() * 255.0).round().astype(np.uint8)
+        out = []
+        for up in batch:
+            if outscale is not None and outscale != self.scale:
+                size = (int(w * outscale), int(h * outscale))  # (W, H) for OpenCV, truncated as the release
+                up = cv2.resize(up, size, interpolation=cv2.INTER_LANCZOS4)
+            out.append(up)
         return out
-
-
-def open_upsampler(
-    cfg: PresetConfig,
-    weights: Path | None = None,
-    options: TileOptions = TileOptions(),
-    device: str | torch.device = "cpu",
-) -> tuple[TiledUpsampler, str]:
-    """Real-ESRGAN for a preset on the torch backend: from WEIGHTS (realesrgan/...) or seeded random.
-
-    Returns the upsampler and a one-line description of its weights.
-    """
-    models = load_upsampler(weights, cfg) if weights is not None else build_random_upsampler(cfg)
-    rrdb = models.realesrgan.cfg
-    backend = TorchBackend(models, device)  # type: ignore[arg-type]  # duck-typed models container
-    return TiledUpsampler(backend, rrdb.scale, rrdb.unshuffle, options), f"realesrgan weights: {models.origin}"
 
 
 @dataclass(frozen=True)
@@ -125,10 +129,30 @@ class Upsamplers:
 
 
 def open_upsamplers(
-    cfg: PresetConfig, weights: Path | None, background: bool, face: bool, options: TileOptions = TileOptions()
+    backend: Backend, weights: Path | None, background: bool, face: bool, options: TileOptions = TileOptions()
 ) -> tuple[Upsamplers, str]:
-    """The upsamplers asked for ('' description when none is)."""
+    """The upsamplers asked for, on the restoring backend, and a line saying where Real-ESRGAN runs ('' if none).
+
+    ONNX Runtime and TensorRT run it when their export or engine folder has `realesrgan`; torch loads
+    it into its models (from WEIGHTS/realesrgan/, or seeded random without --weights). Otherwise it runs
+    on the CPU with torch, and the line says so and how to export it.
+    """
     if not (background or face):
         return Upsamplers(), ""
-    net, why = open_upsampler(cfg, weights, options)
+    rrdb = get_upsampler(backend.config.name)
+    runner: Backend = backend
+    if backend.has(COMPONENT):
+        why = f"realesrgan: on the {backend.name} backend"
+    else:
+        models = load_upsampler(weights, backend.config) if weights is not None else build_random_upsampler(backend.config)
+        rrdb = models.realesrgan.cfg
+        if isinstance(backend, TorchBackend):
+            backend.load_upsampler(models)
+            why = f"realesrgan: on the torch backend, weights: {models.origin}"
+        else:
+            runner = TorchBackend(models, "cpu")
+            why = (f"note: the {backend.name} backend has no realesrgan, so Real-ESRGAN runs on the CPU with torch "
+                   f"(slow; export it into the same folder: interlcm-export --components realesrgan), "
+                   f"weights: {models.origin}")
+    net = TiledUpsampler(runner, rrdb.scale, rrdb.unshuffle, options)
     return Upsamplers(net if background else None, net if face else None), why

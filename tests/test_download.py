@@ -294,13 +294,12 @@ def test_bare_string_variant_is_one_variant():
 def test_default_hub_download_keeps_offline_an_error(tmp_path, monkeypatch):
     # Offline, huggingface_hub raises LocalEntryNotFoundError, a FileNotFoundError
     # subclass: it must not be mistaken for "file not in repo" (and so fall back).
-    import huggingface_hub
     from huggingface_hub.errors import LocalEntryNotFoundError
 
     def offline(repo_id, filename, **kwargs):
         raise LocalEntryNotFoundError("cannot reach the Hub")
 
-    monkeypatch.setattr(huggingface_hub, "hf_hub_download", offline)
+    monkeypatch.setattr(dl, "hf_hub_download", offline)
     with pytest.raises(LocalEntryNotFoundError):
         dl._hub_download(
             repo_id="r", filename="model.safetensors", local_dir=tmp_path, revision=None, progress=False
@@ -309,7 +308,6 @@ def test_default_hub_download_keeps_offline_an_error(tmp_path, monkeypatch):
 
 def test_default_hub_download_maps_missing_file(tmp_path, monkeypatch):
     import httpx2
-    import huggingface_hub
     from huggingface_hub.errors import RemoteEntryNotFoundError
     from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
 
@@ -319,7 +317,7 @@ def test_default_hub_download_maps_missing_file(tmp_path, monkeypatch):
         )
         raise RemoteEntryNotFoundError("404 entry not found", response=response)
 
-    monkeypatch.setattr(huggingface_hub, "hf_hub_download", missing)
+    monkeypatch.setattr(dl, "hf_hub_download", missing)
     was_disabled = are_progress_bars_disabled()
     enable_progress_bars()  # known starting state, whatever earlier tests did
     try:

@@ -501,3 +501,44 @@ def test_write_image_takes_uint8_arrays(tmp_path):
     assert np.abs(read_rgb(write_image(tmp_path / "a.jpg", smooth)).astype(int) - smooth).max() <= 4
     with pytest.raises(ValueError, match="uint8 RGB"):
         write_image(tmp_path / "b.png", pixels.astype(np.float32))
+
+
+# --------------------------------------------------------------------------- pixel limits, completeness
+
+
+def test_pixel_limits_refuse_from_the_header_before_decoding() -> None:
+    from interlcm.imageio import decode_rgb
+    from interlcm.limits import PixelLimitError, PixelLimits
+    from interlcm.testing import pixel_bomb_png
+
+    with pytest.raises(PixelLimitError, match=r"13000x13000 is 169 MP, over the 64 MP input limit") as refused:
+        decode_rgb(pixel_bomb_png(13000, 13000), "bomb.png", limits=PixelLimits())
+    assert refused.value.which == "input"
+    small = io.BytesIO()
+    Image.new("RGB", (300, 200)).save(small, format="PNG")
+    limits = PixelLimits(input=100_000, output=1_000_000)
+    assert decode_rgb(small.getvalue(), "a.png", limits=limits, upscale=3).shape == (200, 300, 3)  # 0.54 MP out
+    with pytest.raises(PixelLimitError, match=r"300x200 at upscale 4 gives 1200x800 = 0.96 MP") as refused:
+        decode_rgb(small.getvalue(), "a.png", limits=PixelLimits(input=100_000, output=900_000), upscale=4)
+    assert refused.value.which == "output"
+    with pytest.raises(ValueError, match="positive"):
+        PixelLimits(input=0)
+
+
+@pytest.mark.parametrize("suffix", [".png", ".jpg", ".JPG", ".jpeg"])
+def test_encoded_image_complete_reads_only_the_ends(tmp_path: Path, suffix: str) -> None:
+    from interlcm.imageio import encoded_image_complete
+
+    path = write_image(tmp_path / f"a{suffix.lower()}", np.full((32, 48, 3), 128, np.uint8)).rename(tmp_path / f"a{suffix}")
+    assert encoded_image_complete(path)
+    whole = path.read_bytes()
+    for broken in (whole[:-1], whole[: len(whole) // 2], whole[:4], b"", b"\x00" + whole[1:]):
+        path.write_bytes(broken)
+        assert not encoded_image_complete(path), len(broken)
+    assert not encoded_image_complete(tmp_path / "missing.png")
+
+
+def test_encoded_image_complete_is_only_for_what_we_write(tmp_path: Path) -> None:
+    from interlcm.imageio import encoded_image_complete
+
+    assert not encoded_image_complete(write_image(tmp_path / "a.webp", np.zeros((8, 8, 3), np.uint8)))

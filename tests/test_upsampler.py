@@ -72,8 +72,8 @@ def test_export_matches_torch_on_ort(tiny_upsampler, tmp_path):
     Tolerances are the component's (fp32 1e-4, fp16 1e-2 of the output's max |value|): fp32 only
     reassociates sums; fp16 rounds activations to 11 bits through 1 block.
     """
+    from interlcm.engines.ort import OrtBackend
     from interlcm.export.onnx_export import export_all
-    from interlcm.export.session import open_session
     from interlcm.export.validate import validate
     from interlcm.parity import compare, tolerance
 
@@ -81,14 +81,13 @@ def test_export_matches_torch_on_ort(tiny_upsampler, tmp_path):
     rows = validate(tmp_path, tiny_upsampler, echo=None)
     assert {r.key[1] for r in rows} == {"fp32", "fp16"} and all(r.ok for r in rows)
     for precision in ("fp32", "fp16"):
-        session = open_session(tmp_path / f"realesrgan.{precision}.onnx")
+        backend = OrtBackend(tmp_path, precision, provider="cpu", components=["realesrgan"])  # the bound path
         for h, w in ((40, 96), (120, 58)):  # tile shapes other than the traced 64x64
-            tile = torch.rand(1, 3, h, w, generator=torch.Generator().manual_seed(h))
-            (got,) = session.run(None, {"tile": tile.numpy()})
+            tile = torch.rand(3, 3, h, w, generator=torch.Generator().manual_seed(h))  # 3: over the export's 2
+            got = backend.run("realesrgan", tile=tile)["upscaled"]
             with torch.inference_mode():
-                ref = tiny_upsampler.realesrgan(tile).numpy()
-            row = compare(("realesrgan", precision, "upscaled", f"{h}x{w}"), torch.from_numpy(got),
-                          torch.from_numpy(ref), tolerance("realesrgan", precision))
+                ref = tiny_upsampler.realesrgan(tile)
+            row = compare(("realesrgan", precision, "upscaled", f"{h}x{w}"), got, ref, tolerance("realesrgan", precision))
             assert row.ok, row.row(40)
 
 
@@ -99,3 +98,60 @@ def test_init_writes_realesrgan_and_it_loads(tiny_weights, tiny_cfg, tiny_upsamp
     tile = torch.rand(1, 3, 16, 24, generator=torch.Generator().manual_seed(0))
     with torch.inference_mode():
         assert torch.equal(loaded.realesrgan(tile), tiny_upsampler.realesrgan(tile))  # init uses seed 0
+
+
+def test_realesrgan_runs_on_the_restoring_backend_and_a_photos_faces_go_in_one_call(tiny_models, tiny_upsampler):
+    """torch loads Real-ESRGAN into the backend that restores (its device, its batch); five faces are one call,
+    which the backend splits to its batch of 2, each face as upsampled alone."""
+    from dataclasses import replace
+
+    from interlcm.upsampler import open_upsamplers
+
+    batches = []
+
+    class Recording(TorchBackend):
+        def _run(self, component, inputs, batch, dims):
+            batches.append((component.name, batch))
+            return super()._run(component, inputs, batch, dims)
+
+    backend = Recording(replace(tiny_models), max_batch=2)  # a copy of the container: realesrgan joins it
+    assert not backend.has("realesrgan")
+    upsamplers, why = open_upsamplers(backend, None, background=True, face=True, options=TileOptions(32, 8))
+    assert why == "realesrgan: on the torch backend, weights: random, seed 0" and backend.has("realesrgan")
+    assert upsamplers.face is upsamplers.background and upsamplers.face.backend is backend
+    faces = [np.random.default_rng(i).integers(0, 256, (32, 32, 3), dtype=np.uint8) for i in range(5)]
+    together = upsamplers.face.enhance_many(faces, outscale=2)
+    assert batches == [("realesrgan", 2), ("realesrgan", 2), ("realesrgan", 1)]
+    alone = [upsamplers.face.enhance(face, outscale=2) for face in faces]
+    assert all(np.abs(a.astype(int) - b).max() <= 1 for a, b in zip(together, alone))
+
+
+def test_a_backend_without_realesrgan_says_it_runs_on_the_cpu(tiny_cfg):
+    from interlcm.backend import BackendBase
+    from interlcm.upsampler import open_upsamplers
+
+    class Exported(BackendBase):
+        name, config, device = "onnxruntime", tiny_cfg, torch.device("cpu")
+
+        def has(self, component):
+            return False
+
+    upsamplers, why = open_upsamplers(Exported(), None, background=True, face=False)
+    assert why.startswith("note: the onnxruntime backend has no realesrgan, so Real-ESRGAN runs on the CPU with torch")
+    assert "interlcm-export --components realesrgan" in why and upsamplers.face is None
+    assert isinstance(upsamplers.background.backend, TorchBackend)
+
+
+def test_tiles_of_one_size_go_in_one_call(tiny_upsampler):
+    """A 160x160 image in 32-px tiles with 8 px of padding: 25 tiles of 4 sizes (edge or not, each way), 4 calls."""
+    calls = []
+
+    class Recording(TorchBackend):
+        def run(self, component, **inputs):
+            calls.append(tuple(inputs["tile"].shape))
+            return super().run(component, **inputs)
+
+    cfg = tiny_upsampler.realesrgan.cfg
+    up = TiledUpsampler(Recording(tiny_upsampler), cfg.scale, cfg.unshuffle, TileOptions(32, 8))
+    up.upsample(torch.rand(1, 3, 160, 160))
+    assert sorted(calls) == [(4, 3, 40, 40), (6, 3, 40, 48), (6, 3, 48, 40), (9, 3, 48, 48)]  # corners, edges, inside

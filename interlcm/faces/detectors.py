@@ -70,12 +70,16 @@ def open_detector(name: str, context: DetectorContext | None = None) -> Detector
     return factory(context or DetectorContext())
 
 
-def open_parser(backend: Any) -> Callable[[list[np.ndarray]], list[np.ndarray]] | None:
-    """ParseNet on `backend` as the paste-back's face parser, or None when the backend lacks it.
+def open_parser(backend: Backend) -> Callable[[list[np.ndarray]], list[np.ndarray]] | None:
+    """ParseNet on `backend` as the paste-back's face parser, or None when the backend lacks it (no weights
+    or export: the soft box mask alone, noted per photo).
 
     Restored (R, R, 3) uint8 RGB faces -> (R, R) float32 masks in [0, 1]; faces are resized to
-    ParseNet's 512 px (bilinear, as the release) and the masks back to R.
+    ParseNet's 512 px (bilinear, as the release) and the masks back to R. All the faces of a call
+    go to the backend at once; it splits them to its batch (0.4 GB of activations per face on a CPU).
     """
+    if not backend.has(ParseMask.component):
+        return None
     parse = ParseMask(backend.run)
 
     def parser(faces: list[np.ndarray]) -> list[np.ndarray]:
@@ -85,10 +89,6 @@ def open_parser(backend: Any) -> Callable[[list[np.ndarray]], list[np.ndarray]] 
         masks = parse(x.to(backend.device)).float().cpu().numpy()  # (N, 512, 512)
         return [cv2.resize(m, (size, size), interpolation=cv2.INTER_LINEAR) for m in masks]
 
-    try:
-        parser([np.zeros((IN_SIZE, IN_SIZE, 3), np.uint8)])
-    except (RuntimeError, ValueError):  # no parsenet weights or export: the soft box mask alone (noted per photo)
-        return None
     return parser
 
 
@@ -108,18 +108,26 @@ class RetinaFaceDetector:
         self.cfg: RetinaFaceConfig = FACE_NETWORKS[component].config
         self.options = options or DetectOptions()
 
-    @property
-    def device(self) -> torch.device:
-        return getattr(self.backend, "device", torch.device("cpu"))
-
     def _pixels(self, photo: np.ndarray) -> tuple[torch.Tensor, float]:
-        """(H, W, 3) uint8 RGB -> (1, 3, h, w) float32 on the device, and network pixels per photo pixel."""
+        """(H, W, 3) uint8 RGB -> (1, 3, h, w) float32 on the device, and network pixels per photo pixel.
+
+        The release's detection view (`detection_sizes`), shrunk to fit when it is larger than the
+        detector takes on this backend (its engine profile: 4096 px sides by default), the scale
+        carried back with the detections.
+        """
         sizes, scale = detection_sizes(*photo.shape[:2], self.options)
-        x = torch.from_numpy(np.ascontiguousarray(photo)).to(self.device).permute(2, 0, 1)[None].float()
+        height, width = sizes[-1] if sizes else photo.shape[:2]
+        limits = self.backend.limits(self.component).dims
+        fit = min(limits["height"][1] / height, limits["width"][1] / width)
+        if fit < 1:
+            sizes.append((int(height * fit), int(width * fit)))
+            scale *= fit
+        x = torch.from_numpy(np.ascontiguousarray(photo)).to(self.backend.device).permute(2, 0, 1)[None].float()
         for size in sizes:
-            # bilinear, half-pixel centres, no antialias, rounded to uint8 values: OpenCV's
-            # INTER_LINEAR enlargement (to within its fixed-point rounding)
-            x = F.interpolate(x, size=size, mode="bilinear", align_corners=False).round().clamp(0, 255)
+            # bilinear, half-pixel centres, rounded to uint8 values: OpenCV's INTER_LINEAR enlargement (to
+            # within its fixed-point rounding); antialiased only when shrinking to fit
+            shrink = size[0] < x.shape[2]
+            x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=shrink).round().clamp(0, 255)
         return x, scale
 
     def detect(self, photos: Sequence[np.ndarray]) -> list[list[Detection]]:
@@ -129,7 +137,7 @@ class RetinaFaceDetector:
         by_size: dict[tuple[int, ...], list[int]] = {}
         for i, (x, _) in enumerate(prepared):
             by_size.setdefault(tuple(x.shape[-2:]), []).append(i)
-        for size, indices in by_size.items():
+        for size, indices in by_size.items():  # the backend splits a group to its batch
             out = self.backend.run(self.component, pixels=torch.cat([prepared[i][0] for i in indices]))
             for row, i in enumerate(indices):
                 raw = RawDetections(

@@ -15,6 +15,9 @@ The soft mask is the release's: the crop's footprint, eroded by ``2 * upscale`` 
 by ``2 * w`` and blurred over ``2 * w + 1`` px, where ``w = sqrt(footprint area) // 20``. A face
 parser's mask, when given, is combined with it by taking the smaller value per pixel (the release's
 "fuse"). Work is done on each face's bounding box, not the whole canvas.
+
+`strength` (interlcm.choices.STRENGTH_RANGE) scales every face's blend mask: 1.0 pastes the restored
+face as above, 0.0 leaves the canvas (the upscaled photo) unchanged, values between mix per pixel.
 """
 
 from __future__ import annotations
@@ -58,11 +61,16 @@ def canvas_inverse(inverse: np.ndarray, upscale: int) -> np.ndarray:
 
 
 def paste_faces(
-    photo: np.ndarray, faces: Sequence[PastedFace], upscale: int, background: np.ndarray | None = None
+    photo: np.ndarray,
+    faces: Sequence[PastedFace],
+    upscale: int,
+    background: np.ndarray | None = None,
+    strength: float = 1.0,
 ) -> np.ndarray:
     """Blend restored faces into the photo upscaled by `upscale`; (H, W, 3) uint8 -> (s H, s W, 3) uint8.
 
     `background`: the upscaled photo to paste onto (e.g. Real-ESRGAN's); default bilinear.
+    `strength`: the blend masks are scaled by it (1.0: the restored faces, 0.0: the canvas unchanged).
     """
     canvas = upscale_photo(photo, upscale) if background is None else background
     if canvas.shape[:2] != (photo.shape[0] * upscale, photo.shape[1] * upscale):
@@ -71,11 +79,11 @@ def paste_faces(
         return canvas
     out = canvas.astype(np.float32)
     for face in faces:
-        _blend_one(out, face, upscale)
+        _blend_one(out, face, upscale, strength)
     return np.clip(np.rint(out), 0, 255).astype(np.uint8)
 
 
-def _blend_one(canvas: np.ndarray, face: PastedFace, upscale: int) -> None:
+def _blend_one(canvas: np.ndarray, face: PastedFace, upscale: int, strength: float = 1.0) -> None:
     """Blend one face into `canvas` ((H', W', 3) float32), in place, inside the face's bounding box."""
     res = face.image.shape[0]
     matrix = canvas_inverse(face.inverse, upscale)
@@ -101,6 +109,8 @@ def _blend_one(canvas: np.ndarray, face: PastedFace, upscale: int) -> None:
     restored = cv2.warpAffine(
         face.image.astype(np.float32), local, size, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE
     )
+    if strength != 1.0:  # the user's mix of restored and original (1.0: the mask as it is, byte for byte)
+        mask = mask * np.float32(strength)
     region = canvas[y0:y1, x0:x1]
     region += mask[..., None] * (restored - region)
 

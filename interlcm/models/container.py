@@ -34,6 +34,8 @@ class InterLCMModels:
     # face detector / parser networks by component name (interlcm.faces.networks), when loaded
     faces: dict[str, nn.Module] = field(default_factory=dict)
     identity: WeightsIdentity | None = None  # typed origin; None for a folder until hashed (weights.folder_identity)
+    # Real-ESRGAN (interlcm.models.rrdbnet.RRDBNet), when the restoring backend runs it (TorchBackend.load_upsampler)
+    realesrgan: nn.Module | None = None
 
     def modules(self) -> dict[str, nn.Module]:
         return {
@@ -43,6 +45,7 @@ class InterLCMModels:
             "unet": self.unet,
             "vae": self.vae,
             **self.faces,
+            **({"realesrgan": self.realesrgan} if self.realesrgan is not None else {}),
         }
 
     def eval(self) -> InterLCMModels:

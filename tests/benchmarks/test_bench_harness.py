@@ -206,3 +206,24 @@ def test_a_failing_row_is_recorded_and_the_others_kept(tmp_path, monkeypatch):
     rows = {r.backend: r for r in report.rows}
     assert rows["torch"].ran and rows["torch-release"].failed == "RuntimeError: out of memory"
     assert "FAILED" in render(report) and not [r for r in report.ratios if r.kind == "release"]
+
+
+def test_fused_step_graph_and_precision_rows(tmp_path):
+    """The GPU benchmark's columns on a CPU: the fused step runs (and is set against the separate calls), graph
+    rows and torch fp16 say why they cannot run here, torch bf16 runs on a cast copy of the models."""
+    settings = _settings(tmp_path, backends=("torch",), batches=(1,), runs=1, precisions=("fp32", "bf16", "fp16"),
+                         fused=(False, True), graphs=(False, True))
+    report = run_benchmark(settings, log=lambda msg: None)
+    rows = {r.label: r for r in report.rows}
+    fused = rows["torch fp32 b1 fused"]
+    assert fused.ran and {c.name: c.calls for c in fused.components}["denoise_step"] == report.steps
+    assert "spatial_encoder" not in {c.name for c in fused.components}
+    assert rows["torch bf16 b1"].ran and "bf16 weights" in rows["torch bf16 b1"].description
+    if not torch.cuda.is_available():
+        assert rows["torch fp32 b1 graph"].skipped.startswith("--cuda-graph needs a CUDA device")
+        assert rows["torch fp16 b1 fused"].skipped.startswith("torch runs fp16 on CUDA devices only")
+    (ratio,) = [r for r in report.ratios if r.kind == "step" and r.numerator == fused.label]
+    assert ratio.denominator == "torch fp32 b1" and ratio.value > 0
+    text = render(report)
+    assert "fused step and CUDA graph vs separate SE and UNet calls" in text
+    assert any(line.startswith("torch fp32 b1 fused ") and " fused " in line for line in text.splitlines())

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from interlcm.components import BY_NAME
+from interlcm.components import BY_NAME, DEFAULT_COMPONENTS
 from interlcm.engines.restorer import RestoreOptions, Restorer
 from interlcm.parity import ParityError, compare_traces, format_table, require
 from interlcm.sampler import Trace
@@ -77,6 +77,28 @@ def test_batch_other_than_export_batch(tiny_onnx, tiny_models):
     torch.testing.assert_close(out, expected, rtol=0, atol=1e-3)
 
 
+@pytest.mark.parametrize("name", [*DEFAULT_COMPONENTS, "retinaface_mobile", "realesrgan"])
+def test_every_component_runs_bound_at_other_batches_and_sizes(tiny_onnx_photo, tiny_models, name):
+    """Each fp32 graph through the backend's bound path against torch: batch 5 (not the traced 2; over the
+    export's 4: two runs), run-time dims other than the traced ones and not square."""
+    from dataclasses import replace
+
+    from interlcm.engines.ort import OrtBackend
+    from interlcm.faces.networks import FACE_NETWORKS, random_network
+    from interlcm.models.rrdbnet import build_random_upsampler
+    from interlcm.parity import compare, tolerance
+
+    component = BY_NAME[name]
+    dims = {"height": 96, "width": 160, "tile_height": 24, "tile_width": 40}
+    models = replace(tiny_models, faces={name: random_network(name, 10 + list(FACE_NETWORKS).index(name))}) \
+        if name in FACE_NETWORKS else build_random_upsampler(tiny_models.config) if name == "realesrgan" else tiny_models
+    backend = OrtBackend(tiny_onnx_photo, "fp32", provider="cpu", components=[name])
+    inputs = component.sample_inputs(tiny_models.config, 5, seed=5, dims=dims)
+    out, ref = backend.run(name, **inputs), TorchBackend(models).run(name, **inputs)
+    require([compare((name, spec.name), out[spec.name], ref[spec.name], tolerance(name, "fp32"))
+             for spec in component.outputs], f"{name} on ONNX Runtime vs torch")
+
+
 def test_wrong_resolution_is_refused_before_running(tiny_onnx):
     from interlcm.engines.ort import OrtBackend
 
@@ -89,17 +111,16 @@ def test_wrong_resolution_is_refused_before_running(tiny_onnx):
 
 
 def test_io_binding_gives_the_plain_runs_results(tiny_onnx, tiny_models, lq_photo):
-    """The bound path (used on CUDA) binds torch tensors by address in and out; on the CPU it must give
-    bit-identical results to `session.run`. (The old code returned OrtValues and called their missing
-    `to_dlpack`, crashing on the first component.)"""
+    """The backend binds torch tensors by address in and out, on the CPU as on CUDA (one code path); it must
+    give bit-identical results to a plain `session.run`. (The old code returned OrtValues and called their
+    missing `to_dlpack`, crashing on the first component.)"""
     from interlcm.engines.ort import OrtBackend
 
-    plain = OrtBackend(tiny_onnx, "fp32", provider="cpu")
-    bound = OrtBackend(tiny_onnx, "fp32", provider="cpu", io_binding=True)
+    bound = OrtBackend(tiny_onnx, "fp32", provider="cpu")
     inputs = BY_NAME["unet"].sample_inputs(tiny_models.config, 3, seed=7)  # 3: neither traced batch nor 1
-    expected, got = plain.run("unet", **inputs), bound.run("unet", **inputs)
-    assert got["eps"].dtype == torch.float32 and got["eps"].shape == expected["eps"].shape
-    assert torch.equal(got["eps"], expected["eps"])
+    (expected,) = bound.session("unet").run(["eps"], {n: t.numpy() for n, t in inputs.items()})
+    got = bound.run("unet", **inputs)
+    assert got["eps"].dtype == torch.float32 and torch.equal(got["eps"], torch.from_numpy(expected))
     out, _, rows = _traces(bound, tiny_models, lq_photo)
     require(rows, "bound ORT vs torch")
 
@@ -132,17 +153,18 @@ class _RecordingSession:
             np.ctypeslib.as_array((np.ctypeslib.ctypes.c_float * n).from_address(ptr))[:] = 1.0
 
 
-def test_run_bound_binds_fp32_buffers_of_the_described_shapes(tiny_cfg):
+def test_bound_buffers_are_fp32_at_the_shapes_the_inputs_imply(tiny_onnx, tiny_cfg):
     """Dtypes, shapes and addresses handed to ONNX Runtime: fp32 contiguous inputs (fp16 / strided ones
-    converted), outputs preallocated at the component description's shapes and returned as torch tensors."""
-    from interlcm.engines.ort import run_bound
+    converted), outputs preallocated at the shapes the inputs imply and returned as torch tensors."""
+    from interlcm.engines.ort import OrtBackend
 
+    backend = OrtBackend(tiny_onnx, "fp32", provider="cpu")
     unet = BY_NAME["unet"]
     inputs = unet.sample_inputs(tiny_cfg, 2)
     inputs["sample"] = inputs["sample"].half()  # converted to fp32
     inputs["context"] = inputs["context"].transpose(1, 2).contiguous().transpose(1, 2)  # strided
-    session = _RecordingSession()
-    out = run_bound(session, unet, tiny_cfg, inputs, torch.device("cpu"))
+    session = backend._sessions["unet"] = _RecordingSession()
+    out = backend.run("unet", **inputs)
     bound = session.binding
     assert list(bound.inputs) == list(unet.input_names) and list(bound.outputs) == list(unet.output_names)
     for name, (device, index, dtype, shape, _) in bound.inputs.items():
@@ -154,21 +176,125 @@ def test_run_bound_binds_fp32_buffers_of_the_described_shapes(tiny_cfg):
     assert out["eps"].dtype == torch.float32 and bool((out["eps"] == 1.0).all())
 
 
-def test_gpu_providers_run_on_the_torch_stream():
+def test_gpu_providers_run_on_the_backends_own_stream():
+    """Bug 3: handle 0 (torch's legacy default stream) means "no stream" to ONNX Runtime, which then runs on a
+    stream of its own that waits for nothing: refused; a real stream's handle goes to every GPU provider."""
     from interlcm.engines.ort import provider_options
     from interlcm.export.session import PROVIDERS
 
     providers = [PROVIDERS["tensorrt"], PROVIDERS["cuda"], PROVIDERS["cpu"]]
     options = provider_options(providers, torch.device("cuda", 1), stream=0xABC)
-    assert options[:2] == [{"device_id": "1", "user_compute_stream": str(0xABC)}] * 2 and options[2] == {}
+    assert options[0] == {"device_id": "1", "user_compute_stream": str(0xABC)} and options[2] == {}
+    assert options[1] == {**options[0], "cudnn_conv_algo_search": "EXHAUSTIVE"}
+    # a detector sees every photo's size: cuDNN picks algorithms by heuristics, not by timing each size
+    assert provider_options(providers, torch.device("cuda", 0), 7, dynamic=True)[1]["cudnn_conv_algo_search"] == \
+        "HEURISTIC"
+    with pytest.raises(ValueError, match="handle 0"):
+        provider_options(providers, torch.device("cuda", 0), stream=0)
+
+
+def test_onnx_runtime_is_ordered_with_the_callers_stream(tiny_onnx, tiny_cfg, monkeypatch):
+    """Bug 3: ONNX Runtime runs on a stream of the backend's own (not the caller's legacy default stream, 0),
+    which waits for the caller's stream before the run, and the caller's for it after."""
+    from interlcm.engines import ort
+
+    seen = {}
+    real_open = ort.open_session
+
+    def open_session(path, providers, threads, options):
+        seen["options"] = options
+        return real_open(path, providers, threads, options)
+
+    monkeypatch.setattr(ort, "open_session", open_session)
+    monkeypatch.setattr(ort, "provider_options", lambda providers, device, stream, dynamic=False: [
+        {"user_compute_stream": str(stream)}])
+    backend = ort.OrtBackend(tiny_onnx, "fp32", provider="cpu")
+    backend.streams.log.clear()
+    backend.run("clip", **BY_NAME["clip"].sample_inputs(tiny_cfg, 1))
+    own, caller = backend.stream, backend.streams.current()
+    assert own is not caller and own.cuda_stream != 0
+    assert seen["options"] == [{"user_compute_stream": str(own.cuda_stream)}]
+    assert list(backend.streams.log) == [("wait", own.name, caller.name), ("launch", own.name, "clip"),
+                                         ("wait", caller.name, own.name)]
+
+
+def test_onnx_runtime_splits_calls_to_the_exports_batch(tiny_onnx_batch2, tiny_cfg):
+    """Bug 2 on the CPU as on a GPU: the export's profile ends at 2, so 5 faces are three runs, concatenated."""
+    from interlcm.engines.ort import OrtBackend
+
+    backend = OrtBackend(tiny_onnx_batch2, "fp32", provider="cpu")
+    assert backend.max_batch == 2
+    inputs = BY_NAME["vae_encoder"].sample_inputs(tiny_cfg, 5)
+    backend.streams.log.clear()
+    got = backend.run("vae_encoder", **inputs)["latent"]
+    assert [c for c in backend.streams.log if c[0] == "launch"] == [("launch", backend.stream.name, "vae_encoder")] * 3
+    one = torch.cat([backend.run("vae_encoder", image=inputs["image"][i : i + 1])["latent"] for i in range(5)])
+    torch.testing.assert_close(got, one, rtol=0, atol=1e-5)
+
+
+def test_onnx_runtime_failures_are_one_sentence(tiny_onnx, tmp_path):
+    """ONNX Runtime's Fail/InvalidGraph/... are plain Exceptions, not RuntimeError: translated at the boundary,
+    e.g. an ONNX file whose external data lies outside its folder."""
+    import onnx
+
+    from interlcm.export.session import OrtError, open_session
+
+    folder = tmp_path / "onnx"
+    folder.mkdir()
+    onnx.save_model(onnx.load(tiny_onnx / "clip.fp32.onnx"), folder / "clip.onnx", save_as_external_data=True,
+                    all_tensors_to_one_file=True, location="clip.data")  # the weights; small constants stay inside
+    (folder / "clip.data").rename(tmp_path / "outside.data")  # the weights one folder up, named from inside
+    model = onnx.load(folder / "clip.onnx", load_external_data=False)
+    for tensor in model.graph.initializer:
+        for entry in tensor.external_data:
+            if entry.key == "location":
+                entry.value = "../outside.data"
+    (folder / "clip.onnx").write_bytes(model.SerializeToString())  # onnx.save refuses to write such a file
+    with pytest.raises(OrtError) as exc:
+        open_session(folder / "clip.onnx")
+    message = str(exc.value)
+    assert message.startswith(f"ONNX Runtime cannot open {folder / 'clip.onnx'}: ") and "\n" not in message
+    assert "outside.data" in message and message.endswith("re-export it (interlcm-export --force)")
+    assert isinstance(exc.value, RuntimeError)
+
+
+def test_a_failed_run_is_one_sentence(tiny_onnx, tiny_cfg, monkeypatch):
+    """A run ONNX Runtime fails (here: an output bound at another shape) is one sentence naming the component."""
+    from interlcm.engines import ort
+    from interlcm.export.session import OrtError
+
+    backend = ort.OrtBackend(tiny_onnx, "fp32", provider="cpu")
+    monkeypatch.setattr(ort, "allocate_outputs", lambda *args: {"tokens": torch.empty(1, 5, 48)})
+    with pytest.raises(OrtError) as exc:
+        backend.run("clip", **BY_NAME["clip"].sample_inputs(tiny_cfg, 1))
+    message = str(exc.value)
+    assert message.startswith("ONNX Runtime failed running clip: ") and "\n" not in message
+    assert "invalid dimensions for output: tokens" in message and message.endswith("(interlcm-export --force)")
+
+
+def test_onnx_runtime_gpu_with_a_cpu_build_of_torch_says_so(monkeypatch):
+    """onnxruntime-gpu on a GPU machine with torch's CPU build: tensors cannot be bound on the GPU. auto falls back
+    to the CPU provider and says why; asking for CUDA is one sentence (was a traceback from torch.cuda)."""
+    from interlcm.export import session
+
+    monkeypatch.setattr(session, "cuda_device_count", lambda: (1, "1 CUDA device(s)"))
+    monkeypatch.setattr(session.torch.cuda, "is_available", lambda: False)
+    import onnxruntime
+
+    monkeypatch.setattr(onnxruntime, "get_available_providers",
+                        lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    providers, why = session.pick_providers("auto")
+    assert providers == ["CPUExecutionProvider"] and "has no CUDA, so the CPU provider" in why
+    with pytest.raises(RuntimeError, match="install a CUDA build of torch, or use --provider cpu"):
+        session.pick_providers("cuda")
 
 
 def test_onnxruntime_and_onnxruntime_gpu_together_are_refused(monkeypatch):
-    from interlcm.engines import ort
+    from interlcm.export import session
 
-    monkeypatch.setattr(ort, "_installed_distributions", lambda: {"onnxruntime", "onnxruntime-gpu"})
+    monkeypatch.setattr(session, "_installed_distributions", lambda: {"onnxruntime", "onnxruntime-gpu"})
     with pytest.raises(RuntimeError, match="both onnxruntime and onnxruntime-gpu are installed"):
-        ort.pick_providers("cpu")
+        session.pick_providers("cpu")
 
 
 # --- the fused step (SE + UNet in one `denoise_step` call) ---------------------------------------

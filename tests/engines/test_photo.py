@@ -14,33 +14,10 @@ import torch
 
 from interlcm.engines.photo import PhotoOptions, PhotoRestorer, is_gray
 from interlcm.engines.restorer import RestoreOptions, Restorer
-from interlcm.faces.detect import Detection
 from interlcm.faces.paste import upscale_photo
-from interlcm.testing import face_landmarks, group_photo
+from interlcm.testing import PlacedFaces, group_photo
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-class PlacedFaces:
-    """A detector that knows its faces: (centre x, centre y, eye gap, tilt), x/y/gap as fractions of the width."""
-
-    landmark_kind = "retinaface"
-
-    def __init__(self, *faces: tuple[float, float, float, float]):
-        self.faces = faces
-        self.seen: list[tuple[int, ...]] = []  # shapes of the photos it was given
-
-    def detect(self, photos):  # noqa: ANN001
-        out = []
-        for photo in photos:
-            self.seen.append(photo.shape)
-            w = photo.shape[1]
-            found = []
-            for cx, cy, gap, angle in self.faces:
-                lm = face_landmarks((cx * w, cy * w), gap * w, angle)
-                found.append(Detection(np.r_[lm.min(0), lm.max(0)], lm, 1.0))
-            out.append(found)
-        return out
 
 
 class IdentityRestorer:
@@ -95,6 +72,22 @@ def test_only_center_face():
     assert result.found == 1
     assert tuple(result.image[int(0.36 * 640), int(0.52 * 640)]) == (255, 0, 0)  # the centre face
     assert tuple(result.image[int(0.2 * 640), int(0.2 * 640)]) == tuple(photo[128, 128])  # not the others
+
+
+@pytest.mark.parametrize("strength", [1.0, 0.5, 0.0])
+def test_strength_weighs_the_restored_face(strength):
+    """A face painted red: at its centre (soft mask 1) the output is photo + strength * (red - photo).
+
+    Exact at 0 and 1; at 0.5 within one level (a .5 may round either way after the float blend).
+    """
+    photo = group_photo((640, 480))
+    options = PhotoOptions(upscale=1, strength=strength)
+    result = PhotoRestorer(IdentityRestorer(colour=(255, 0, 0)), options, PlacedFaces((0.5, 0.4, 0.08, 0)))
+    image = result.restore_photos([photo])[0].image
+    y, x = int(0.4 * 640), int(0.5 * 640)
+    want = np.rint(photo[y, x] + strength * (np.array([255, 0, 0]) - photo[y, x].astype(np.float32)))
+    assert np.abs(image[y, x].astype(int) - want).max() <= (0 if strength in (0.0, 1.0) else 1), (image[y, x], want)
+    assert np.array_equal(image[:, :100], photo[:, :100])  # away from the face: the photo, at any strength
 
 
 def test_faces_of_all_photos_share_full_batches():

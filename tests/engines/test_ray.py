@@ -1,9 +1,9 @@
-"""The Ray Data job and the Ray Serve endpoint on one local Ray session (127.0.0.1, 2 CPUs, tiny torch).
+"""The Ray Data job on the local Ray session of the engine tests (loopback only, 2 CPUs, tiny torch).
 
 Everything is compared with the single-process CLI at `--batch 1` on the same inputs and seed,
 byte for byte: a face restored alone runs the same kernels in every process (see
 test_batch_invariance.py for what holds when faces share a batch).
-Cost: one `ray.init` (~10 s) and one actor start per job or deployment (~5-20 s each on a
+Cost: one `ray.init` (~10 s, shared with test_serve.py) and one actor start per job (~5-20 s on a
 loaded 2-core machine).
 """
 
@@ -13,12 +13,8 @@ import json
 import os
 import shutil
 import signal
-import socket
 import threading
 import time
-import urllib.error
-import urllib.request
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -27,45 +23,8 @@ from PIL import Image
 
 ray = pytest.importorskip("ray")
 
+from interlcm.engines.backend import BackendOptions  # noqa: E402
 from interlcm.engines.cli import main  # noqa: E402
-
-SEED = "1"
-COMMON = ["--aligned", "--preset", "tiny", "--backend", "torch", "--seed", SEED, "--threads", "1"]
-
-
-@pytest.fixture(scope="module")
-def ray_session():
-    ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1",
-             logging_level="warning", log_to_driver=False)
-    ray.data.DataContext.get_current().enable_progress_bars = False
-    yield
-    from ray import serve
-
-    serve.shutdown()
-    ray.shutdown()
-
-
-@pytest.fixture(scope="module")
-def faces(tmp_path_factory, tiny_cfg):
-    """12 face crops at the model resolution and their single-process (CLI, --batch 1) outputs."""
-    root = tmp_path_factory.mktemp("faces")
-    rng = np.random.default_rng(0)
-    size = tiny_cfg.resolution
-    (root / "in").mkdir()
-    for i in range(12):
-        Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)).save(root / "in" / f"face{i:02d}.png")
-    result = CliRunner().invoke(main, ["restore", str(root / "in"), *COMMON, "--out", str(root / "reference")])
-    assert result.exit_code == 0, result.output
-    # what the job test restores, as a camera card holds it: folders, JPEGs with an upper-case suffix
-    for i in range(6):
-        (root / "tree" / ("cam" if i % 2 else "")).mkdir(parents=True, exist_ok=True)
-        with Image.open(root / "in" / f"face{i:02d}.png") as img:
-            img.save(root / "tree" / ("cam" if i % 2 else "") / (f"IMG_{i:04d}.JPG" if i >= 4 else f"face{i:02d}.png"))
-    result = CliRunner().invoke(main, ["restore", str(root / "tree" / "face00.png"), str(root / "tree" / "face02.png"),
-                                       str(root / "tree" / "IMG_0004.JPG"), str(root / "tree" / "cam"), *COMMON,
-                                       "--save-faces", "--out", str(root / "tree_reference")])
-    assert result.exit_code == 0, result.output
-    return root
 
 
 def _files(folder) -> dict[str, bytes]:
@@ -83,14 +42,15 @@ def _table(out):
     return {os.path.basename(r["input"]): r for r in map(json.loads, (out / "results.jsonl").read_text().splitlines())}
 
 
-def test_job_equals_single_process_reports_bad_images_and_resumes(ray_session, faces, tmp_path):
+def test_job_equals_single_process_reports_bad_images_and_resumes(ray_local, reference_faces, tmp_path):
     """The same restore command: the CLI's files byte for byte (mirrored folders, JPEG kept as .JPG,
     --save-faces folders), the same refusals, and one InputResult per input with its faces counted."""
+    faces = reference_faces.root
     src = tmp_path / "in"
     shutil.copytree(faces / "tree", src)
     (src / "corrupt.png").write_bytes(b"\x89PNG not really")
     out = tmp_path / "out"
-    args = ["restore", str(src), str(src / "cam"), *COMMON, "--batch", "1", "--save-faces", "--ray", "local",
+    args = ["restore", str(src), str(src / "cam"), *reference_faces.args, "--batch", "1", "--save-faces", "--ray", "local",
             "--actors", "2", "--out", str(out)]
     out.mkdir()
     (out / "face00.png").write_bytes(b"the user's own file")  # not this run's to replace: refused before any work
@@ -134,14 +94,15 @@ def _restore_actor_pids() -> list[int]:
     return pids
 
 
-def test_killed_actor_loses_nothing(ray_session, faces, tmp_path):
+def test_killed_actor_loses_nothing(ray_local, reference_faces, tmp_path):
+    faces = reference_faces.root
     from interlcm.engines.photo import PhotoOptions
     from interlcm.engines.ray_job import JobSpec, run_job
     from interlcm.engines.restorer import RestoreOptions
 
     src = _folder(faces, tmp_path / "in", 12)
     out = tmp_path / "out"
-    spec = JobSpec({"kind": "torch", "preset": "tiny", "threads": 1}, RestoreOptions(seed=int(SEED), batch=1),
+    spec = JobSpec(BackendOptions("torch", preset="tiny", threads=1), RestoreOptions(seed=reference_faces.seed, batch=1),
                    PhotoOptions(aligned=True), actors=2)
     killed: list[tuple[int, int]] = []  # (pid, outputs written when it was killed)
 
@@ -167,74 +128,6 @@ def test_killed_actor_loses_nothing(ray_session, faces, tmp_path):
         assert path.read_bytes() == (faces / "reference" / path.name).read_bytes(), path.name
 
 
-# --- Serve ----------------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def server(ray_session):
-    from interlcm.engines.serve import build_app, start
-
-    with socket.socket() as s:  # a free port on 127.0.0.1
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    app = build_app({"kind": "torch", "preset": "tiny", "threads": 1}, max_batch=4, batch_wait_s=0.2,
-                    max_bytes=200_000)
-    handle = start(app, port=port)
-    yield f"http://127.0.0.1:{port}", handle
-
-
-def _post(url: str, body: bytes, query: str = f"seed={SEED}&aligned=true") -> tuple[int, bytes]:
-    request = urllib.request.Request(f"{url}/restore?{query}", data=body, method="POST")
-    try:
-        with urllib.request.urlopen(request, timeout=60) as response:
-            return response.status, response.read()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read()
-
-
-def test_serve_answers_like_the_cli(server, faces):
-    url, _ = server
-    with urllib.request.urlopen(f"{url}/healthz", timeout=30) as response:
-        assert response.status == 200 and b"ok: torch" in response.read()
-    status, body = _post(url, (faces / "in" / "face00.png").read_bytes())
-    assert status == 200, body
-    assert body == (faces / "reference" / "face00.png").read_bytes()
-
-
-def test_serve_batches_concurrent_requests(server, faces):
-    url, handle = server
-    names = [f"face{i % 12:02d}.png" for i in range(16)]
-    before = len(handle.seen_batch_sizes.remote().result())
-    with ThreadPoolExecutor(16) as pool:
-        answers = list(pool.map(lambda n: _post(url, (faces / "in" / n).read_bytes()), names))
-    sizes = handle.seen_batch_sizes.remote().result()[before:]
-    assert all(status == 200 for status, _ in answers), [a[1][:200] for a in answers if a[0] != 200]
-    assert sum(sizes) == 16 and max(sizes) > 1, sizes  # gathered into engine batches, every face once
-    for name, (_, body) in zip(names, answers):  # batched faces: within one grey level of the CLI's
-        import io
-
-        got = np.asarray(Image.open(io.BytesIO(body)), dtype=np.int16)
-        want = np.asarray(Image.open(faces / "reference" / name), dtype=np.int16)
-        assert np.abs(got - want).max() <= 1, name
-
-
-def test_serve_refuses_bad_requests_and_stays_healthy(server, faces):
-    url, _ = server
-    good = (faces / "in" / "face01.png").read_bytes()
-    for body, query, code, reason in (
-        (b"definitely not an image", f"seed={SEED}&aligned=true", 400, b"not an image"),
-        (good, "seed=minus-one&aligned=true", 400, b"seed='minus-one' is not an integer"),
-        (good, "steps=1&aligned=true", 400, b"runs the 3step model"),
-        (good, "colour=red", 400, b"unknown query parameter"),
-        (b"x" * 300_000, "aligned=true", 413, b"limit"),
-    ):
-        status, answer = _post(url, body, query)
-        assert status == code and reason in answer, (status, answer)
-        assert len(answer.strip().splitlines()) == 1, answer
-    status, body = _post(url, good)
-    assert status == 200 and body == (faces / "reference" / "face01.png").read_bytes()
-
-
 def test_results_count_the_faces_restored_without_save_faces(tmp_path):
     """Whole photos, no --save-faces: the row says how many faces were restored (it said 0).
 
@@ -250,7 +143,7 @@ def test_results_count_the_faces_restored_without_save_faces(tmp_path):
     from interlcm.testing import group_photo
 
     photo = group_photo((480, 360), ((0.3, 0.4, 200, 0), (0.72, 0.45, 170, 8)))
-    spec = JobSpec({"kind": "torch", "preset": "tiny", "threads": 1}, RestoreOptions(batch=2), PhotoOptions(),
+    spec = JobSpec(BackendOptions("torch", preset="tiny", threads=1), RestoreOptions(batch=2), PhotoOptions(),
                    detector="dlib")
     batch = {"src": np.array(["in/group.png"], dtype=object), "dst": np.array([str(tmp_path / "group.png")], dtype=object),
              "faces_dir": np.array([""], dtype=object), "source": np.array([source_id(b"x")], dtype=object),
@@ -282,7 +175,7 @@ def test_the_plan_holds_on_object_stores(tmp_path):
         data = io.BytesIO()
         Image.fromarray(pixels).save(data, format=fmt)
         memory.pipe(f"{bucket}/in/{name}", data.getvalue())
-    spec = JobSpec({}, RestoreOptions(), PhotoOptions(aligned=True, save_faces=True))
+    spec = JobSpec(BackendOptions("torch"), RestoreOptions(), PhotoOptions(aligned=True, save_faces=True))
     in_fs, out_fs, run = plan([f"memory://{bucket}/in"], f"memory://{bucket}/out", spec)
     assert [(p.photo.name, p.faces.name) for p in run.photos] == [("IMG_0001.JPG", "IMG_0001_faces"), ("b.png", "b_faces")]
 
@@ -291,7 +184,8 @@ def test_the_plan_holds_on_object_stores(tmp_path):
     batch = {"src": np.array([str(jpeg.source)], dtype=object), "dst": np.array([str(jpeg.photo)], dtype=object),
              "faces_dir": np.array([str(jpeg.faces)], dtype=object), "source": np.array([source], dtype=object),
              "image": _objects([pixels]), "faces": _objects([pixels[None]]), "found": np.array([1]),
-             "notes": np.array([""], dtype=object), "error": np.array([""], dtype=object)}
+             "notes": np.array([""], dtype=object), "error": np.array([""], dtype=object),
+             "backend": np.array(["torch"], dtype=object)}
     assert json.loads(write_stage(batch, pafs.PyFileSystem(pafs.FSSpecHandler(memory)))["row"][0])["status"] == "written"
     assert memory.cat(f"{bucket}/out/IMG_0001.JPG")[:2] == b"\xff\xd8"  # JPEG in, JPEG out
     assert plan([f"memory://{bucket}/in"], f"memory://{bucket}/out", spec)[2].earlier == {jpeg.source}  # resumable

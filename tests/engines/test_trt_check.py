@@ -30,30 +30,16 @@ def test_check_fails_with_a_table_against_other_weights(tiny_onnx, tmp_path):
     assert "Traceback" not in result.output
 
 
-def test_engines_know_their_weights_so_check_needs_no_weights_folder(fake_trt, fake_export, tmp_path, tiny_cfg,
-                                                                    monkeypatch):
-    from functools import partialmethod
+def test_engines_know_their_weights_so_check_needs_no_weights_folder(engines, tiny_cfg):
+    from interlcm.engines.backend import BackendOptions, open_backend, reference_models
 
-    from interlcm.engines import trt as trt_mod
-    from interlcm.engines.backend import open_backend, reference_models
-
-    engines = tmp_path / "engines"
-    trt_mod.build_engines(fake_export.root, engines)
-    monkeypatch.setattr(trt_mod.TrtBackend, "__init__", partialmethod(trt_mod.TrtBackend.__init__, device="cpu"))
-    with open_backend("tensorrt", engines=engines) as opened:
-        assert opened.weights == "random, seed 0"
+    with open_backend(BackendOptions("tensorrt", engines=engines)) as opened:
+        assert opened.weights == "random tiny weights, seed 0, 3step"
         models = reference_models(opened)  # no --weights: rebuilt from the identity the engines record
     assert models.origin == "random, seed 0" and models.config == tiny_cfg
 
 
-def test_batch_over_the_engine_profile_is_one_line_at_open(fake_trt, fake_export, tmp_path, monkeypatch):
-    from functools import partialmethod
-
-    from interlcm.engines import trt as trt_mod
-
-    engines = tmp_path / "engines"
-    trt_mod.build_engines(fake_export.root, engines)
-    monkeypatch.setattr(trt_mod.TrtBackend, "__init__", partialmethod(trt_mod.TrtBackend.__init__, device="cpu"))
+def test_batch_over_the_engine_profile_is_one_line_at_open(engines, tmp_path):
     result = CliRunner().invoke(main, ["restore", "--engines", str(engines), "--backend", "tensorrt",
                                        "--batch", "8", "--out", str(tmp_path / "out")])
     assert result.exit_code == 1

@@ -49,3 +49,43 @@ def test_video_dispatch(clip, tmp_path):
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
     assert (out / "clip.mp4").is_file() and "4 frames at 2 fps, 96x64" in result.output
+
+
+@pytest.mark.parametrize("failure", ["engine", "memory"])
+def test_a_failing_video_is_one_line_and_the_next_goes_on(tmp_path, monkeypatch, failure):
+    """An engine error or running out of memory on one video: one `failed:` line, the other video restored, exit 1."""
+    from interlcm.engines.photo import PhotoRestorer
+    from interlcm.engines.trt import EngineError
+
+    dark, bright = tmp_path / "dark.mp4", tmp_path / "bright.mp4"
+    write_clip(dark, [np.full((32, 48, 3), 20, np.uint8)] * 2, fps=2)
+    write_clip(bright, [np.full((32, 48, 3), 200, np.uint8)] * 2, fps=2)
+    restore = PhotoRestorer.restore_photos
+
+    def fails_on_dark(self, photos):  # noqa: ANN001
+        if photos[0].mean() < 100:
+            raise EngineError("the engine lost its context\n(second line)") if failure == "engine" else MemoryError()
+        return restore(self, photos)
+
+    monkeypatch.setattr(PhotoRestorer, "restore_photos", fails_on_dark)
+    out = tmp_path / "out"
+    args = ["restore", str(dark), str(bright), "--preset", "tiny", "--steps", "1", "--detector", "dlib", "--out", str(out)]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+    failures = [line for line in result.output.splitlines() if line.startswith("failed:")]
+    reason = "the engine lost its context" if failure == "engine" else "out of memory; lower --batch or --upscale"
+    assert failures == [f"failed: {dark}: {reason}" + ("" if failure == "engine" else ", or free memory")]
+    assert sorted(p.name for p in out.iterdir()) == ["bright.mp4"]
+
+
+def test_rotated_video_through_the_cli(tmp_path):
+    """A portrait phone clip (stored 48x32, "rotate 90") comes out portrait, 64x96, and the CLI says it turned it."""
+    stored = np.zeros((32, 48, 3), np.uint8)
+    stored[:, :24] = 200
+    write_clip(tmp_path / "phone.mov", [stored] * 2, fps=2, rotation=-90)
+    out = tmp_path / "out"
+    args = ["restore", str(tmp_path / "phone.mov"), "--preset", "tiny", "--steps", "1", "--detector", "dlib",
+            "--out", str(out)]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    assert "2 frames at 2 fps, 64x96, turned upright (-90 degrees), 1 other stream(s) copied" in result.output

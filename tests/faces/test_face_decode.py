@@ -16,6 +16,8 @@ import numpy as np
 import pytest
 import torch
 
+from interlcm.backend import BackendBase
+from interlcm.components import Limits
 from interlcm.faces.detectors import RetinaFaceDetector
 from interlcm.faces.retinaface import (
     MOBILENET,
@@ -196,13 +198,17 @@ def test_resize_matches_opencv_within_rounding():
     assert np.abs(ours - bgr).mean() < 1.0
 
 
-class _NoBackend:
+class _NoBackend(BackendBase):
+    device = torch.device("cpu")
+
     def run(self, component, **tensors):  # noqa: ANN001, ANN201
         raise AssertionError("not used")
 
 
-class _PlantedBackend:
+class _PlantedBackend(BackendBase):
     """Answers the detector with one face planted at the prior nearest a point of the network input."""
+
+    device = torch.device("cpu")
 
     def __init__(self, cfg, centre_rel: tuple[float, float]):
         self.cfg, self.centre_rel = cfg, centre_rel
@@ -246,6 +252,27 @@ def test_detector_maps_back_to_photo_pixels():
     np.testing.assert_allclose(det.landmarks, [[cx, cy]] * 5, atol=1e-3)  # zero offsets: the anchor centre
     assert det.score == pytest.approx(0.95)
     assert RetinaFaceDetector.landmark_kind == "retinaface"
+
+
+def test_a_view_beyond_the_profile_is_shrunk_to_fit_and_phone_photos_fit():
+    """The release detects at the photo's own size (resize=640 only enlarges). A view larger than the detector
+    takes on the backend (its engine profile) is shrunk to fit, the scale carried back; a 12 MP phone photo
+    (4032x3024, either way up) fits the default profile as it is."""
+
+    class SmallProfile(_PlantedBackend):
+        def limits(self, component):
+            return Limits((1, None), {"height": (64, 512), "width": (64, 512)})
+
+    backend = SmallProfile(MOBILENET, (0.5, 0.25))
+    (found,) = RetinaFaceDetector(backend, "retinaface_mobile").detect([np.zeros((600, 800, 3), np.uint8)])
+    assert backend.shapes == [(1, 3, 384, 511)]  # the release's 640x853 view, x0.6
+    prior = backend.prior[(384, 511)]
+    np.testing.assert_allclose(found[0].landmarks, [[float(prior[0]) * 800, float(prior[1]) * 600]] * 5, atol=2)
+
+    backend = _PlantedBackend(MOBILENET, (0.5, 0.25))
+    photos = [np.zeros((3024, 4032, 3), np.uint8), np.zeros((4032, 3024, 3), np.uint8)]
+    RetinaFaceDetector(backend, "retinaface_mobile").detect(photos)
+    assert sorted(backend.shapes) == [(1, 3, 3024, 4032), (1, 3, 4032, 3024)]
 
 
 def test_detector_refuses_a_non_detector():

@@ -67,3 +67,28 @@ def test_parse_mask_calls_the_backend_and_checks_the_size():
     assert float(masks.min()) >= 0.0 and float(masks.max()) <= 1.0
     with pytest.raises(ValueError, match=r"ParseNet takes \(N, 3, 512, 512\) faces, got \(1, 3, 256, 256\)"):
         ParseMask(run)(torch.zeros(1, 3, 256, 256))
+
+
+def test_the_parser_sends_every_face_and_the_backend_splits_them_to_its_batch():
+    """A 5-face photo on a backend that runs 2 at a time: three ParseNet calls of at most 2 faces (0.4 GB of
+    activations per face on a CPU), one mask per face."""
+    from interlcm.backend import BackendBase
+    from interlcm.faces.detectors import open_parser
+
+    class Logits(BackendBase):
+        name, config, device, max_batch = "logits", None, torch.device("cpu"), 2
+
+        def __init__(self):
+            self.batches = []
+
+        def has(self, component):
+            return component == "parsenet"
+
+        def _run(self, component, inputs, batch, dims):
+            self.batches.append(batch)
+            return {"parsing": blobby_logits(batch, IN_SIZE, seed=len(self.batches))}
+
+    backend = Logits()
+    masks = open_parser(backend)([np.zeros((64, 64, 3), np.uint8)] * 5)
+    assert backend.batches == [2, 2, 1] and len(masks) == 5 and masks[0].shape == (64, 64)
+    assert open_parser(type("Without", (Logits,), {"has": lambda self, c: False})()) is None

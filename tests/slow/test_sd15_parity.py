@@ -15,7 +15,7 @@ import torch
 
 from interlcm.components import DEFAULT_COMPONENTS
 from interlcm.config import SD15
-from interlcm.engines.backend import open_backend
+from interlcm.engines.backend import BackendOptions, open_backend
 from interlcm.engines.restorer import RestoreOptions, Restorer
 from interlcm.export.onnx_export import export_all
 from interlcm.export.validate import validate
@@ -46,7 +46,7 @@ def test_end_to_end_matches_torch(sd15):
     lq = photo(SD15.resolution, 1)
     options = RestoreOptions(steps=3, seed=0)
     ours, ref = Trace(), Trace()
-    with open_backend("onnxruntime", onnx=out) as opened:
+    with open_backend(BackendOptions("onnxruntime", onnx=out)) as opened:
         Restorer(opened.backend, options).restore(lq, ours)
     Restorer(TorchBackend(models), options).restore(lq, ref)
     rows = compare_traces(ours, ref)
