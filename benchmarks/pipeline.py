@@ -43,6 +43,7 @@ from PIL import Image
 from interlcm.benchmarks.measure import CpuMeter, PeakRss
 from interlcm.components import get_component
 from interlcm.config import PRESETS, PresetConfig
+from interlcm.engines.outputs import plan_outputs
 from interlcm.engines.photo import DETECT_MIN_SIDE, PhotoOptions, PhotoRestorer
 from interlcm.engines.pipeline import restore_files
 from interlcm.engines.restorer import RestoreOptions, Restorer
@@ -216,10 +217,10 @@ def run_once(folder: Path, workers: int, device_ms: float, upscale: int, batch: 
                            FixedParser(gpu, cfg.resolution))
     paths = sorted(folder.glob("*.jpg"))
     with tempfile.TemporaryDirectory(dir=folder.parent) as out, PeakRss() as rss, CpuMeter() as cpu:
-        report = restore_files(photos, paths, Path(out), progress=False, workers=workers)
-    if report.failed:
-        raise RuntimeError(f"{len(report.failed)} photo(s) failed, e.g. {report.failed[0]}")
-    return Run(workers, device_ms, len(report.written), sum(len(v) for v in landmarks.values()), cpu.result.wall_s,
+        report = restore_files(photos, plan_outputs(paths, Path(out)), progress=False, workers=workers)
+    if report.count("failed"):
+        raise RuntimeError(f"{report.count('failed')} photo(s) failed, e.g. {report.where('failed')[0].reason}")
+    return Run(workers, device_ms, report.count("written"), sum(len(v) for v in landmarks.values()), cpu.result.wall_s,
                cpu.result.process_cpu_s, sum(photos.seconds[s] for s in DEVICE_STAGES), gpu.busy,
                cpu.result.other_cores, rss.peak / 2**20, dict(photos.seconds))
 
@@ -240,9 +241,9 @@ def big_photo(folder: Path, workers: int, upscale: int) -> dict[str, float]:
         with before:
             pass  # the process's size before the run: models, libraries
         with PeakRss() as rss, CpuMeter() as cpu:
-            report = restore_files(photos, paths, Path(out), progress=False, workers=workers)
-    if report.failed:
-        raise RuntimeError(f"failed: {report.failed[0]}")
+            report = restore_files(photos, plan_outputs(paths, Path(out)), progress=False, workers=workers)
+    if report.count("failed"):
+        raise RuntimeError(f"failed: {report.where('failed')[0].reason}")
     return {"workers": workers, "wall_s": cpu.result.wall_s, "rss_before_mb": before.peak / 2**20,
             "peak_rss_mb": rss.peak / 2**20, "faces": sum(len(v) for v in landmarks.values())}
 

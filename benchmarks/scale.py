@@ -62,7 +62,7 @@ def single_process(backend: BackendOptions, paths: list[Path], batch: int) -> fl
 def ray_job(backend: BackendOptions, folder: Path, out: Path, batch: int, actors: int) -> float:
     spec = JobSpec(backend, RestoreOptions(batch=batch), PhotoOptions(aligned=True), actors)
     report = run_job(spec, [str(folder)], str(out))
-    assert report.count("written") == len(report.rows), report.summary()
+    assert report.count("written") == len(report.results), report.summary()
     return report.seconds
 
 

@@ -97,7 +97,7 @@ def main(preset, frames, steps, batch, shift, flicker, whole_photo, out) -> None
         src = Path(tmp) / "clip.mp4"
         write_clip(src, clip_frames, fps=8)
         photo = _photo_restorer(models, 0, int(steps), batch, aligned=not whole_photo)
-        report = restore_video(photo, src, Path(tmp) / "out", VideoOptions(frames_per_batch=max(batch, 1)))
+        report = restore_video(photo, src, Path(tmp) / "out" / src.name, VideoOptions(frames_per_batch=max(batch, 1)))
     per_frame = {k: v / report.frames for k, v in report.seconds.items()}
     per_component = {k: v / report.frames for k, v in photo.restorer.backend.seconds.items()}
     result["seconds_per_frame"] = per_frame

@@ -33,6 +33,7 @@ import numpy as np
 from interlcm.choices import COLORFIXES, DEFAULT_STRENGTH, STRENGTH_RANGE
 from interlcm.cli.options import SEED_MAX
 from interlcm.engines.cli import backend_options
+from interlcm.engines.outputs import source_id
 from interlcm.faces.detectors import DEFAULT_DETECTOR, DETECTORS
 
 UPSCALE = (1, 8)  # the page's upscale range, as `interlcm-trt restore --upscale`
@@ -265,12 +266,12 @@ def build_page(engine: LocalEngine | ServerEngine, workdir: Path, limits: Limits
     def failed(message: str) -> tuple:
         return None, [], "", None, gr.Video(None, visible=False), f"⚠️ {message}"
 
-    def shown(outcome: Outcome, stem: str) -> tuple:
+    def shown(outcome: Outcome, stem: str, source: str | None = None) -> tuple:
         from interlcm.imageio import write_image
 
         _prune(workdir, KEEP_RESULTS_S)
         folder = workdir / uuid.uuid4().hex[:12]
-        after = write_image(folder / f"{stem}_restored.png", outcome.image)
+        after = write_image(folder / f"{stem}_restored.png", outcome.image, source=source)  # the CLI's bytes
         before = write_image(folder / f"{stem}_input.png", outcome.before)
         note = f"⚠️ {outcome.message}" if outcome.message else ""
         download = str(outcome.video or after)
@@ -287,7 +288,7 @@ def build_page(engine: LocalEngine | ServerEngine, workdir: Path, limits: Limits
             outcome = engine.restore_photo(photo, request)
         except (InputError, ValueError, RuntimeError) as exc:  # incl. a detector that cannot run: one sentence
             return failed(str(exc).splitlines()[0])
-        return shown(outcome, Path(name).stem)
+        return shown(outcome, Path(name).stem, source_id(Path(path)))
 
     def restore_clip(upload, aligned, detector, only_center, upscale, bg, face_up, colorfix, seed, strength,  # noqa: ANN001
                      progress=gr.Progress(track_tqdm=True)) -> tuple:  # noqa: B008 - frames: restore_video's tqdm
@@ -298,8 +299,9 @@ def build_page(engine: LocalEngine | ServerEngine, workdir: Path, limits: Limits
             check_video(path, name, limits)
             request = page_request(aligned, detector, only_center, upscale, bg, face_up, colorfix, seed, strength)
             _prune(workdir, KEEP_RESULTS_S)
+            dst = workdir / uuid.uuid4().hex[:12] / Path(path).name  # the upload's own container
             with engine.video_restorer(request) as photos:  # this process: frames decoded ahead, encoded behind
-                done = restore_video(photos, path, workdir / uuid.uuid4().hex[:12], VideoOptions())
+                done = restore_video(photos, path, dst, VideoOptions(), source=source_id(Path(path)))
         except (InputError, VideoError, ValueError, RuntimeError) as exc:
             return failed(str(exc).splitlines()[0])
         first = _first_frame(done.output)

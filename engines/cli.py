@@ -18,7 +18,7 @@ from interlcm.choices import (
     STRENGTH_RANGE,
     VARIANTS,
 )
-from interlcm.cli.options import SEED
+from interlcm.cli.options import SEED, Command, Group
 from interlcm.config import PRESETS
 from interlcm.faces.detectors import DEFAULT_DETECTOR, DETECTORS  # light: the choice list
 from interlcm.limits import MEGAPIXEL, PixelLimits, ServeLimits
@@ -26,7 +26,7 @@ from interlcm.limits import MEGAPIXEL, PixelLimits, ServeLimits
 _PATH = click.Path(path_type=Path)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
 def main() -> None:
     """Fast InterLCM face restoration."""
 
@@ -109,7 +109,9 @@ def _pixel_limits(max_input_mp: float, max_output_mp: float) -> PixelLimits:
               help="Mix of restored and original face (A1111's visibility, facefusion's blend): "
               "1 the restored face, 0 the input unchanged.")
 @click.option("--save-faces", is_flag=True, help="Also write the restored faces, in NAME_faces/ beside each output.")
-@click.option("--skip-existing", is_flag=True, help="Skip inputs whose output is already complete.")
+@click.option("--skip-existing", is_flag=True, help="Skip inputs whose earlier output (of that very input) is complete.")
+@click.option("--overwrite", is_flag=True,
+              help="Replace files in OUT that are not earlier outputs of the same inputs (refused without it).")
 @click.option("--workers", type=click.IntRange(0), default=None,
               help="CPU threads decoding, pasting back and writing while the device restores "
               "[default: cores, at most 4]; 0 runs every stage in turn.")
@@ -128,12 +130,13 @@ def _pixel_limits(max_input_mp: float, max_output_mp: float) -> PixelLimits:
 @click.option("--face-upsample", is_flag=True, help="Also upscale restored faces with Real-ESRGAN before paste-back.")
 @click.option("--save-frames", is_flag=True, help="Videos: also write every restored frame, in OUT/NAME_frames/.")
 def restore(inputs, backend, seed, colorfix, batch, timing, aligned, detector, only_center_face, upscale,  # noqa: ANN001
-            strength, save_faces, skip_existing, workers, max_input_mp, max_output_mp, out, ray_address, actors,
-            bg_upsampler, bg_tile, face_upsample, save_frames) -> None:
+            strength, save_faces, skip_existing, overwrite, workers, max_input_mp, max_output_mp, out, ray_address,
+            actors, bg_upsampler, bg_tile, face_upsample, save_frames) -> None:
     """Restore every face of whole photos (default) or aligned face crops: files, folders or globs.
 
     Videos (.mp4 .mov .avi .mkv .webm) are restored frame by frame, audio kept. With no input,
-    restores the bundled demo photo (or, with --aligned, the demo face crop).
+    restores the bundled demo photo (or, with --aligned, the demo face crop). Outputs never replace
+    an input, nor a file in OUT other than an earlier output of the same input (see --overwrite).
     """
     from dataclasses import replace
 
@@ -143,10 +146,12 @@ def restore(inputs, backend, seed, colorfix, batch, timing, aligned, detector, o
     from interlcm.engines.photo import PhotoOptions, open_photo_restorer
     from interlcm.engines.pipeline import DEFAULT_WORKERS, restore_files
     from interlcm.engines.restorer import RestoreOptions
-    from interlcm.files import make_folder
+    from interlcm.files import clean_stale_temporaries, make_folder
     from interlcm.imageio import demo_image_path, demo_photo_path, list_images
     from interlcm.video import is_video
 
+    if not out.strip():  # `--out "$DIR"` with DIR unset: never the current folder by accident
+        raise click.UsageError("--out is empty (an unset shell variable?): give the output folder")
     chosen = get_variant(backend.variant)
     if timing and backend.cuda_graph is None:  # --timing synchronises after every call: no graph to capture
         backend = replace(backend, cuda_graph=False)
@@ -161,33 +166,39 @@ def restore(inputs, backend, seed, colorfix, batch, timing, aligned, detector, o
                                  save_faces=save_faces, keep_gray=chosen.keep_gray, strength=strength,
                                  limits=_pixel_limits(max_input_mp, max_output_mp))
     if ray_address is not None:
-        _restore_on_ray(inputs, out, ray_address, actors, backend, options, photo_options, detector)
+        if videos:
+            raise click.UsageError(f"--ray restores photos, not videos ({videos[0]}): restore videos without --ray")
+        _restore_on_ray(inputs, out, ray_address, actors, backend, options, photo_options, detector, overwrite)
         return
     out = Path(out)
     report, video_failed = None, False
     try:
         paths = list_images(inputs) if inputs else []
-        plan_outputs(paths, out, save_faces=save_faces)  # a name clash fails here, before any work
+        # every output of the run, checked against each other, the inputs and OUT, before any work
+        plan = plan_outputs(paths, out, videos=videos, save_faces=save_faces, save_frames=save_frames,
+                            overwrite=overwrite)
         with open_backend(backend) as opened:
             upsamplers = _upsamplers(opened.backend, backend.weights, bg_upsampler, bg_tile, face_upsample)
             photo_restorer = open_photo_restorer(opened.backend, opened.fast.apply(options), photo_options, detector,
                                                  backend.weights, timing, upsamplers)
             make_folder(out)  # --out a file, read-only or uncreatable: one sentence before any work
+            for folder in plan.folders():  # temporaries of killed runs (never a live run's)
+                clean_stale_temporaries(folder)
             click.echo(f"backend: {opened.description}; {opened.fast.describe()}")
             if not aligned:
                 click.echo(f"detector: {detector}")
             if opened.random_weights:
                 click.echo("note: random weights: the output shows the pipeline runs, not a restoration "
                            "(get real weights with `interlcm-weights download`)")
-            if videos:
-                video_failed = _restore_videos(photo_restorer, videos, out, save_frames, workers)
-            if paths:
-                report = restore_files(photo_restorer, paths, out, skip_existing=skip_existing, workers=workers)
+            if plan.videos:
+                video_failed = _restore_videos(photo_restorer, plan, skip_existing, workers)
+            if plan.photos:
+                report = restore_files(photo_restorer, plan, skip_existing=skip_existing, workers=workers)
     except (ValueError, RuntimeError, FileNotFoundError) as exc:  # incl. FilesError: disk full while writing
         raise click.ClickException(str(exc)) from None
     if report is not None:
-        _print_summary(photo_restorer, report, len(paths))
-    if (report is not None and report.failed) or video_failed:
+        _print_summary(photo_restorer, report)
+    if (report is not None and report.count("failed")) or video_failed:
         sys.exit(1)
 
 
@@ -199,7 +210,7 @@ def _variant(variant: str | None, steps: str):  # noqa: ANN202 - interlcm.choice
 
 
 def _restore_on_ray(inputs, out: str, address: str, actors, backend, options, photo_options,  # noqa: ANN001
-                    detector: str) -> None:
+                    detector: str, overwrite: bool) -> None:
     """The restore command as a Ray Data job (engines/ray_job.py); same options, same outputs."""
     import ray
 
@@ -211,7 +222,7 @@ def _restore_on_ray(inputs, out: str, address: str, actors, backend, options, ph
     except (ConnectionError, RuntimeError, ValueError) as exc:
         raise click.ClickException(f"cannot reach the Ray cluster at {address!r}: {str(exc).splitlines()[0]}") from None
     try:
-        report = run_job(spec, inputs, out)
+        report = run_job(spec, inputs, out, overwrite=overwrite)
     except ValueError as exc:
         raise click.ClickException(str(exc)) from None
     except ray.exceptions.RayError as exc:  # e.g. an actor could not open the backend
@@ -219,10 +230,7 @@ def _restore_on_ray(inputs, out: str, address: str, actors, backend, options, ph
     finally:
         if started:
             ray.shutdown()
-    for row in report.rows:
-        if row["status"] == "failed":  # the reason names the file unless it came from elsewhere
-            reason = row["reason"] if row["input"] in row["reason"] else f"{row['input']}: {row['reason']}"
-            click.echo(f"failed: {reason}", err=True)
+    _print_failures(report)
     click.echo(report.summary())
     if report.count("failed"):
         sys.exit(1)
@@ -243,35 +251,37 @@ def _upsamplers(backend, weights, bg_upsampler: str, bg_tile: int, face_upsample
     return upsamplers
 
 
-def _restore_videos(photo_restorer, videos, out, save_frames, workers: int) -> bool:  # noqa: ANN001
-    """Each video through the photo pipeline (frames decoded ahead, encoded behind); True if any failed.
+def _restore_videos(photo_restorer, plan, skip_existing: bool, workers: int) -> bool:  # noqa: ANN001
+    """Each planned video through the photo pipeline (frames decoded ahead, encoded behind); True if any failed.
 
     A failure belongs to its video (one `failed:` line) and the next video goes on, whatever
-    failed: reading, writing, the engine or memory.
+    failed: reading, writing, the engine or memory. A full disk stops the run: every later
+    write would fail too.
     """
+    from interlcm.engines.outputs import source_id
     from interlcm.engines.pipeline import PhotoPipeline
-    from interlcm.video import VideoOptions, output_path, restore_video
+    from interlcm.files import DiskFull
+    from interlcm.video import VideoOptions, restore_video
 
-    failed, taken = False, set()
+    failed = False
     batch = photo_restorer.restorer.options.batch
-    for src in videos:
-        dst = output_path(src, out)
-        if dst in taken:  # two inputs of one name: the second would replace the first's result
-            click.echo(f"failed: {src}: its output {dst} is another input's output; restore it with another --out", err=True)
-            failed = True
+    for one in plan.videos:
+        if skip_existing and one.source in plan.earlier:  # written atomically: there means complete
+            click.echo(f"skipped {one.source}: {one.video} is already its restoration (--skip-existing)")
             continue
-        taken.add(dst)
         try:
             with PhotoPipeline(photo_restorer, workers) as pipeline:  # frames decoded ahead, encoded behind
-                report = restore_video(pipeline, src, out, VideoOptions(frames_per_batch=max(batch, 8),
-                                                                        save_frames=save_frames))
+                report = restore_video(pipeline, one.source, one.video, VideoOptions(frames_per_batch=max(batch, 8)),
+                                       frames_dir=one.frames, source=source_id(one.source))
+        except DiskFull:
+            raise
         except (ValueError, RuntimeError, OSError, MemoryError) as exc:  # VideoError, FilesError, EngineError ...
-            click.echo(f"failed: {_video_failure(src, exc)}", err=True)
+            click.echo(f"failed: {_video_failure(one.source, exc)}", err=True)
             failed = True
             continue
         per_frame = ", ".join(f"{k} {v / report.frames:.3f}" for k, v in report.seconds.items())
         turned = f", turned upright ({report.rotation} degrees)" if report.rotation else ""
-        click.echo(f"{src} -> {report.output}: {report.frames} frames at {report.fps} fps, "
+        click.echo(f"{one.source} -> {report.output}: {report.frames} frames at {report.fps} fps, "
                    f"{report.size[0]}x{report.size[1]}{turned}, {len(report.copied)} other stream(s) copied "
                    f"({report.packets_copied} packets); s per frame: {per_frame}")
         for note in report.notes:
@@ -288,15 +298,25 @@ def _video_failure(src: Path, exc: BaseException) -> str:
     return reason if str(src) in reason else f"{src}: {reason}"
 
 
-def _print_summary(photo_restorer, report, total: int) -> None:  # noqa: ANN001
-    from collections import Counter
+_NAMED = 5  # photos named per note in the summary
 
-    click.echo(f"restored {len(report.written)}/{total} image(s) in {report.seconds:.2f} s -> "
-               f"{report.written[0].parent if report.written else '-'}")
-    if report.skipped:
-        click.echo(f"skipped {len(report.skipped)} image(s) whose output is already complete (--skip-existing)")
-    for note, count in Counter(note for _, note in report.notes).items():
-        click.echo(f"  {note} ({count} image(s))")
+
+def _print_summary(photo_restorer, report) -> None:  # noqa: ANN001
+    from collections import defaultdict
+
+    written = report.where("written")
+    total = len(report.results)
+    folder = Path(written[0].output).parent if written else "-"
+    click.echo(f"restored {len(written)}/{total} image(s) in {report.seconds:.2f} s -> {folder}")
+    if report.count("skipped"):
+        click.echo(f"skipped {report.count('skipped')} image(s) whose output is already complete (--skip-existing)")
+    by_note: dict[str, list[str]] = defaultdict(list)
+    for result in written:
+        for note in result.notes:
+            by_note[note].append(Path(result.input).name)
+    for note, names in by_note.items():  # which photos: a count alone does not say which to look at
+        more = f" and {len(names) - _NAMED} more" if len(names) > _NAMED else ""
+        click.echo(f"  {note} ({len(names)} image(s): {', '.join(names[:_NAMED])}{more})")
     if photo_restorer.seconds:
         click.echo("whole-photo stages (s): " + ", ".join(f"{k} {v:.3f}" for k, v in photo_restorer.seconds.items()))
     timed = photo_restorer.restorer.timings
@@ -304,8 +324,13 @@ def _print_summary(photo_restorer, report, total: int) -> None:  # noqa: ANN001
         click.echo("time per stage (s, total over all images):")
         for name, secs in sorted(timed.seconds.items(), key=lambda kv: -kv[1]):
             click.echo(f"  {name:<18} {secs:8.3f}  ({timed.counts[name]} calls)")
-    for path, reason in report.failed:  # the reason names the file unless it came from elsewhere
-        click.echo(f"failed: {reason if str(path) in reason else f'{path}: {reason}'}", err=True)
+    _print_failures(report)
+
+
+def _print_failures(report) -> None:  # noqa: ANN001
+    for result in report.where("failed"):  # the reason names the file unless it came from elsewhere
+        reason = result.reason if result.input in result.reason else f"{result.input}: {result.reason}"
+        click.echo(f"failed: {reason}", err=True)
 
 
 @main.command()
@@ -389,7 +414,7 @@ def check(engines, onnx, weights, precision, variant, steps, batch, seed) -> Non
 _SERVE = ServeLimits()  # the server's defaults
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.command(cls=Command, context_settings={"help_option_names": ["-h", "--help"]})
 @backend_options
 @click.option("--batch", type=click.IntRange(1, 63), default=4, show_default=True,
               help="Most faces per engine batch; concurrent requests are gathered up to this.")

@@ -87,7 +87,7 @@ class PhotoResult:
     image: np.ndarray  # (H', W', 3) uint8 RGB: the restored photo (aligned mode: the restored crop)
     faces: list[np.ndarray] = field(default_factory=list)  # (R, R, 3) uint8 restored faces, if asked
     notes: list[str] = field(default_factory=list)  # one line each, e.g. which paste-back mask was used
-    found: int = 0  # whole-photo mode: faces detected, restored and pasted back
+    found: int = 0  # faces restored: detected and pasted back (whole photos), 1 (aligned crops)
     originals: list[np.ndarray] = field(default_factory=list)  # (R, R, 3) uint8 aligned input faces, with `faces`
 
 
@@ -249,7 +249,7 @@ class PhotoRestorer:
             if original.shape[:2] != (size, size):
                 original = cv2.resize(original, (size, size), interpolation=cv2.INTER_LINEAR)
             restored = item.faces[0]
-            return PhotoResult(mix(original, restored, self.options.strength), [restored] if keep else [],
+            return PhotoResult(mix(original, restored, self.options.strength), [restored] if keep else [], found=1,
                                originals=[original] if keep else [])
         photo = item.photo.pixels
         with self._timed("paste"):

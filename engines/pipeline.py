@@ -26,16 +26,25 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import partial
-from pathlib import Path
 from typing import Any, TypeVar
 
 from tqdm import tqdm
 
-from interlcm.engines.outputs import OutputPlan, output_complete, plan_outputs
+from interlcm.engines.outputs import (
+    InputResult,
+    OutputPlan,
+    RestoreReport,
+    RunPlan,
+    output_complete,
+    source_id,
+)
 from interlcm.engines.photo import FacesRestored, PhotoInput, PhotoRestorer, PhotoResult
+from interlcm.files import DiskFull, FilesError
 from interlcm.imageio import read_rgb, write_image
+
+__all__ = ["DEFAULT_WORKERS", "PhotoPipeline", "PipelineThreads", "RestoreReport", "restore_files"]
 
 DEFAULT_WORKERS = min(4, os.cpu_count() or 1)  # CPU workers: each holds at most one output canvas at a time
 GROUPS_IN_FLIGHT = 2  # groups past the device stage and not yet written: the device works on the next meanwhile
@@ -153,23 +162,14 @@ class PhotoPipeline:
 
 
 @dataclass
-class RestoreReport:
-    written: list[Path] = field(default_factory=list)
-    failed: list[tuple[Path, str]] = field(default_factory=list)
-    skipped: list[Path] = field(default_factory=list)  # --skip-existing: complete outputs already there
-    notes: list[tuple[Path, str]] = field(default_factory=list)
-    seconds: float = 0.0
-
-
-@dataclass
 class _Entry:
     """One input past its read, waiting to be recorded in input order (it holds no pixels)."""
 
-    plan: OutputPlan
-    notes: list[str] = field(default_factory=list)  # from reading it, e.g. which frame of a multi-frame file
+    one: OutputPlan
+    notes: tuple[str, ...] = ()  # from reading it, e.g. which frame of a multi-frame file
     failure: Exception | None = None  # its read failed
     group: int | None = None  # index of its group once sent to the device
-    outcome: Callable[[], list[str]] | None = None  # its result's notes (after paste-back and the write), or raises
+    outcome: Callable[[], InputResult] | None = None  # after paste-back and the write; raises a failure before
 
     def ready(self, upto: int) -> bool:
         """Recordable once groups before `upto` are done: a failed read at once."""
@@ -178,43 +178,49 @@ class _Entry:
 
 def restore_files(
     photo_restorer: PhotoRestorer,
-    paths: list[Path],
-    out_dir: Path,
+    plan: RunPlan,
     *,
     progress: bool = True,
     skip_existing: bool = False,
     workers: int = DEFAULT_WORKERS,
 ) -> RestoreReport:
-    """Restore image files, a group of photos per device call; a bad image is reported and skipped.
+    """Restore the photos of `plan` (engines.outputs.plan_outputs), a group per device call; an input that
+    cannot be read, restored or written is reported and skipped, the rest go on. A full disk stops the run
+    (files.DiskFull): every later write would fail too.
 
-    Output names are settled first (`plan_outputs`), so a clash fails before any work.
     `workers`: CPU threads reading and writing beside the device thread; 0 runs sequentially.
     """
-    plans = plan_outputs(paths, out_dir, save_faces=photo_restorer.options.save_faces)
     report = RestoreReport()
     start = time.perf_counter()
     group_size = max(4, photo_restorer.restorer.options.batch)  # photos per device call: their faces share batches
     todo = []
-    for plan in plans:
-        if skip_existing and output_complete(plan):
-            report.skipped.append(plan.source)
+    for one in plan.photos:
+        if skip_existing and one.source in plan.earlier and output_complete(one):
+            report.add(InputResult(str(one.source), str(one.photo), "skipped"))
         else:
-            todo.append(plan)
+            todo.append(one)
 
-    def read(plan: OutputPlan) -> tuple[PhotoInput, list[str]]:
+    def read(one: OutputPlan) -> tuple[PhotoInput, list[str]]:
         notes: list[str] = []  # a multi-frame file: which frame was used
         options = photo_restorer.options  # over the pixel limits: refused from the header, one sentence
-        photo = read_rgb(plan.source, notes=notes, limits=options.limits, upscale=options.output_scale)
+        photo = read_rgb(one.source, notes=notes, limits=options.limits, upscale=options.output_scale)
         return photo_restorer.prepare(photo), notes
 
-    def write(plan: OutputPlan, result: PhotoResult) -> list[str]:
+    def write(one: OutputPlan, read_notes: tuple[str, ...], result: PhotoResult) -> InputResult:
+        """On a CPU worker: the outputs, atomically; the record (the pixels go: memory holds only what is in flight)."""
         try:
+            source = source_id(one.source)  # recorded in every output: a rerun recognises its own files
             for i, face in enumerate(result.faces):
-                write_image(plan.faces / f"{i:02d}.png", face)
-            write_image(plan.photo, result.image)  # last: its presence means the output is complete
-        except OSError as exc:
-            raise RuntimeError(f"cannot write {plan.photo}: {exc.strerror or exc}") from None
-        return result.notes  # the pixels go: memory holds only what is in flight
+                write_image(one.faces / f"{i:02d}.png", face, source=source)
+            write_image(one.photo, result.image, source=source)  # last: its presence means the output is complete
+        except DiskFull:
+            raise  # stops the run (_record)
+        except FilesError as exc:  # one sentence already: the path, why, the fix
+            return _failed(one, str(exc))
+        except (OSError, ValueError) as exc:
+            return _failed(one, f"cannot write {one.photo}: {getattr(exc, 'strerror', None) or exc}")
+        return InputResult(str(one.source), str(one.photo), "written", faces=result.found,
+                           notes=(*read_notes, *result.notes))
 
     with PhotoPipeline(photo_restorer, workers) as pipeline, tqdm(
         total=len(todo), unit="img", disable=not progress, desc="restoring"
@@ -231,7 +237,8 @@ def restore_files(
 
         def launch() -> None:
             nonlocal launched, recorded
-            batch = pipeline.submit([photo for _, photo in group], [partial(write, e.plan) for e, _ in group])
+            steps = [partial(write, e.one, e.notes) for e, _ in group]
+            batch = pipeline.submit([photo for _, photo in group], steps)
             for i, (entry, _) in enumerate(group):
                 entry.group, entry.outcome = launched, partial(_nth_outcome, batch, i)
             launched += 1
@@ -240,14 +247,14 @@ def restore_files(
                 recorded += 1
                 record(recorded)
 
-        for plan, future in _ahead(partial(pipeline.cpu.submit, read), todo, group_size):
+        for one, future in _ahead(partial(pipeline.cpu.submit, read), todo, group_size):
             try:
                 photo, notes = future.result()  # waits for the read; input order
             except PHOTO_FAILURES as exc:  # ImageReadError and PixelLimitError are ValueErrors
-                entries.append(_Entry(plan, failure=exc))
+                entries.append(_Entry(one, failure=exc))
                 record(recorded)  # ahead of every unfinished group: report it now
                 continue
-            entries.append(_Entry(plan, notes))
+            entries.append(_Entry(one, tuple(notes)))
             group.append((entries[-1], photo))
             if len(group) == group_size:
                 launch()
@@ -273,21 +280,24 @@ def _nth_outcome(batch: Batch, i: int) -> Any:
 
 
 def _record(entry: _Entry, report: RestoreReport) -> None:
-    source = entry.plan.source
     if entry.failure is not None:
-        report.failed.append((source, _one_line(entry.failure)))
+        report.add(_failed(entry.one, _reason(entry.failure)))
         return
-    report.notes += [(source, note) for note in entry.notes]
     assert entry.outcome is not None
     try:
-        notes = entry.outcome()
-    except PHOTO_FAILURES as exc:
-        report.failed.append((source, _one_line(exc)))
-        return
-    report.written.append(entry.plan.photo)
-    report.notes += [(source, note) for note in notes]
+        report.add(entry.outcome())  # written, or its write failed
+    except DiskFull:
+        raise  # every later write would fail too
+    except PHOTO_FAILURES as exc:  # its device stage or paste-back failed
+        report.add(_failed(entry.one, _reason(exc)))
 
 
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text or type(exc).__name__
+def _failed(one: OutputPlan, reason: str) -> InputResult:
+    return InputResult(str(one.source), str(one.photo), "failed", reason)
+
+
+def _reason(exc: BaseException) -> str:
+    """One sentence for the report."""
+    if isinstance(exc, MemoryError):
+        return "out of memory: lower --batch or --upscale, or free memory"
+    return str(exc).strip() or type(exc).__name__

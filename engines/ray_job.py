@@ -1,20 +1,26 @@
 """Restore a folder (or a bucket) of photos on a Ray cluster: read -> decode -> restore -> write.
 
-The pipeline is a Ray Data dataset of (input, output) rows:
+It is the restore command on a cluster: the outputs are planned by the same
+:func:`interlcm.engines.outputs.plan_outputs` (mirrored folders, JPEG in -> JPEG out,
+`--save-faces` folders, never over an input or a file that is not an earlier output of the
+same input), and every input gets the same :class:`~interlcm.engines.outputs.InputResult`.
+The pipeline is a Ray Data dataset of planned rows:
 
-1. decode tasks read the bytes through the input filesystem and decode them
-   (:func:`interlcm.imageio.decode_rgb`); an unreadable file becomes a row with a reason;
+1. decode tasks read the bytes through the input filesystem, hash them (the id every output
+   records) and decode them (:func:`interlcm.imageio.decode_rgb`); an unreadable file becomes
+   a row with a reason;
 2. an actor pool restores them: each actor opens one backend and holds one
    :class:`~interlcm.engines.photo.PhotoRestorer` (the same unit of work as the
    single-process CLI), ``num_gpus=1`` per actor on GPU clusters, a fraction of a
    CPU on CPU-only ones (whole-CPU actors on a 2-core machine leave no CPU for the
    read tasks and the job never makes progress);
-3. write tasks encode and write each result atomically (local: temp file + rename;
-   object stores: one PUT per object), so an output that exists is complete.
+3. write tasks encode and write each result, faces first, atomically (local: temp file +
+   rename; object stores: one PUT per object), so an output that exists is complete. A file
+   that cannot be written fails its row; a full disk stops the job.
 
-Resumable: inputs whose output already exists are skipped before the job starts,
-so a rerun only does what is missing and a killed job loses only the batches in
-flight. Ray retries the tasks of a dead actor on a restarted one; outputs have
+Resumable: inputs whose output already exists (and records that very input) are skipped
+before the job starts, so a rerun only does what is missing and a killed job loses only
+the batches in flight. Ray retries the tasks of a dead actor on a restarted one; outputs have
 fixed names and are written atomically, so a retried batch rewrites the same
 files with the same bytes and never leaves half-written or duplicate files.
 Every input of a run gets one row in ``OUT/results.jsonl`` (written, skipped,
@@ -28,13 +34,22 @@ import os
 import time
 from collections.abc import Sequence
 from contextlib import ExitStack
-from dataclasses import dataclass, field, replace
-from pathlib import PurePosixPath
+from dataclasses import dataclass, replace
+from pathlib import Path, PurePath, PurePosixPath
 from typing import Any
 
 import numpy as np
 
 from interlcm.engines.backend import BackendOptions
+from interlcm.engines.outputs import (
+    LOCAL,
+    InputResult,
+    OutputClash,
+    RestoreReport,
+    RunPlan,
+    plan_outputs,
+    source_id,
+)
 from interlcm.engines.photo import PhotoOptions
 from interlcm.engines.restorer import RestoreOptions
 from interlcm.faces.detectors import DEFAULT_DETECTOR
@@ -51,28 +66,6 @@ class JobSpec:
     photo: PhotoOptions
     actors: int | None = None  # default: one per GPU, else 1
     detector: str = DEFAULT_DETECTOR  # whole-photo mode (interlcm.faces.detectors.DETECTORS)
-
-
-@dataclass
-class JobReport:
-    rows: list[dict] = field(default_factory=list)  # one per input: input, output, status, reason, faces, backend
-    seconds: float = 0.0  # wall time of the Ray Data job (skipped inputs cost nothing)
-    actors: int = 0
-
-    def count(self, status: str) -> int:
-        return sum(r["status"] == status for r in self.rows)
-
-    @property
-    def faces(self) -> int:
-        return sum(r["faces"] for r in self.rows if r["status"] == "written")
-
-    def summary(self) -> str:
-        written, rate = self.count("written"), self.count("written") / self.seconds if self.seconds else 0.0
-        ran = sorted({r["backend"] for r in self.rows if r.get("backend")})  # what the actors opened
-        return ("".join(f"backend: {b}\n" for b in ran)
-                + f"{len(self.rows)} image(s): {written} restored ({self.faces} face(s)), "
-                f"{self.count('skipped')} skipped (output exists), {self.count('failed')} failed; "
-                f"{self.seconds:.1f} s on {self.actors} actor(s), {rate:.2f} images/s")
 
 
 # --- where files live -----------------------------------------------------------------------------
@@ -127,21 +120,35 @@ def list_inputs(inputs: Sequence[str]):  # -> (filesystem, [paths])
     return fs, paths
 
 
-def output_name(src: str) -> str:
-    """Output file name for an input: `<stem>.png`, as the single-process CLI names it today.
+class ArrowStore:
+    """engines.outputs.Store over pyarrow filesystems: outputs on `out_fs`, inputs read through `in_fs`."""
 
-    TODO(lead): the faces branch moves this mapping into engines/runtime.py (relative
-    folders, clashing stems, JPEG in -> JPEG out); call that one from here when it lands.
-    """
-    return f"{PurePosixPath(src).stem}.png"
+    def __init__(self, in_fs, out_fs):  # noqa: ANN001
+        self.in_fs, self.out_fs = in_fs, out_fs
 
+    def kind(self, path: PurePath) -> str | None:
+        import pyarrow.fs as pafs
 
-def _exists_complete(fs, path: str) -> bool:  # noqa: ANN001
-    """Outputs are written atomically, so one that exists with data is complete."""
-    import pyarrow.fs as pafs
+        info = self.out_fs.get_file_info(str(path))
+        return {pafs.FileType.File: "file", pafs.FileType.Directory: "folder"}.get(info.type)
 
-    info = fs.get_file_info(path)
-    return info.type == pafs.FileType.File and (info.size or 0) > 0
+    def identity(self, path: PurePath) -> str:
+        return str(path)  # an object store has one name per object
+
+    def children(self, folder: PurePath) -> list[PurePath]:
+        import pyarrow.fs as pafs
+
+        found = self.out_fs.get_file_info(pafs.FileSelector(str(folder), allow_not_found=True))
+        return [PurePosixPath(f.path) for f in found]
+
+    def recorded_source(self, path: PurePath) -> str | None:
+        from interlcm.imageio import read_source
+
+        with self.out_fs.open_input_stream(str(path)) as f:
+            return read_source(f)
+
+    def source_id(self, path: PurePath) -> str:
+        return source_id(_read_bytes(self.in_fs, str(path)))
 
 
 def _read_bytes(fs, path: str) -> bytes:  # noqa: ANN001
@@ -151,8 +158,6 @@ def _read_bytes(fs, path: str) -> bytes:  # noqa: ANN001
 
 def _write_bytes(fs, path: str, data: bytes) -> None:  # noqa: ANN001
     if _is_local(fs):  # temp file + fsync + rename: readers never see a half-written file
-        from pathlib import Path
-
         from interlcm.files import atomic_write_bytes
 
         atomic_write_bytes(Path(path), data)
@@ -177,20 +182,27 @@ def _objects(items: list) -> np.ndarray:
 _NO_IMAGE = np.zeros((1, 1, 3), np.uint8)  # placeholder pixels of a failed row
 
 
+_COLUMNS = ("src", "dst", "faces_dir")  # the plan's paths, carried through every stage
+
+
 def decode_stage(batch: dict[str, np.ndarray], fs, photo: PhotoOptions) -> dict[str, np.ndarray]:  # noqa: ANN001
-    """Read and decode each input; one over the pixel limits is refused from its header, before decoding."""
+    """Read, hash and decode each input; one over the pixel limits is refused from its header, before decoding."""
     from interlcm.imageio import ImageReadError, decode_rgb
     from interlcm.limits import PixelLimitError
 
-    images, errors = [], []
+    images, errors, sources = [], [], []
     for src in batch["src"]:
         try:
-            images.append(decode_rgb(_read_bytes(fs, src), src, limits=photo.limits, upscale=photo.output_scale))
-            errors.append("")
+            data = _read_bytes(fs, src)
+            image = decode_rgb(data, src, limits=photo.limits, upscale=photo.output_scale)
+            source, error = source_id(data), ""
         except (ImageReadError, PixelLimitError, OSError) as exc:
-            images.append(_NO_IMAGE)
-            errors.append(str(exc).splitlines()[0])
-    return {"src": batch["src"], "dst": batch["dst"], "image": _objects(images), "error": np.array(errors, dtype=object)}
+            image, source, error = _NO_IMAGE, "", str(exc).splitlines()[0]
+        images.append(image)
+        sources.append(source)
+        errors.append(error)
+    return {**{k: batch[k] for k in _COLUMNS}, "source": np.array(sources, dtype=object), "image": _objects(images),
+            "error": np.array(errors, dtype=object)}
 
 
 class RestoreActor:
@@ -204,14 +216,14 @@ class RestoreActor:
         opened = self._open.enter_context(open_backend(spec.backend))
         self.photos = open_photo_restorer(opened.backend, opened.fast.apply(spec.options), spec.photo, spec.detector,
                                           spec.backend.weights)
-        self.aligned = spec.photo.aligned
-        self.ran = f"{opened.description}; {opened.fast.describe()}"
+        self.ran = f"{opened.description}; {opened.fast.describe()}"  # what this actor opened, for the report
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         errors = list(batch["error"])
         ok = [i for i, e in enumerate(errors) if not e]
         images = [np.array(img) for img in batch["image"]]  # Ray hands out read-only views
-        faces = [0] * len(images)
+        faces: list[np.ndarray] = [_NO_FACES] * len(images)
+        found, notes = [0] * len(images), [""] * len(images)
         try:
             results = self.photos.restore_photos([images[i] for i in ok]) if ok else []
         except (ValueError, RuntimeError) as exc:  # e.g. NaN output: the batch fails, the job goes on
@@ -220,30 +232,43 @@ class RestoreActor:
                 errors[i] = f"restoration failed: {str(exc).splitlines()[0]}"
         for i, result in zip(ok, results):
             images[i] = result.image
-            faces[i] = 1 if self.aligned else len(result.faces)  # TODO(lead): PhotoResult should count faces
-        return {"src": batch["src"], "dst": batch["dst"], "image": _objects(images),
-                "error": np.array(errors, dtype=object), "faces": np.array(faces),
+            faces[i] = np.stack(result.faces) if result.faces else _NO_FACES  # (N, R, R, 3), --save-faces
+            found[i] = result.found
+            notes[i] = "\n".join(result.notes)
+        return {**{k: batch[k] for k in (*_COLUMNS, "source")}, "image": _objects(images), "faces": _objects(faces),
+                "found": np.array(found), "notes": np.array(notes, dtype=object), "error": np.array(errors, dtype=object),
                 "backend": np.array([self.ran] * len(images), dtype=object)}
 
 
+_NO_FACES = np.zeros((0, 1, 1, 3), np.uint8)
+
+
 def write_stage(batch: dict[str, np.ndarray], fs) -> dict[str, np.ndarray]:  # noqa: ANN001
+    """Write each row's faces, then its photo (last: its presence means complete); one result row each."""
+    from interlcm.files import DiskFull, FilesError
     from interlcm.imageio import encode_image
 
-    status, reasons = [], []
-    for dst, image, error in zip(batch["dst"], batch["image"], batch["error"]):
+    rows = []
+    for i, (src, dst, error) in enumerate(zip(batch["src"], batch["dst"], batch["error"])):
         if error:
-            status.append("failed")
-            reasons.append(error)
+            rows.append(InputResult(str(src), str(dst), "failed", str(error)))
             continue
+        source, folder = str(batch["source"][i]), str(batch["faces_dir"][i])
         try:
-            _write_bytes(fs, dst, encode_image(np.asarray(image, dtype=np.uint8), PurePosixPath(dst).name))
-            status.append("written")
-            reasons.append("")
-        except OSError as exc:
-            status.append("failed")
-            reasons.append(f"cannot write {dst}: {exc}")
-    return {"input": batch["src"], "output": batch["dst"], "status": np.array(status, dtype=object),
-            "reason": np.array(reasons, dtype=object), "faces": batch["faces"], "backend": batch["backend"]}
+            for n, face in enumerate(np.asarray(batch["faces"][i], dtype=np.uint8)):
+                path = str(PurePosixPath(folder) / f"{n:02d}.png")
+                _write_bytes(fs, path, encode_image(face, path, source=source))
+            _write_bytes(fs, str(dst), encode_image(np.asarray(batch["image"][i], dtype=np.uint8), str(dst), source=source))
+        except DiskFull:
+            raise  # every later write would fail too: the job stops with this sentence
+        except (FilesError, OSError, ValueError) as exc:
+            reason = str(exc) if isinstance(exc, FilesError) else f"cannot write {dst}: {exc}"
+            rows.append(InputResult(str(src), str(dst), "failed", reason))
+            continue
+        notes = tuple(str(batch["notes"][i]).split("\n")) if batch["notes"][i] else ()
+        rows.append(InputResult(str(src), str(dst), "written", faces=int(batch["found"][i]), notes=notes,
+                                backend=str(batch["backend"][i])))
+    return {"row": np.array([json.dumps(r.to_dict()) for r in rows], dtype=object)}
 
 
 # --- the job --------------------------------------------------------------------------------------
@@ -297,24 +322,28 @@ def connect(address: str) -> bool:
     return True
 
 
-def plan(inputs: Sequence[str], out: str) -> tuple[Any, Any, list[tuple[str, str]], list[dict]]:
-    """(input fs, output fs, [(input, output)] to do, rows for inputs skipped because their output exists)."""
+def plan(inputs: Sequence[str], out: str, spec: JobSpec, overwrite: bool = False) -> tuple[Any, Any, RunPlan]:
+    """(input fs, output fs, the run's plan): the restore command's own plan (engines.outputs.plan_outputs)."""
     in_fs, sources = list_inputs(inputs)
     out_fs, out_root = open_location(out)
-    todo, skipped, seen = [], [], {}
-    for src in sources:
-        dst = str(PurePosixPath(out_root) / output_name(src))
-        if dst in seen:
-            raise ValueError(f"{src} and {seen[dst]} would both be written to {dst}: rename one of them")
-        seen[dst] = src
-        if dst in sources and _is_local(in_fs) == _is_local(out_fs):
-            raise ValueError(f"output {dst} would overwrite an input: choose another --out")
-        if _exists_complete(out_fs, dst):
-            skipped.append({"input": src, "output": dst, "status": "skipped", "reason": "output exists", "faces": 0,
-                            "backend": ""})
-        else:
-            todo.append((src, dst))
-    return in_fs, out_fs, todo, skipped
+    local = _is_local(in_fs) and _is_local(out_fs)
+    path = Path if local else PurePosixPath
+    store = LOCAL if local else ArrowStore(in_fs, out_fs)
+    run = plan_outputs([path(s) for s in sources], path(out_root), save_faces=spec.photo.save_faces,
+                       overwrite=overwrite, store=store)
+    results = path(out_root) / RESULTS_NAME  # the job's own table: replaced only when it is one
+    if not overwrite and store.kind(results) is not None and not _is_results_table(out_fs, str(results)):
+        raise OutputClash(f"{results} is not a table this job wrote: choose another --out, or pass --overwrite")
+    return in_fs, out_fs, run
+
+
+def _is_results_table(fs, path: str) -> bool:  # noqa: ANN001
+    try:
+        for line in _read_bytes(fs, path).decode().splitlines():
+            InputResult.from_dict(json.loads(line))
+    except (OSError, ValueError, TypeError, AttributeError):  # not JSON lines of InputResult fields
+        return False
+    return True
 
 
 def actor_resources(actors: int | None) -> tuple[int, dict[str, float]]:
@@ -330,12 +359,26 @@ def actor_resources(actors: int | None) -> tuple[int, dict[str, float]]:
     return actors, {"num_cpus": round(min(1.0, max(cpus - 1, 0.5) / actors), 3)}
 
 
-def run_job(spec: JobSpec, inputs: Sequence[str], out: str) -> JobReport:
-    """Restore `inputs` into `out` on the connected Ray cluster; writes OUT/results.jsonl. Ray must be initialised."""
+def run_job(spec: JobSpec, inputs: Sequence[str], out: str, *, overwrite: bool = False) -> RestoreReport:
+    """Restore `inputs` into `out` on the connected Ray cluster; writes OUT/results.jsonl. Ray must be initialised.
+
+    Raises OutputClash (a ValueError) before any work when the plan is refused.
+    """
     import ray
 
-    in_fs, out_fs, todo, skipped = plan(inputs, out)
-    report = JobReport(rows=list(skipped))
+    in_fs, out_fs, run = plan(inputs, out, spec, overwrite)
+    if _is_local(out_fs):  # temporaries of killed runs (never a live run's)
+        from interlcm.files import clean_stale_temporaries
+
+        for folder in run.folders():
+            clean_stale_temporaries(Path(folder))
+    report = RestoreReport()
+    todo = []
+    for one in run.photos:
+        if one.source in run.earlier:  # written atomically and records this input: complete
+            report.add(InputResult(str(one.source), str(one.photo), "skipped"))
+        else:
+            todo.append({"src": str(one.source), "dst": str(one.photo), "faces_dir": str(one.faces or "")})
     actors, resources = actor_resources(spec.actors)
     report.actors = actors
     backend = spec.backend
@@ -345,23 +388,23 @@ def run_job(spec: JobSpec, inputs: Sequence[str], out: str) -> JobReport:
     start = time.perf_counter()
     try:
         if todo:
-            ds = ray.data.from_items([{"src": s, "dst": d} for s, d in todo],
-                                     override_num_blocks=min(len(todo), 4 * actors))
+            ds = ray.data.from_items(todo, override_num_blocks=min(len(todo), 4 * actors))
             ds = ds.map_batches(decode_stage, fn_kwargs={"fs": in_fs, "photo": spec.photo}, batch_size=spec.options.batch,
                                 batch_format="numpy")
             ds = ds.map_batches(RestoreActor, fn_constructor_kwargs={"spec": spec}, batch_size=spec.options.batch,
                                 batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=actors), **resources)
             ds = ds.map_batches(write_stage, fn_kwargs={"fs": out_fs}, batch_format="numpy")
             for row in ds.iter_rows():
-                report.rows.append({k: (int(v) if k == "faces" else str(v)) for k, v in row.items()})
+                report.add(InputResult.from_dict(json.loads(row["row"])))
     finally:  # also on Ctrl-C: the table lists what was done
         report.seconds = time.perf_counter() - start
-        write_results(out_fs, open_location(out)[1], report.rows)
+        write_results(out_fs, str(run.out_dir), report.results)
     return report
 
 
-def write_results(fs, out_root: str, rows: list[dict]) -> str:  # noqa: ANN001
+def write_results(fs, out_root: str, results: list[InputResult]) -> str:  # noqa: ANN001
+    """OUT/results.jsonl: one InputResult per line, by input."""
     path = str(PurePosixPath(out_root) / RESULTS_NAME)
-    rows = sorted(rows, key=lambda r: r["input"])
-    _write_bytes(fs, path, "".join(json.dumps(r) + "\n" for r in rows).encode())
+    rows = sorted(results, key=lambda r: r.input)
+    _write_bytes(fs, path, "".join(json.dumps(r.to_dict()) + "\n" for r in rows).encode())
     return path

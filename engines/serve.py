@@ -36,6 +36,7 @@ from ray import serve
 
 from interlcm.choices import COLORFIXES, Variant, check_strength
 from interlcm.engines.backend import BackendOptions
+from interlcm.engines.outputs import source_id
 from interlcm.engines.photo import PhotoOptions, PhotoRestorer, warp_device_for
 from interlcm.engines.pipeline import PHOTO_FAILURES, PhotoPipeline, PipelineThreads
 from interlcm.engines.restorer import RestoreOptions, Restorer
@@ -348,7 +349,8 @@ class RestoreFront:
             image = await self.model.restore.remote((pixels, options))
             if isinstance(image, BadRequest):
                 raise image
-            data = await asyncio.to_thread(encode_image, image, f"restored.{options.format}")
+            data = await asyncio.to_thread(encode_image, image, f"restored.{options.format}",
+                                        source=source_id(body))  # the bytes the CLI writes
         except BadRequest as exc:
             return PlainTextResponse(f"{exc}\n", status_code=exc.status, headers=exc.headers)
         except BackPressureError:  # the model replicas' queue is full

@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from interlcm.choices import DEFAULT_VARIANT, VARIANTS
-from interlcm.cli.options import SEED
+from interlcm.cli.options import SEED, Command
 from interlcm.config import PRESETS
 
 
@@ -31,7 +31,7 @@ def _dims(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]) ->
     return out
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.command(cls=Command, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option(
     "--preset",
     type=click.Choice(list(PRESETS)),
@@ -129,9 +129,9 @@ def main(
     from interlcm.faces.networks import FACE_NETWORKS
     from interlcm.files import FilesError, check_replaceable
     from interlcm.identity import WeightsIdentity
-    from interlcm.models.container import build_random
+    from interlcm.models.container import random_source
     from interlcm.parity import ParityError
-    from interlcm.weights import check_identity, folder_identity, load_models
+    from interlcm.weights import check_identity, folder_identity, folder_source
 
     torch.set_num_threads(threads)
     names = [n for c in components for n in c.split(",") if n] or list(DEFAULT_COMPONENTS)
@@ -153,12 +153,13 @@ def main(
         identity = folder_identity(weights, variant) if weights is not None else WeightsIdentity.random(
             cfg.name, seed, variant
         )
+        # each network is made when its component needs it and dropped after (engines: one at a time)
         if "realesrgan" in names:  # the upsampler has its own weights: exported on its own
             models = _upsampler_models(names, cfg, weights, seed)
         elif weights is not None:
-            models = load_models(weights, variant, resolution)
+            models = folder_source(weights, variant, resolution)
         else:
-            models = build_random(cfg.with_resolution(resolution) if resolution else cfg, seed, faces=faces)
+            models = random_source(cfg.with_resolution(resolution) if resolution else cfg, seed, faces=faces)
         models.config.with_resolution(models.config.resolution)  # ValueError for a size the networks cannot take
         if validate_dir is None:
             precisions = ("fp32", "fp16") if fp16 else ("fp32",)
@@ -183,13 +184,13 @@ def main(
 def _upsampler_models(names, cfg, weights, seed):  # noqa: ANN001, ANN202
     """Real-ESRGAN for the preset (or the weights folder's), and the identity its files record."""
     from interlcm.models.rrdbnet import build_random_upsampler
-    from interlcm.weights import load_models, load_upsampler
+    from interlcm.weights import folder_source, load_upsampler
 
     if names != ["realesrgan"]:
         raise click.UsageError("export realesrgan on its own: --components realesrgan, into its own --out folder")
     if weights is None:
         return build_random_upsampler(cfg, seed)
-    return load_upsampler(weights, load_models(weights).config)
+    return load_upsampler(weights, folder_source(weights).config)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from interlcm.choices import EXPORT_PRECISIONS as PRECISIONS  # the precisions an export folder holds
@@ -140,8 +140,21 @@ def read_manifest(root: Path) -> Manifest:
         )
     if m.identity is None:
         raise ManifestError(f"{path} does not record which weights it was made from: re-export with --force")
+    _check_names(path, m)
     _check_consistent(path, m)
     return m
+
+
+def _check_names(path: Path, m: Manifest) -> None:
+    """Every file a manifest lists is a plain name in its own folder (the export writes no other):
+    `../x.onnx`, `/abs/x.onnx` or `sub\\x.onnx` would make a reader open or hash files elsewhere."""
+    for e in m.entries:
+        for name in (e.file, e.external_data):
+            if name is not None and (name in ("", ".", "..") or PurePosixPath(name).name != name or "\\" in name):
+                raise ManifestError(
+                    f"{path}: {e.component} {e.precision} names {name!r}, which is not a file in its folder "
+                    "(edited?): re-export with --force"
+                )
 
 
 def _check_consistent(path: Path, m: Manifest) -> None:

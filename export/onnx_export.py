@@ -34,6 +34,7 @@ from tqdm import tqdm
 from interlcm.components import DEFAULT_COMPONENTS, Component, get_component
 from interlcm.config import PresetConfig
 from interlcm.files import TEMP_PREFIX, clean_stale_temporaries, folder_lock, os_errors
+from interlcm.models.container import release
 
 from .fp16 import fp16_from_saved, to_fp16
 from .manifest import (
@@ -51,11 +52,14 @@ from .trt_support import check_trt_support
 
 if TYPE_CHECKING:
     from interlcm.identity import WeightsIdentity
-    from interlcm.models.container import InterLCMModels
+    from interlcm.models.container import InterLCMModels, ModelSource
 
 DEFAULT_OPSET = 17
 RECIPE_VERSION = 1  # bump when the export steps change: files made by older code are redone
 EXTERNAL_DATA_BYTES = 1_800_000_000  # protobuf caps a file at 2 GB; above this, weights go to .onnx.data
+# onnxslim holds ~7 copies of a model while it works: the sd15 ControlNet (1.44 GB) took an export from
+# 6.0 to 11.3 GiB. From this size up, the exporter's own constant folding only (as the 3.4 GB UNet).
+SLIM_MAX_BYTES = 1_000_000_000
 
 
 class ExportError(RuntimeError):
@@ -146,14 +150,20 @@ def _weight_bytes(model: onnx.ModelProto) -> int:
 def _simplify(raw: Path) -> onnx.ModelProto:
     """Constant folding, dead-node and Identity removal, shape inference (onnxslim).
 
-    onnxslim serialises the whole proto, which protobuf cannot do past 2 GB (the
-    sd15 UNet is 3.4 GB). Those models keep the TorchScript exporter's own
-    constant folding and get their shapes from inference on a weight-less copy.
+    onnxslim holds several copies of the model while it works and serialises the whole proto,
+    which protobuf cannot do past 2 GB. Models from SLIM_MAX_BYTES up (sd15: the ControlNet and
+    the UNet) keep the TorchScript exporter's own constant folding and get their shapes from
+    inference on a weight-less copy: the weights are in memory once.
     """
-    model = onnx.load(str(raw))  # loads the exporter's per-tensor external files too
-    if _weight_bytes(model) < EXTERNAL_DATA_BYTES:
+    model = onnx.load(str(raw), load_external_data=False)  # inline weights, or references to the exporter's files
+    inline = not any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer)
+    if inline and _weight_bytes(model) < SLIM_MAX_BYTES:
         return onnxslim.slim(model)
-    skeleton = onnx.load(str(raw), load_external_data=False)  # dims and dtypes, no data
+    if inline:  # moving the weights to a file leaves `model` without them (onnx clears what it wrote)
+        onnx.save_model(model, str(raw), save_as_external_data=True, all_tensors_to_one_file=True,
+                        location=f"{raw.name}.data")
+    skeleton = model
+    model = onnx.load(str(raw))  # the weights, once
     model.graph.ClearField("value_info")
     model.graph.value_info.extend(onnx.shape_inference.infer_shapes(skeleton).graph.value_info)
     return model
@@ -181,7 +191,7 @@ def _save(model: onnx.ModelProto, path: Path) -> str | None:
 
 def export_component(
     comp: Component,
-    models: InterLCMModels,
+    models: InterLCMModels | ModelSource,
     precisions: Sequence[str],
     tmp: Path,
     batch: tuple[int, int, int],
@@ -192,6 +202,7 @@ def export_component(
     raw = tmp / "raw" / "model.onnx"
     raw.parent.mkdir()
     _trace(comp, comp.build(models).eval(), cfg, batch[1], opset, raw)
+    release(models)  # the weights are in the traced file now: free the networks before it is loaded (sd15 UNet: 3.4 GB)
     fp32 = _simplify(raw)
     shutil.rmtree(raw.parent)
     written: dict[str, tuple[Path, str | None]] = {}
@@ -261,7 +272,7 @@ def _up_to_date(out_dir: Path, manifest: Manifest, comp: str, precision: str, ke
 
 
 def export_all(
-    models: InterLCMModels,
+    models: InterLCMModels | ModelSource,
     out_dir: Path | str,
     components: Sequence[str] = DEFAULT_COMPONENTS,
     precisions: Sequence[str] = ("fp32",),
@@ -273,6 +284,9 @@ def export_all(
     dims: Mapping[str, tuple[int, int, int]] | None = None,
 ) -> Manifest:
     """Export `components` x `precisions` into `out_dir` and return the updated manifest.
+
+    With a ModelSource (`interlcm.models.container`), each component's networks are made for it and
+    released after tracing: the peak is what the largest component needs, not every network at once.
 
     `dims` overrides the (min, opt, max) of run-time-sized dimensions (e.g. the detectors'
     height and width) for the components that have them; opt is the traced size.

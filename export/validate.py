@@ -17,13 +17,14 @@ import torch
 
 from interlcm.components import BY_NAME, Component
 from interlcm.export.session import open_session
+from interlcm.models.container import release
 from interlcm.parity import Diff, ParityError, compare, format_table, require, tolerance
 
-from .manifest import load_manifest
+from .manifest import FileEntry, load_manifest
 from .onnx_export import json_normal
 
 if TYPE_CHECKING:
-    from interlcm.models.container import InterLCMModels
+    from interlcm.models.container import InterLCMModels, ModelSource
 
 
 
@@ -46,7 +47,7 @@ def _check_io(comp: Component, session: Any) -> list[str]:
 
 def validate(
     out_dir: Path | str,
-    models: InterLCMModels,
+    models: InterLCMModels | ModelSource,
     components: Sequence[str] | None = None,
     precisions: Sequence[str] | None = None,
     batches: Sequence[int] | None = None,
@@ -79,25 +80,43 @@ def validate(
     problems: list[str] = []
     for name in dict.fromkeys(e.component for e in entries):
         comp = BY_NAME[name].with_dims(dims or {})
-        module = comp.build(models).eval()
-        sessions = {}
-        for e in (e for e in entries if e.component == name):
-            sessions[e.precision] = open_session(out_dir / e.file, threads=torch.get_num_threads())
-            problems += [f"{name} {e.precision}: {p}" for p in _check_io(comp, sessions[e.precision])]
-        sizes = [comp.sizes(w) for w in ("opt", "min")]
-        sizes = [d for i, d in enumerate(sizes) if d not in sizes[:i]]  # {} for fixed-size components
-        for b, at in ((b, at) for b in batches for at in sizes):
-            inputs = comp.sample_inputs(cfg, b, seed=seed + b, dims=at or None)
-            with torch.inference_mode():
-                ref = module(*inputs.values())
-            refs = ref if isinstance(ref, tuple) else (ref,)
-            feed = {k: v.numpy() for k, v in inputs.items()}
-            label = " ".join(f"{k}={v}" for k, v in at.items())
-            for precision, session in sessions.items():
-                for out_name, got, r in zip(comp.output_names, session.run(None, feed), refs):
-                    key = (name, precision, out_name, f"B={b}", *([label] if label else []))
-                    rows.append(compare(key, torch.from_numpy(got), r, tolerance(name, precision)))
-        del sessions
+        mine = [e for e in entries if e.component == name]
+        _validate_component(comp, mine, out_dir, models, batches, seed, rows, problems)
     if echo:
         echo(format_table(rows))
     return require(rows, f"validation of {out_dir}", problems)
+
+
+def _validate_component(
+    comp: Component,
+    entries: list[FileEntry],
+    out_dir: Path,
+    models: InterLCMModels | ModelSource,
+    batches: list[int],
+    seed: int,
+    rows: list[Diff],
+    problems: list[str],
+) -> None:
+    """torch first, on every input, then each file: the torch module and an ONNX Runtime session of a
+    large component (sd15 UNet: 3.4 GB each) are never in memory together."""
+    cfg = models.config
+    sizes = [comp.sizes(w) for w in ("opt", "min")]
+    sizes = [d for i, d in enumerate(sizes) if d not in sizes[:i]]  # {} for fixed-size components
+    cases = []  # (label, batch, inputs, torch outputs)
+    module = comp.build(models).eval()
+    for b, at in ((b, at) for b in batches for at in sizes):
+        inputs = comp.sample_inputs(cfg, b, seed=seed + b, dims=at or None)
+        with torch.inference_mode():
+            ref = module(*inputs.values())
+        cases.append((" ".join(f"{k}={v}" for k, v in at.items()), b, inputs, ref if isinstance(ref, tuple) else (ref,)))
+    del module, ref
+    release(models)
+    for e in entries:
+        session = open_session(out_dir / e.file, threads=torch.get_num_threads())
+        problems += [f"{comp.name} {e.precision}: {p}" for p in _check_io(comp, session)]
+        for label, b, inputs, refs in cases:
+            got = session.run(None, {k: v.numpy() for k, v in inputs.items()})
+            for out_name, value, r in zip(comp.output_names, got, refs):
+                key = (comp.name, e.precision, out_name, f"B={b}", *([label] if label else []))
+                rows.append(compare(key, torch.from_numpy(value), r, tolerance(comp.name, e.precision)))
+        del session

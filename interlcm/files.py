@@ -13,7 +13,8 @@ One home for the rules every writer follows:
   other tool (tempfile's private 0o600/0o700 made shared weights unreadable).
 * **Folders are replaced only when they are ours** (`check_replaceable`): empty, or holding the
   marker file the command itself writes (interlcm.json, manifest.json, engines.json, ...).
-* **Every OS failure is one sentence** (`FilesError`): what could not be written, why, the fix.
+* **Every OS failure is one sentence** (`FilesError`): what could not be written, why, the fix; a full
+  disk is `DiskFull`, which stops a run where other write failures only fail one input.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import contextlib
 import errno
 import hashlib
 import os
+import re
 import secrets
 import shutil
 from collections.abc import Callable, Iterator
@@ -50,12 +52,45 @@ class FilesError(RuntimeError):
     """A file or folder cannot be written or replaced (one line: the path, the reason, the fix)."""
 
 
+class DiskFull(FilesError):
+    """No space left (or the quota is used up): every later write would fail too, so runs stop here."""
+
+
+_DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
+
+
 def describe_os_error(exc: OSError, what: str) -> str:
     """`what` (e.g. "cannot write /x/a.png") plus why, in one sentence with the fix."""
     fix = _ERRNO_FIX.get(exc.errno or -1)
     if fix is None:
         fix = f"{exc.strerror or exc or type(exc).__name__}; check the path and its permissions"
     return f"{what}: {fix}"
+
+
+def files_error(exc: OSError, what: str) -> FilesError:
+    """The FilesError (DiskFull for a full disk) for an OSError while doing `what`."""
+    error = DiskFull if exc.errno in _DISK_FULL else FilesError
+    return error(describe_os_error(exc, what))
+
+
+def library_errors(what: str, *kinds: type[Exception]) -> contextlib.AbstractContextManager[None]:
+    """`os_errors` for libraries that report I/O failures as their own exception (`kinds`, e.g.
+    safetensors' SafetensorError): Rust's "(os error N)" is read back as the OSError it was."""
+    return _library_errors(what, kinds)
+
+
+@contextlib.contextmanager
+def _library_errors(what: str, kinds: tuple[type[Exception], ...]) -> Iterator[None]:
+    with os_errors(what):
+        try:
+            yield
+        except kinds as exc:
+            found = re.search(r"\(os error (\d+)\)", str(exc))
+            if found is None:
+                first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+                raise FilesError(f"{what}: {first}") from None
+            code = int(found.group(1))
+            raise files_error(OSError(code, os.strerror(code)), what) from None
 
 
 @contextlib.contextmanager
@@ -66,7 +101,7 @@ def os_errors(what: str) -> Iterator[None]:
     except FilesError:
         raise
     except OSError as exc:
-        raise FilesError(describe_os_error(exc, what)) from exc
+        raise files_error(exc, what) from exc
 
 
 def sha256_file(path: Path, chunk: int = 1 << 22) -> str:

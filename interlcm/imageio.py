@@ -31,6 +31,7 @@ import warnings
 from collections.abc import Iterable, Sequence
 from importlib.resources import files
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 import torch
@@ -50,6 +51,8 @@ __all__ = [
     "list_images",
     "read_image",
     "read_rgb",
+    "read_source",
+    "source_tag",
     "to_uint8",
     "write_image",
 ]
@@ -63,6 +66,10 @@ _WRITE_FORMATS: dict[str, tuple[str, dict[str, object]]] = {
     ".jpeg": ("JPEG", {"quality": 95, "subsampling": 0}),
     ".webp": ("WEBP", {"quality": 95, "method": 4}),
 }
+#: Key of the text an output carries naming the input it was made from (PNG tEXt, JPEG comment,
+#: video container comment): how a rerun tells its own earlier outputs from other files (engines/outputs.py).
+SOURCE_KEY = "interlcm-source"
+
 _SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I"})
 _ALPHA_MODES = frozenset({"RGBA", "LA", "PA", "La", "RGBa"})
 _GLOB_CHARS = frozenset("*?[")
@@ -228,16 +235,22 @@ def to_uint8(image: torch.Tensor) -> np.ndarray:
     return levels.permute(1, 2, 0).contiguous().numpy()
 
 
-def write_image(path: str | os.PathLike[str], image: torch.Tensor | np.ndarray, *, overwrite: bool = True) -> Path:
+def write_image(
+    path: str | os.PathLike[str],
+    image: torch.Tensor | np.ndarray,
+    *,
+    overwrite: bool = True,
+    source: str | None = None,
+) -> Path:
     """Write a ``(3, H, W)`` tensor in ``[-1, 1]`` (clamped), or an ``(H, W, 3)`` uint8 RGB array, as an
     8-bit PNG, JPEG or WebP.
 
-    The format follows the suffix (``.png``, ``.jpg``/``.jpeg``, ``.webp``). Parent folders are
+    The format follows the suffix (``.png``, ``.jpg``/``.jpeg``, ``.webp``, any case). Parent folders are
     created. The write is atomic: data goes to a temporary file in the same folder which is then
     renamed over ``path`` with ``os.replace``, so ``path`` is either the old file or the complete
     new one, and the temporary file is removed if anything fails. With ``overwrite=False`` an
-    existing ``path`` raises FileExistsError (checked before writing, not atomically).
-    Returns ``path`` as a Path.
+    existing ``path`` raises FileExistsError (checked before writing, not atomically). ``source``
+    is recorded in the file (see :func:`encode_image`). Returns ``path`` as a Path.
     """
     path = Path(path)
     _write_format(path)  # an unsupported suffix fails before anything is created
@@ -245,17 +258,101 @@ def write_image(path: str | os.PathLike[str], image: torch.Tensor | np.ndarray, 
     if not overwrite and path.exists():
         raise FileExistsError(f"{path}: already exists (pass overwrite=True to replace it)")
     with atomic_open(path) as handle:  # temporary + fsync + rename, umask honoured (interlcm.files)
-        handle.write(encode_image(pixels, path))
+        handle.write(encode_image(pixels, path, source=source))
     return path
 
 
-def encode_image(pixels: np.ndarray, name: str | os.PathLike[str]) -> bytes:
+def encode_image(pixels: np.ndarray, name: str | os.PathLike[str], *, source: str | None = None) -> bytes:
     """``(H, W, 3)`` uint8 RGB -> the file bytes :func:`write_image` writes for a file called ``name``
-    (its suffix picks the format; the name appears in errors). One encoder for files, Ray and Serve."""
+    (its suffix picks the format; the name appears in errors). One encoder for files, Ray and Serve.
+
+    ``source`` (an id of the input, engines/outputs.py) is stored in the header as
+    :func:`source_tag` text: a PNG tEXt chunk or a JPEG comment, read back by :func:`read_source`.
+    """
     fmt, options = _write_format(Path(name))
+    if source is not None:
+        options = {**options, **_source_options(fmt, source)}
     buffer = io.BytesIO()
     Image.fromarray(pixels, "RGB").save(buffer, format=fmt, **options)
     return buffer.getvalue()
+
+
+def source_tag(source: str) -> str:
+    """The text an output carries to name its input: ``interlcm-source=<id>``."""
+    return f"{SOURCE_KEY}={source}"
+
+
+def parse_source_tag(text: str | bytes | None) -> str | None:
+    """The id in a :func:`source_tag` text, or None for any other text."""
+    if isinstance(text, bytes):
+        text = text.decode("utf-8", errors="replace")
+    prefix = f"{SOURCE_KEY}="
+    return text[len(prefix):] if isinstance(text, str) and text.startswith(prefix) else None
+
+
+def _source_options(fmt: str, source: str) -> dict[str, object]:
+    if fmt == "PNG":
+        from PIL.PngImagePlugin import PngInfo
+
+        info = PngInfo()
+        info.add_text(SOURCE_KEY, source)  # tEXt, written before the pixel data
+        return {"pnginfo": info}
+    if fmt == "JPEG":
+        return {"comment": source_tag(source).encode()}  # a COM segment, before the pixel data
+    raise ValueError(f"a {fmt} file cannot record its source: write PNG or JPEG")
+
+
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def read_source(file: str | os.PathLike[str] | IO[bytes]) -> str | None:
+    """The input id a PNG or JPEG written with ``source`` records, or None (no id, or not such a file).
+
+    Reads the header segments only, never the pixels (and never Pillow's size limit): an output
+    of any size is recognised in microseconds.
+    """
+    if isinstance(file, (str, os.PathLike)):
+        try:
+            with open(file, "rb") as handle:
+                return read_source(handle)
+        except OSError:
+            return None
+    head = file.read(8)
+    if head == _PNG_SIGNATURE:
+        return _png_text(file, SOURCE_KEY.encode())
+    if head[:2] == b"\xff\xd8":
+        return parse_source_tag(_jpeg_comment(file, head[2:]))
+    return None
+
+
+def _png_text(file: IO[bytes], key: bytes) -> str | None:
+    """The tEXt chunk `key` before the first IDAT (chunks: 4-byte length, 4-byte type, data, 4-byte CRC)."""
+    while len(head := file.read(8)) == 8:
+        size, kind = int.from_bytes(head[:4], "big"), head[4:]
+        if kind in (b"IDAT", b"IEND") or size > 1 << 24:
+            return None
+        data = file.read(size + 4)[:size]
+        if kind == b"tEXt":
+            name, _, value = data.partition(b"\0")
+            if name == key:
+                return value.decode("latin-1")
+    return None
+
+
+def _jpeg_comment(file: IO[bytes], rest: bytes) -> bytes | None:
+    """The first COM segment before the scan (segments: 0xFF, marker, 2-byte length counting itself, data)."""
+    buffer = rest
+    while True:
+        buffer += file.read(max(0, 4 - len(buffer)))
+        if len(buffer) < 4 or buffer[0] != 0xFF:
+            return None
+        marker, size = buffer[1], int.from_bytes(buffer[2:4], "big")
+        if marker in (0xDA, 0xD9) or size < 2:  # start of scan / end of image: no comment
+            return None
+        data = buffer[4:] + file.read(max(0, size - 2 - len(buffer[4:])))
+        if marker == 0xFE:
+            return data[: size - 2]
+        buffer = data[size - 2 :]
 
 
 _END_MARKERS = {  # what the last bytes of a whole file are, per format (as Pillow writes them)
@@ -263,7 +360,7 @@ _END_MARKERS = {  # what the last bytes of a whole file are, per format (as Pill
     ".jpg": b"\xff\xd9",  # EOI
     ".jpeg": b"\xff\xd9",
 }
-_START_MARKERS = {".png": b"\x89PNG\r\n\x1a\n", ".jpg": b"\xff\xd8", ".jpeg": b"\xff\xd8"}
+_START_MARKERS = {".png": _PNG_SIGNATURE, ".jpg": b"\xff\xd8", ".jpeg": b"\xff\xd8"}
 
 
 def encoded_image_complete(path: str | os.PathLike[str]) -> bool:

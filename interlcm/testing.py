@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from interlcm.imageio import SOURCE_KEY
+
 
 def photo(resolution: int, batch: int = 1) -> torch.Tensor:
     """Real face crops from scikit-image's astronaut photo, (B, 3, R, R) in [-1, 1]."""
@@ -115,8 +117,9 @@ def face_landmarks(centre: tuple[float, float], eye_gap: float, angle_deg: float
     return ((tpl - 256.0) @ rot.T + np.asarray(centre)).astype(np.float32)
 
 
-def pixel_bomb_png(width: int, height: int) -> bytes:
-    """A PNG file of a few hundred bytes whose header says ``width`` x ``height`` RGB pixels.
+def pixel_bomb_png(width: int, height: int, source: str | None = None) -> bytes:
+    """A PNG file of a few hundred bytes whose header says ``width`` x ``height`` RGB pixels
+    (recording ``source`` as this project's outputs record their input, when given).
 
     Its image data holds only the first rows (a real bomb compresses every row of zeros): enough
     for any reader that checks the header's size before decoding, which is what it tests.
@@ -129,7 +132,8 @@ def pixel_bomb_png(width: int, height: int) -> bytes:
 
     rows = zlib.compress(b"\x00" * (1 + 3 * width) * 4)
     header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)  # 8-bit RGB, no interlace
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", rows) + chunk(b"IEND", b"")
+    text = b"" if source is None else chunk(b"tEXt", SOURCE_KEY.encode() + b"\0" + source.encode())
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + text + chunk(b"IDAT", rows) + chunk(b"IEND", b"")
 
 
 class PlacedFaces:

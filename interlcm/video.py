@@ -55,7 +55,6 @@ import numpy as np
 from interlcm.files import (
     FOLDER_MODE,
     NAME_MAX,
-    atomic_write_bytes,
     describe_os_error,
     os_errors,
     temp_sibling,
@@ -95,7 +94,6 @@ class PhotoRestoring(Protocol):
 @dataclass(frozen=True)
 class VideoOptions:
     frames_per_batch: int = 8  # frames handed to restore_photos at once (bounds memory)
-    save_frames: bool = False  # also write each restored frame as OUT/<stem>_frames/<n>.png
     progress: bool = True
 
 
@@ -116,26 +114,47 @@ def is_video(path: Path | str) -> bool:
     return Path(path).suffix.lower() in VIDEO_EXTENSIONS
 
 
-def output_path(src: Path, out_dir: Path) -> Path:
-    return Path(out_dir) / f"{Path(src).stem}{Path(src).suffix.lower()}"
-
-
 def frames_folder(video: Path) -> Path:
+    """Where `--save-frames` puts a restored video's frames: OUT/<stem>_frames/000001.png ..."""
     return video.with_name(f"{video.stem}{FRAMES_SUFFIX}")
 
 
+def read_video_source(path: Path) -> str | None:
+    """The input id a video written by `restore_video(..., source=...)` records in its container comment."""
+    import av
+
+    from interlcm.imageio import parse_source_tag
+
+    try:
+        with av.open(os.fspath(path)) as container:
+            tags = {k.lower(): v for k, v in container.metadata.items()}
+    except (av.error.FFmpegError, OSError, ValueError):
+        return None
+    return parse_source_tag(tags.get("comment"))
+
+
 def restore_video(
-    photo: PhotoRestoring, src: Path, out_dir: Path, options: VideoOptions = VideoOptions()
+    photo: PhotoRestoring,
+    src: Path,
+    dst: Path,
+    options: VideoOptions = VideoOptions(),
+    *,
+    frames_dir: Path | None = None,
+    source: str | None = None,
 ) -> VideoReport:
-    """Restore every frame of `src` into OUT_DIR/<name>; raises VideoError (or FilesError), leaving no output."""
-    src, out_dir = Path(src), Path(out_dir)
+    """Restore every frame of `src` into the video `dst` (named by engines/outputs.py, in the container
+    of `src`), each frame also into `frames_dir` when given (`frames_folder(dst)` for --save-frames).
+    `source` (the input's id) is recorded in the container comment and in each frame.
+    Raises VideoError (or FilesError), leaving no output."""
+    src, dst = Path(src), Path(dst)
     suffix = src.suffix.lower()
     if suffix not in _OUTPUT_FORMATS:
         raise VideoError(f"{src}: unsupported video type {suffix!r}; use one of {', '.join(sorted(VIDEO_EXTENSIONS))}")
-    dst = output_path(src, out_dir)
-    if dst.exists() and dst.resolve() == src.resolve():
+    if dst.suffix.lower() != suffix:
+        raise ValueError(f"the output {dst} of {src} must keep its container ({src.suffix})")
+    if dst.exists() and os.path.samefile(dst, src):  # by identity: case-insensitive file systems too
         raise VideoError(f"output {dst} would overwrite the input {src}: choose another --out")
-    frames_dir = frames_folder(dst) if options.save_frames else None
+    out_dir = dst.parent
     if frames_dir is not None and len(frames_dir.name.encode()) > NAME_MAX:
         raise VideoError(
             f"{src}: the folder for its saved frames, {frames_dir.name[:40]}...{FRAMES_SUFFIX}, would be longer than "
@@ -149,7 +168,7 @@ def restore_video(
         if frames_tmp is not None:
             with os_errors(f"cannot create {frames_dir}"):
                 frames_tmp.mkdir(FOLDER_MODE)
-        report = _transcode(photo, src, tmp, dst, frames_tmp, options)
+        report = _transcode(photo, src, tmp, dst, frames_tmp, options, source)
         if frames_tmp is not None:
             with os_errors(f"cannot write {frames_dir}"):
                 _place_frames(frames_tmp, frames_dir)  # first: the video's presence means all is there
@@ -315,7 +334,8 @@ def _why_not_copied(fmt: str, stream: Any) -> str | None:
 
 
 def _transcode(
-    photo: PhotoRestoring, src: Path, tmp: Path, dst: Path, frames_dir: Path | None, options: VideoOptions
+    photo: PhotoRestoring, src: Path, tmp: Path, dst: Path, frames_dir: Path | None, options: VideoOptions,
+    source: str | None,
 ) -> VideoReport:
     import av
     from tqdm import tqdm
@@ -344,7 +364,7 @@ def _transcode(
                 report.notes.append(f"{_describe(stream)} is not in the output: a {fmt} file cannot hold it as it is ({why})")
         if len(inp.streams.video) > 1:
             report.notes.append(f"only video #{vin.index} is restored; the other video streams are copied unchanged")
-        writer = _Writer(tmp, dst, fmt, codec, codec_options, vin, others, inp.metadata)
+        writer = _Writer(tmp, dst, fmt, codec, codec_options, vin, others, inp.metadata, source)
         pending: list[np.ndarray] = []
         pending_pts: list[int] = []
         in_flight: deque[tuple[Any, list[int]]] = deque()  # (batch handed to the restorer, its frames' pts), oldest first
@@ -368,7 +388,7 @@ def _transcode(
                     writer.write(result.image, pts)
                     report.frames += 1
                     if frames_dir is not None:
-                        _save_frame(frames_dir, report.frames, result.image)
+                        _save_frame(frames_dir, report.frames, result.image, source)
                     frame_notes.update(getattr(result, "notes", ()))
                 report.seconds["encode"] += time.perf_counter() - start
                 bar.update(len(results))
@@ -458,13 +478,10 @@ def _merge_stage_seconds(report: VideoReport, photo: PhotoRestoring) -> None:
         report.seconds[stage] += secs
 
 
-def _save_frame(folder: Path, index: int, img: np.ndarray) -> None:
-    import cv2
+def _save_frame(folder: Path, index: int, img: np.ndarray, source: str | None) -> None:
+    from interlcm.imageio import write_image
 
-    ok, data = cv2.imencode(".png", np.ascontiguousarray(img[:, :, ::-1]))  # OpenCV wants BGR
-    if not ok:
-        raise VideoError(f"could not encode frame {index} as PNG")
-    atomic_write_bytes(folder / f"{index:06d}.png", data.tobytes())
+    write_image(folder / f"{index:06d}.png", img, source=source)
 
 
 class _Writer:
@@ -477,9 +494,9 @@ class _Writer:
     """
 
     def __init__(self, path: Path, dst: Path, fmt: str, codec: str, codec_options: dict[str, str], vin: Any,
-                 others: list[Any], tags: dict[str, str]):
+                 others: list[Any], tags: dict[str, str], source: str | None = None):
         self.path, self.dst, self.fmt, self.codec, self.codec_options = path, dst, fmt, codec, codec_options
-        self.vin, self.others, self.tags = vin, others, tags
+        self.vin, self.others, self.tags, self.source = vin, others, tags, source
         self.wanted = {stream.index for stream in others}
         self.out = None
         self.vout = None
@@ -504,6 +521,10 @@ class _Writer:
         h, w = img.shape[:2]
         self.out = av.open(os.fspath(self.path), "w", format=self.fmt)
         _copy_tags(self.tags, self.out.metadata)
+        if self.source is not None:  # which input this is a restoration of (engines/outputs.py)
+            from interlcm.imageio import source_tag
+
+            self.out.metadata["comment"] = source_tag(self.source)
         self.vout = self.out.add_stream(self.codec, rate=Fraction(self.vin.average_rate or self.vin.guessed_rate),
                                         options=self.codec_options)
         self.vout.codec_context.time_base = self.vin.time_base  # frames keep their input timestamps

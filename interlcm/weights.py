@@ -22,34 +22,41 @@ Their table is `interlcm.faces.networks.FACE_NETWORKS`.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import torch
 from diffusers import AutoencoderKL, LCMScheduler, UNet2DConditionModel
-from transformers import CLIPVisionModel
+from safetensors import SafetensorError
+from torch import nn
+from transformers import CLIPVisionConfig, CLIPVisionModel
 from transformers.utils import logging as hf_logging
 
-from interlcm.checkpoint import WeightsError, load_state_strict, save_params_ema
+from interlcm.checkpoint import WeightsError, load_state_strict, load_torch_file, save_params_ema
 from interlcm.choices import DEFAULT_VARIANT, VARIANTS, get_variant
 from interlcm.config import PRESETS, SD15, PresetConfig, VisualEncoderConfig, get_preset, get_upsampler
 from interlcm.faces.networks import FACE_NETWORKS, load_network, random_network, save_network
 from interlcm.faces.networks import FOLDER as FACE_FOLDER
 from interlcm.files import (
+    DiskFull,
     FilesError,
     atomic_write_text,
     check_replaceable,
-    os_errors,
+    describe_os_error,
+    library_errors,
     replace_folder,
     sha256_file,
 )
 from interlcm.files import staging_folder as _staging_folder
 from interlcm.identity import WeightsIdentity
 from interlcm.models.clip import ClipImageEncoder
-from interlcm.models.container import InterLCMModels, build_random
+from interlcm.models.container import InterLCMModels, ModelSource, random_source
 from interlcm.models.rrdbnet import RRDBNet, UpsamplerModels, build_random_rrdbnet
 from interlcm.models.spatial_encoder import build_spatial_encoder
 from interlcm.models.visual_encoder import VisualEncoder
@@ -99,10 +106,7 @@ def encoder_paths(root: Path, variant: str) -> tuple[Path, Path]:
 def read_params_ema(path: Path) -> Mapping[str, torch.Tensor]:
     if not path.is_file():
         raise WeightsError(f"missing checkpoint {path}: {LAYOUT_HELP}")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # corrupt zip, pickle with foreign objects, truncated download
-        raise WeightsError(f"cannot read checkpoint {path} ({type(exc).__name__}: {exc}); download it again") from exc
+    ckpt = load_torch_file(path, "download it again")
     if not isinstance(ckpt, Mapping) or "params_ema" not in ckpt:
         keys = list(ckpt)[:5] if isinstance(ckpt, Mapping) else type(ckpt).__name__
         raise WeightsError(f"{path} is not a released InterLCM checkpoint: no 'params_ema' key (found {keys})")
@@ -127,9 +131,11 @@ def init_weights(out: Path, preset: str, seed: int = 0, force: bool = False) -> 
     cfg = get_preset(preset)
     try:
         check_replaceable(out, INFO_FILE, "a weights folder")  # before minutes of work, and again at the end
-        with _staging_folder(out) as tmp, os_errors(f"cannot write the weights folder {out}"):
+        with _staging_folder(out) as tmp, library_errors(f"cannot write the weights folder {out}", SafetensorError):
             _write_random(tmp, cfg, preset, seed)
             replace_folder(tmp, out, INFO_FILE, "a weights folder")
+    except DiskFull:  # the sentence names the temporary folder's file: name OUT instead
+        raise WeightsError(describe_os_error(OSError(errno.ENOSPC, "full"), f"cannot write the weights folder {out}")) from None
     except FilesError as exc:
         raise WeightsError(str(exc)) from None
     return out
@@ -137,8 +143,9 @@ def init_weights(out: Path, preset: str, seed: int = 0, force: bool = False) -> 
 
 def _write_random(tmp: Path, cfg: PresetConfig, preset: str, seed: int) -> None:
     for variant_index, variant in enumerate(VARIANTS):
-        # one random SE/VE pair per variant, so variants differ like the released ones do
-        models = build_random(cfg, seed + variant_index)
+        # one random SE/VE pair per variant, so variants differ like the released ones do; each network
+        # is made when saved and dropped after its variant (sd15: never five networks at once, nor four UNets)
+        models = random_source(cfg, seed + variant_index)
         ve_path, se_path = encoder_paths(tmp, variant)
         save_params_ema(models.visual_encoder, ve_path)
         save_params_ema(models.spatial_encoder, se_path)
@@ -148,6 +155,7 @@ def _write_random(tmp: Path, cfg: PresetConfig, preset: str, seed: int) -> None:
             LCMScheduler(**cfg.scheduler).save_pretrained(tmp / "lcm" / "scheduler")
             models.clip.model.save_pretrained(tmp / "clip")
             save_params_ema(build_random_rrdbnet(get_upsampler(cfg.name), seed), tmp / REALESRGAN_FILE)
+        models.release()
     for index, (name, face) in enumerate(FACE_NETWORKS.items()):
         save_network(random_network(name, seed * 1000 + 10 + index), face.path(tmp))
     write_info(tmp, cfg, origin=f"random, preset {preset}, seed {seed}")
@@ -291,6 +299,15 @@ def _quiet_transformers() -> None:
 
 def load_models(root: Path, variant: str = DEFAULT_VARIANT, resolution: int | None = None) -> InterLCMModels:
     """Load InterLCM from a weights folder, with one-line errors for anything that does not fit."""
+    return folder_source(root, variant, resolution).load_all()
+
+
+def folder_source(root: Path, variant: str = DEFAULT_VARIANT, resolution: int | None = None) -> ModelSource:
+    """A weights folder's networks, each loaded when first used (`load_models` loads them all).
+
+    The configuration is read and checked here, from the config files alone (no weights read):
+    a folder of the wrong size or kind fails before any network is loaded.
+    """
     root = Path(root)
     ve_path, se_path = encoder_paths(root, variant)
     for sub in MODEL_FOLDERS:
@@ -303,56 +320,80 @@ def load_models(root: Path, variant: str = DEFAULT_VARIANT, resolution: int | No
             if problem:
                 raise WeightsError(f"{path} is {problem}: download it again (or re-create the folder)")
     _quiet_transformers()
-    try:
-        unet = UNet2DConditionModel.from_pretrained(root / "lcm", subfolder="unet")
-        vae = AutoencoderKL.from_pretrained(root / "lcm", subfolder="vae")
+    with _lcm_or_clip_errors(root):
+        with torch.device("meta"):  # the configs as the loaded models hold them (defaults filled), no weights
+            unet_config = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(root / "lcm", subfolder="unet")).config
+            vae_config = AutoencoderKL.from_config(AutoencoderKL.load_config(root / "lcm", subfolder="vae")).config
         scheduler = LCMScheduler.from_pretrained(root / "lcm", subfolder="scheduler")
-        clip_model, loading = CLIPVisionModel.from_pretrained(root / "clip", output_loading_info=True)
-    except (OSError, ValueError, RuntimeError) as exc:
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise WeightsError(f"cannot load the LCM or CLIP from {root}: {first_line}") from exc
-    if loading["missing_keys"] or loading.get("mismatched_keys"):
-        raise WeightsError(
-            f"{root / 'clip'} lacks CLIP vision weights {sorted(loading['missing_keys'])[:3]}: "
-            "it must hold openai/clip-vit-base-patch16 (or a CLIPVisionModel save)"
-        )
-    if unet.config.get("time_cond_proj_dim") is None:
+        vision = CLIPVisionConfig.from_pretrained(root / "clip")
+    if unet_config.get("time_cond_proj_dim") is None:
         raise WeightsError(f"{root / 'lcm/unet'} has no time_cond_proj_dim: it is not an LCM UNet")
 
     ve_dict = dict(info.get("visual_encoder") or SD15.to_dict()["visual_encoder"])
     ve_dict["ch_mult"] = tuple(ve_dict["ch_mult"])
-    vision = clip_model.config
     cfg = PresetConfig(
         name=info.get("preset", "sd15"),
         resolution=resolution or info.get("resolution", SD15.resolution),
         clip={k: getattr(vision, k) for k in SD15.clip},
         visual_encoder=VisualEncoderConfig(**ve_dict),
-        unet=_public(unet.config),
-        vae=_public(vae.config),
+        unet=_public(unet_config),
+        vae=_public(vae_config),
         spatial_encoder=dict(info.get("spatial_encoder") or SD15.spatial_encoder),
         scheduler=_public(scheduler.config),
     )
-    faces = {name: load_network(name, f.path(root)) for name, f in FACE_NETWORKS.items() if f.path(root).is_file()}
     mismatch = _preset_mismatch(cfg)
     if mismatch:
         raise WeightsError(
             f"{root / INFO_FILE} says preset {cfg.name!r} but the files are another size ({mismatch}): "
             "fix its \"preset\" or re-create the folder with `interlcm-weights init` / `download`"
         )
-    ve = VisualEncoder(cfg.visual_encoder, cfg.clip_tokens, cfg.clip_width)
-    load_state_strict(ve, read_params_ema(ve_path), ve_path)
-    se = build_spatial_encoder(cfg.unet, cfg.spatial_encoder)
-    load_state_strict(se, read_params_ema(se_path), se_path)
-    return InterLCMModels(
-        config=cfg,
-        clip=ClipImageEncoder.from_model(clip_model),
-        visual_encoder=ve,
-        spatial_encoder=se,
-        unet=unet,
-        vae=vae,
-        origin=f"{info.get('origin', root)} ({root}, {variant})",
-        faces=faces,
-    ).eval()
+
+    def unet() -> nn.Module:
+        with _lcm_or_clip_errors(root):
+            return UNet2DConditionModel.from_pretrained(root / "lcm", subfolder="unet")
+
+    def vae() -> nn.Module:
+        with _lcm_or_clip_errors(root):
+            return AutoencoderKL.from_pretrained(root / "lcm", subfolder="vae")
+
+    def clip() -> nn.Module:
+        with _lcm_or_clip_errors(root):
+            clip_model, loading = CLIPVisionModel.from_pretrained(root / "clip", output_loading_info=True)
+        if loading["missing_keys"] or loading.get("mismatched_keys"):
+            raise WeightsError(
+                f"{root / 'clip'} lacks CLIP vision weights {sorted(loading['missing_keys'])[:3]}: "
+                "it must hold openai/clip-vit-base-patch16 (or a CLIPVisionModel save)"
+            )
+        return ClipImageEncoder.from_model(clip_model)
+
+    def encoder(make: Callable[[], nn.Module], path: Path) -> Callable[[], nn.Module]:
+        def load() -> nn.Module:
+            module = make()
+            load_state_strict(module, read_params_ema(path), path)
+            return module
+
+        return load
+
+    makers: dict[str, Callable[[], nn.Module]] = {
+        "clip": clip,
+        "visual_encoder": encoder(lambda: VisualEncoder(cfg.visual_encoder, cfg.clip_tokens, cfg.clip_width), ve_path),
+        "spatial_encoder": encoder(lambda: build_spatial_encoder(cfg.unet, cfg.spatial_encoder), se_path),
+        "unet": unet,
+        "vae": vae,
+    }
+    for name, face in FACE_NETWORKS.items():
+        if face.path(root).is_file():
+            makers[name] = partial(load_network, name, face.path(root))
+    return ModelSource(cfg, makers, f"{info.get('origin', root)} ({root}, {variant})")
+
+
+@contextlib.contextmanager
+def _lcm_or_clip_errors(root: Path) -> Iterator[None]:
+    try:
+        yield
+    except (OSError, ValueError, RuntimeError) as exc:
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise WeightsError(f"cannot load the LCM or CLIP from {root}: {first_line}") from exc
 
 
 def load_upsampler(root: Path, cfg: PresetConfig) -> UpsamplerModels:

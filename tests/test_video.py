@@ -8,6 +8,8 @@ face-path test on once `PhotoRestorer` stops raising NotImplementedError for it.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -59,8 +61,8 @@ def _video_info(path) -> tuple[int, object, tuple[int, int]]:
 
 def test_video_frames_rate_size_audio_and_saved_frames(clip, tiny_models, tmp_path):
     out = tmp_path / "out"
-    options = VideoOptions(frames_per_batch=3, save_frames=True, progress=False)  # batches of 3, 3, 2 frames
-    report = restore_video(_photo(tiny_models), clip, out, options)
+    options = VideoOptions(frames_per_batch=3, progress=False)  # batches of 3, 3, 2 frames
+    report = restore_video(_photo(tiny_models), clip, out / "clip.mp4", options, frames_dir=out / "clip_frames")
     frames, rate, size = _video_info(report.output)
     assert report.output == out / "clip.mp4" and frames == FPS * SECONDS == report.frames
     assert rate == FPS
@@ -106,13 +108,13 @@ def test_no_face_frames_are_kept_and_upscaled(tmp_path):
     frames = [np.full((24, 40, 3), 10 if i % 2 else 200, np.uint8) for i in range(6)]  # odd frames: no face
     write_clip(tmp_path / "c.mkv", frames, fps=3, audio_rate=None)
     fake = _FakeWholePhoto(upscale=2)
-    report = restore_video(fake, tmp_path / "c.mkv", tmp_path / "o", VideoOptions(frames_per_batch=4, progress=False))
+    report = restore_video(fake, tmp_path / "c.mkv", tmp_path / "o" / "c.mkv", VideoOptions(frames_per_batch=4, progress=False))
     assert fake.seen == 6 and _video_info(report.output)[0] == 6 and report.size == (80, 48)
     assert report.packets_copied == 0 and report.copied == []
 
 
 def test_whole_photo_video_upscales(clip, tiny_models, tmp_path):
-    report = restore_video(_photo(tiny_models, aligned=False), clip, tmp_path, VideoOptions(progress=False))
+    report = restore_video(_photo(tiny_models, aligned=False), clip, tmp_path / "o.mp4", VideoOptions(progress=False))
     assert _video_info(report.output) == (FPS * SECONDS, FPS, (SIDE * 2, SIDE * 2))
     assert _audio_packets(report.output) == _audio_packets(clip)
 
@@ -124,7 +126,7 @@ def test_broken_video_one_line_error_no_output(clip, tiny_models, tmp_path, dama
     bad.write_bytes(data[: len(data) // 2] if damage == "truncated" else b"not a video" * 100)
     out = tmp_path / "out"
     with pytest.raises(VideoError) as info:
-        restore_video(_photo(tiny_models), bad, out, VideoOptions(progress=False))
+        restore_video(_photo(tiny_models), bad, out / "bad.mp4", VideoOptions(progress=False))
     assert "cannot read" in str(info.value) and "bad.mp4" in str(info.value) and "\n" not in str(info.value)
     assert not out.exists() or list(out.iterdir()) == []
 
@@ -154,14 +156,39 @@ def test_truncated_after_the_header(tmp_path):
         bad = tmp_path / "cut.mp4"
         bad.write_bytes(data[: int(len(data) * cut)])
         with pytest.raises(VideoError, match=r"cut.mp4(: Invalid data| is truncated)") as info:
-            restore_video(_FakeWholePhoto(), bad, tmp_path / "o", VideoOptions(progress=False))
+            restore_video(_FakeWholePhoto(), bad, tmp_path / "o" / "cut.mp4", VideoOptions(progress=False))
         assert "\n" not in str(info.value)
         assert not (tmp_path / "o").exists() or list((tmp_path / "o").iterdir()) == []
         kinds.add("truncated" if "is truncated" in str(info.value) else "unreadable")
     assert kinds == {"truncated", "unreadable"}
 
 
+@pytest.mark.parametrize("suffix", [".mkv", ".MP4"])
+def test_the_video_and_its_frames_record_their_input(tmp_path, suffix):
+    """How a rerun tells its own earlier outputs from other files (engines/outputs.py)."""
+    from interlcm.imageio import read_source
+    from interlcm.video import read_video_source
+
+    frames = [np.full((24, 40, 3), 10 * i, np.uint8) for i in range(3)]
+    write_clip(tmp_path / f"c{suffix}", frames, fps=3, audio_rate=None)
+    dst = tmp_path / "o" / f"c{suffix}"
+    report = restore_video(_FakeWholePhoto(), tmp_path / f"c{suffix}", dst, VideoOptions(progress=False),
+                           frames_dir=tmp_path / "o" / "c_frames", source="abc123")
+    assert report.output == dst and read_video_source(dst) == "abc123"
+    assert read_video_source(tmp_path / f"c{suffix}") is None
+    assert [read_source(p) for p in sorted((tmp_path / "o" / "c_frames").iterdir())] == ["abc123"] * 3
+
+
 # --- what the output keeps of the input: orientation, timestamps, every stream ---------------------
+
+
+def _restore_into(photo, src, folder, options, frames=False):  # noqa: ANN001, ANN202
+    """restore_video with the output named as the CLI's plan names it: FOLDER/<src's name> (and its frames folder)."""
+    from interlcm.video import frames_folder
+
+    dst = Path(folder) / Path(src).name
+    return restore_video(photo, src, dst, options, frames_dir=frames_folder(dst) if frames else None)
+
 
 
 class _AsIs:
@@ -205,7 +232,7 @@ def test_display_matrix_turns_frames_upright(tmp_path, rotation, hflip):
     stored = np.ascontiguousarray(np.rot90(upright[:, ::-1] if hflip else upright, k=-rotation // 90))
     write_clip(tmp_path / "phone.mp4", [stored] * 3, fps=4, rotation=rotation, hflip=hflip)
     restorer = _AsIs()
-    report = restore_video(restorer, tmp_path / "phone.mp4", tmp_path / "o", VideoOptions(progress=False))
+    report = _restore_into(restorer, tmp_path / "phone.mp4", tmp_path / "o", VideoOptions(progress=False))
     assert report.size == (48, 32) and (hflip or report.rotation % 360 == rotation % 360)
     for seen in restorer.frames:
         assert seen.shape == upright.shape and np.abs(seen.astype(int) - upright).mean() < 8
@@ -231,7 +258,7 @@ def test_portrait_phone_video_faces_found_upright(tiny_models, tmp_path, rotatio
         return results
 
     photo.restore_photos = counted
-    report = restore_video(photo, tmp_path / "portrait.mp4", tmp_path / "o", VideoOptions(progress=False))
+    report = _restore_into(photo, tmp_path / "portrait.mp4", tmp_path / "o", VideoOptions(progress=False))
     assert found == [1, 1], "the face must be found in the upright frames"
     assert report.size == (240, 320) and [r for _, _, r in _decoded(report.output)] == [0, 0]
 
@@ -249,7 +276,7 @@ def test_variable_frame_rate_keeps_each_frame_time(tmp_path, suffix):
     frames = [np.full((32, 48, 3), 20 * i, np.uint8) for i in range(6)]
     write_clip(src, frames, fps=10, codec="mpeg4" if avi else "libx264", times=times, audio_rate=None if avi else 16000)
     assert [t for _, t, _ in _decoded(src)] == pytest.approx(times, abs=1e-3)
-    report = restore_video(_AsIs(), src, tmp_path / "o", VideoOptions(frames_per_batch=4, progress=False))
+    report = _restore_into(_AsIs(), src, tmp_path / "o", VideoOptions(frames_per_batch=4, progress=False))
     assert report.frames == 6
     assert [t for _, t, _ in _decoded(report.output)] == pytest.approx(times, abs=1e-3)
     if not avi:
@@ -316,7 +343,7 @@ def test_every_stream_copied(tmp_path, suffix, fmt, subtitle):
     """Both audio languages, the subtitles (and Matroska's attachment) come out packet for packet, tags kept."""
     src = tmp_path / f"film{suffix}"
     _write_multi_track(src, fmt, subtitle, attachment=fmt == "matroska")
-    report = restore_video(_AsIs(), src, tmp_path / "o", VideoOptions(progress=False))
+    report = _restore_into(_AsIs(), src, tmp_path / "o", VideoOptions(progress=False))
     before, after = _streams(src), _streams(report.output)
     kinds = [(kind, language) for kind, language, _ in after]
     assert kinds[:3] == [("audio", "eng"), ("audio", "fra"), ("subtitle", "fra")]
@@ -328,7 +355,7 @@ def test_stream_the_container_cannot_hold_is_named(tmp_path):
     """A Matroska file named .webm with AAC audio: WebM holds no AAC, so the track is left out and named."""
     src = tmp_path / "misnamed.webm"
     _write_multi_track(src, "matroska", "subrip", attachment=False)
-    report = restore_video(_AsIs(), src, tmp_path / "o", VideoOptions(progress=False))
+    report = _restore_into(_AsIs(), src, tmp_path / "o", VideoOptions(progress=False))
     assert report.frames == 8 and report.copied == []
     assert len(report.notes) == 3 and all("is not in the output" in n and "webm" in n for n in report.notes)
     assert [n.split(" is not")[0] for n in report.notes] == ["audio #1 (aac, eng)", "audio #2 (aac, fra)",
@@ -347,15 +374,15 @@ def test_long_names(tmp_path, stem):
     fits = len(f"{stem}_frames".encode()) <= 255
     restorer = _AsIs()
     if fits:
-        report = restore_video(restorer, src, tmp_path / "o", VideoOptions(save_frames=True, progress=False))
+        report = _restore_into(restorer, src, tmp_path / "o", VideoOptions(progress=False), frames=True)
         assert report.output.name == src.name and len(list((tmp_path / "o" / f"{stem}_frames").iterdir())) == 2
         assert sorted(p.name for p in (tmp_path / "o").iterdir()) == sorted([src.name, f"{stem}_frames"])
     else:
-        report = restore_video(restorer, src, tmp_path / "o", VideoOptions(progress=False))
+        report = _restore_into(restorer, src, tmp_path / "o", VideoOptions(progress=False))
         assert [p.name for p in (tmp_path / "o").iterdir()] == [src.name]
         restorer.frames.clear()
         with pytest.raises(VideoError, match="longer than 255 bytes: rename the video shorter or leave out --save-frames"):
-            restore_video(restorer, src, tmp_path / "o2", VideoOptions(save_frames=True, progress=False))
+            _restore_into(restorer, src, tmp_path / "o2", VideoOptions(progress=False), frames=True)
         assert restorer.frames == [] and not (tmp_path / "o2").exists()
 
 
@@ -373,7 +400,10 @@ class KilledMidway:
             os.kill(os.getpid(), signal.SIGKILL)
         return [PhotoResult(p) for p in photos]
 
-restore_video(KilledMidway(), sys.argv[1], sys.argv[2], VideoOptions(frames_per_batch=2, save_frames=True, progress=False))
+from pathlib import Path
+from interlcm.video import frames_folder
+dst = Path(sys.argv[2]) / Path(sys.argv[1]).name
+restore_video(KilledMidway(), sys.argv[1], dst, VideoOptions(frames_per_batch=2, progress=False), frames_dir=frames_folder(dst))
 """
 
 
@@ -408,7 +438,7 @@ def test_full_disk_is_a_write_error_not_a_read_error(clip, tmp_path, monkeypatch
 
     monkeypatch.setattr(video, "temp_sibling", onto_a_full_disk)
     with pytest.raises(VideoError) as info:
-        restore_video(_AsIs(), clip, out, VideoOptions(progress=False))
+        _restore_into(_AsIs(), clip, out, VideoOptions(progress=False))
     message = str(info.value)
     assert message == f"cannot write {out / clip.name}: no space left on the device: free some space or choose another location"
     assert list(out.iterdir()) == [] and __import__("os").path.exists("/dev/full")
@@ -428,7 +458,7 @@ def test_permission_denied_on_the_output_is_a_write_error(clip, tmp_path, monkey
 
     monkeypatch.setattr(av, "open", refuse_output)
     with pytest.raises(VideoError, match=r"^cannot write .*clip.mp4: permission denied: choose a folder you can write to$"):
-        restore_video(_AsIs(), clip, tmp_path / "out", VideoOptions(progress=False))
+        _restore_into(_AsIs(), clip, tmp_path / "out", VideoOptions(progress=False))
     assert list((tmp_path / "out").iterdir()) == []
 
 
@@ -436,4 +466,4 @@ def test_truncated_input_is_a_read_error(clip, tmp_path):
     data = clip.read_bytes()
     (tmp_path / "cut.mp4").write_bytes(data[: len(data) // 2])
     with pytest.raises(VideoError, match=r"^cannot read .*cut.mp4: .*re-export or re-download it\)$"):
-        restore_video(_AsIs(), tmp_path / "cut.mp4", tmp_path / "out", VideoOptions(progress=False))
+        _restore_into(_AsIs(), tmp_path / "cut.mp4", tmp_path / "out", VideoOptions(progress=False))

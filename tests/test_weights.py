@@ -115,3 +115,34 @@ def test_public_clip_checkpoint_keys_load(tmp_path):
     assert not info["missing_keys"] and not info["mismatched_keys"]
     assert all(k.startswith(("text_model.", "text_projection", "visual_projection", "logit_scale")) for k in info["unexpected_keys"])
     torch.testing.assert_close(vision.post_layernorm.weight, full.vision_model.post_layernorm.weight)
+
+
+class _Gadget:  # a class a malicious or careless .pth could carry
+    pass
+
+
+def test_a_pickle_is_refused_without_torchs_advice_to_load_it_anyway(tmp_path):
+    """Every torch.load of a user's file goes through checkpoint.load_torch_file: one sentence, never
+    "Re-running torch.load with weights_only set to False will likely succeed"."""
+    from pathlib import Path
+
+    from interlcm.faces.networks import load_network
+    from interlcm.train.losses import PerceptualWeightsError, _read_state
+    from interlcm.train.trainer import read_checkpoint
+
+    path = tmp_path / "gadget.pth"
+    torch.save({"params_ema": {"w": torch.zeros(1)}, "x": _Gadget()}, path)
+    messages = []
+    for load, error in ((read_params_ema, WeightsError), (lambda p: load_network("parsenet", p), WeightsError),
+                        (_read_state, PerceptualWeightsError), (read_checkpoint, ValueError)):
+        with pytest.raises(error) as info:
+            load(path)
+        messages.append(str(info.value))
+    for message in messages:
+        assert "holds Python objects" in message and "_Gadget" in message and "\n" not in message, message
+        assert "weights_only" not in message and "succeed" not in message and "can still be loaded" not in message
+    # and no other torch.load of files in the package: each would be a way around this
+    package = Path(__file__).parents[1]
+    loads = [p for folder in ("interlcm", "export", "engines") for p in (package / folder).rglob("*.py")
+             if "torch.load(" in p.read_text() and p.name != "checkpoint.py"]
+    assert loads == []

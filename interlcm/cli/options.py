@@ -25,3 +25,26 @@ class SeedType(click.ParamType):
 
 
 SEED = SeedType()
+
+
+INTERRUPTED_EXIT = 130  # 128 + SIGINT, what shells report for a command stopped by Ctrl-C
+
+
+class _Interruptible:
+    """Ctrl-C ends the command with one line and exit code 130 (click's own handling prints
+    "Aborted!" and exits 1, which scripts cannot tell from a failure)."""
+
+    def invoke(self, ctx: click.Context):  # noqa: ANN201 - click's signature
+        try:
+            return super().invoke(ctx)  # type: ignore[misc]
+        except KeyboardInterrupt:
+            click.echo("\ninterrupted (Ctrl-C): every file written so far is complete", err=True)
+            raise click.exceptions.Exit(INTERRUPTED_EXIT) from None
+
+
+class Group(_Interruptible, click.Group):
+    """`@click.group(cls=Group)`: a command group that exits 130 on Ctrl-C."""
+
+
+class Command(_Interruptible, click.Command):
+    """`@click.command(cls=Command)`: a command that exits 130 on Ctrl-C."""

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import click
 
-from interlcm.cli.options import SEED
+from interlcm.cli.options import SEED, Group
 from interlcm.config import PRESETS
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
 def main() -> None:
     """Get InterLCM weights: download the released ones, or make seeded random ones."""
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from interlcm.checkpoint import WeightsError, atomic_torch_save, load_state_strict
+from interlcm.checkpoint import WeightsError, atomic_torch_save, load_state_strict, load_torch_file
 from interlcm.faces.parsenet import ParseNet, ParseStep
 from interlcm.faces.retinaface import (
     MOBILENET,
@@ -103,10 +103,7 @@ def load_network(name: str, path: Path) -> nn.Module:
         raise WeightsError(
             f"missing {path}: run `interlcm-weights download` (or `init`) to fill {path.parent}"
         )
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # truncated download, foreign pickle
-        raise WeightsError(f"cannot read {path} ({type(exc).__name__}: {exc}); download it again") from exc
+    state = load_torch_file(path, "download it again")
     if not isinstance(state, Mapping):
         raise WeightsError(f"{path} is not a state dict (found {type(state).__name__}): download it again")
     net = FACE_NETWORKS[name].make()

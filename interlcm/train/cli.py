@@ -6,8 +6,10 @@ from pathlib import Path
 
 import click
 
+from interlcm.cli.options import Command
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+
+@click.command(cls=Command, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option(
     "--config",
     "config_path",

@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from interlcm.checkpoint import WeightsError, load_torch_file
+
 # torchvision's vgg16().features: conv widths per stage and the "M" max-pools between
 # stages. Module indices follow from this list, so torchvision's state-dict keys
 # (features.0.weight, ..., features.28.bias) load unchanged.
@@ -123,7 +125,10 @@ def _read_state(path: Path) -> Mapping[str, torch.Tensor]:
     path = Path(path)
     if not path.is_file():
         raise PerceptualWeightsError(f"perceptual weights file {path} does not exist")
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        state = load_torch_file(path, "give the released LPIPS/VGG weights (plain state dicts)")
+    except WeightsError as exc:
+        raise PerceptualWeightsError(str(exc)) from None
     if isinstance(state, Mapping) and "state_dict" in state:
         state = state["state_dict"]
     if not isinstance(state, Mapping):

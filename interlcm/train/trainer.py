@@ -36,7 +36,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from interlcm.checkpoint import atomic_torch_save, save_params_ema
+from interlcm.checkpoint import WeightsError, atomic_torch_save, load_torch_file, save_params_ema
 from interlcm.files import atomic_write_text, check_replaceable, make_folder
 from interlcm.imageio import write_image
 from interlcm.models.container import InterLCMModels
@@ -475,14 +475,10 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # truncated zip, foreign pickle, not a torch file: all mean "unusable"
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise ValueError(
-            f"cannot read checkpoint {path} ({first}): it is truncated or not a torch file; "
-            "resume from an earlier OUT/checkpoints/step_N.pt"
-        ) from None
+    try:  # truncated zip, foreign pickle, not a torch file: all mean "unusable"
+        state = load_torch_file(path, "resume from an earlier OUT/checkpoints/step_N.pt")
+    except WeightsError as exc:
+        raise ValueError(str(exc)) from None
     if isinstance(state, dict) and "params_ema" in state:
         raise ValueError(
             f"{path} is an encoder weights file, not a training checkpoint: --resume takes "

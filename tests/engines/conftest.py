@@ -101,7 +101,8 @@ def ray_local():
 @pytest.fixture(scope="session")
 def reference_faces(tmp_path_factory, tiny_cfg):
     """12 random face crops at the tiny resolution (ROOT/in) and the single-process CLI's outputs at
-    --batch 1 (ROOT/reference), for the Ray job and Serve tests to compare with byte for byte."""
+    --batch 1 (ROOT/reference), for the Ray job and Serve tests to compare with byte for byte;
+    ROOT/tree and ROOT/tree_reference, the same as a camera card's folders (see below)."""
     import numpy as np
     from click.testing import CliRunner
     from PIL import Image
@@ -116,5 +117,17 @@ def reference_faces(tmp_path_factory, tiny_cfg):
         pixels = rng.integers(0, 255, (tiny_cfg.resolution, tiny_cfg.resolution, 3), dtype=np.uint8)
         Image.fromarray(pixels).save(root / "in" / f"face{i:02d}.png")
     result = CliRunner().invoke(main, ["restore", str(root / "in"), *args, "--out", str(root / "reference")])
+    assert result.exit_code == 0, result.output
+    # ROOT/tree: six of them as a camera card holds them (a subfolder, JPEGs with an upper-case suffix),
+    # and ROOT/tree_reference: the CLI's outputs of it with --save-faces, for the Ray job's plan
+    for i in range(6):
+        folder = root / "tree" / ("cam" if i % 2 else "")
+        folder.mkdir(parents=True, exist_ok=True)
+        with Image.open(root / "in" / f"face{i:02d}.png") as img:
+            img.save(folder / (f"IMG_{i:04d}.JPG" if i >= 4 else f"face{i:02d}.png"))
+    tree = root / "tree"
+    result = CliRunner().invoke(main, ["restore", str(tree / "face00.png"), str(tree / "face02.png"),
+                                       str(tree / "IMG_0004.JPG"), str(tree / "cam"), *args, "--save-faces",
+                                       "--out", str(root / "tree_reference")])
     assert result.exit_code == 0, result.output
     return SimpleNamespace(root=root, args=args, seed=1)

@@ -100,7 +100,8 @@ def test_skip_existing_skips_only_complete_outputs(tmp_path, tiny_weights):
     with Image.open(out / "a.jpg") as img:
         assert img.format == "JPEG"
     a_before = (out / "a.jpg").stat().st_mtime_ns
-    (out / "b.png").write_bytes((out / "b.png").read_bytes()[:50])  # a broken output: not complete
+    data = (out / "b.png").read_bytes()
+    (out / "b.png").write_bytes(data[: len(data) // 2])  # a broken output of ours (header kept): not complete
     result = _restore(*args, "--skip-existing")
     assert result.exit_code == 0, result.output
     assert "restored 1/2" in result.output and "skipped 1 image(s)" in result.output
@@ -120,3 +121,15 @@ def test_demo_photo_is_a_small_whole_photo_with_one_face():
     photo = read_rgb(path)
     assert photo.shape == (352, 448, 3)
     assert len(DlibDetector().detect([detection_view(photo)[0]])[0]) == 1
+
+
+def test_no_face_note_names_the_photos(tmp_path):
+    """"no face found ... (2 image(s))" alone does not say which photos to look at."""
+    pytest.importorskip("dlib", reason="the faces-dlib extra is not installed (make install installs it)")
+    src = tmp_path / "in"
+    src.mkdir()
+    for name in ("beach.png", "sky.jpg"):
+        Image.new("RGB", (64, 48), (90, 140, 200)).save(src / name)
+    result = _restore(str(src), "--preset", "tiny", "--detector", "dlib", "--out", str(tmp_path / "o"))
+    assert result.exit_code == 0, result.output
+    assert "no face found: the photo is only upscaled (2 image(s): beach.png, sky.jpg)" in result.output

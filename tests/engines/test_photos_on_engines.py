@@ -98,7 +98,7 @@ def _expected_outputs(case: str, result: dict) -> None:
         assert "restored 1/1" in output and "no face found" not in output
     elif case == "shapes":
         assert result["wide.png"].shape == (768, 1024, 3) and result["panorama.png"].shape == (600, 2400, 3)
-        assert "no face found: the photo is only upscaled (2 image(s))" in output  # random RetinaFace weights
+        assert "no face found: the photo is only upscaled (2 image(s): panorama.png, wide.png)" in output  # random RetinaFace weights
     else:
         frames = [k for k in result if k.startswith("clip_frames/")]
         assert len(frames) == 10 and result[frames[0]].shape == (128, 192, 3)

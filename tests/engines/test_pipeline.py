@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 import threading
 import time
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -15,6 +16,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from interlcm.engines.cli import main
+from interlcm.engines.outputs import plan_outputs
 from interlcm.engines.photo import FacesRestored, PhotoInput, PhotoOptions, PhotoRestorer, PhotoResult
 from interlcm.engines.pipeline import GROUPS_IN_FLIGHT, PhotoPipeline, restore_files
 from interlcm.faces.detect import Detection
@@ -123,10 +125,14 @@ def test_failures_stay_with_their_photo_outcomes_in_input_order_memory_bounded(t
     photo is retried one photo at a time; unreadable and failing photos are one line each, in input order."""
     paths = _files(tmp_path / "in", [(64, 48)] * 40, bad=(6, 21), poisoned=(9, 30))
     device = _SlowDevice(seconds=0.01)
-    report = restore_files(_CountingPhotos(device), paths, tmp_path / "out", progress=False, workers=workers)
-    assert [p.name for p, _ in report.failed] == ["p06.png", "p09.png", "p21.png", "p30.png"]
-    assert "the stand-in device fails" in dict((p.name, r) for p, r in report.failed)["p09.png"]
-    assert [p.name for p in report.written] == [p.name for i, p in enumerate(paths) if i not in (6, 9, 21, 30)]
+    plan = plan_outputs(paths, tmp_path / "out")
+    report = restore_files(_CountingPhotos(device), plan, progress=False, workers=workers)
+    failed = {Path(r.input).name: r.reason for r in report.where("failed")}
+    assert list(failed) == ["p06.png", "p09.png", "p21.png", "p30.png"]
+    assert "the stand-in device fails" in failed["p09.png"]
+    assert [Path(r.input).name for r in report.results] == [p.name for p in paths]  # input order, each once
+    assert [Path(r.output).name for r in report.where("written")] == [
+        p.name for i, p in enumerate(paths) if i not in (6, 9, 21, 30)]
     # 38 readable photos in groups of 4 (the last of 2); the two groups with a poisoned photo again one by one
     assert sorted(device.groups) == [1] * 8 + [2] + [4] * 9
     group = 4
@@ -143,7 +149,7 @@ def test_a_video_through_the_pipeline_gives_the_sequential_frames(tmp_path, tiny
     from interlcm.engines.restorer import RestoreOptions, Restorer
     from interlcm.testing import write_clip
     from interlcm.torch_backend import TorchBackend
-    from interlcm.video import VideoOptions, restore_video
+    from interlcm.video import VideoOptions, frames_folder, restore_video
 
     rng = np.random.default_rng(0)
     write_clip(tmp_path / "clip.mp4", [rng.integers(0, 256, (24, 24, 3), dtype=np.uint8) for _ in range(11)], fps=4)
@@ -152,10 +158,11 @@ def test_a_video_through_the_pipeline_gives_the_sequential_frames(tmp_path, tiny
     with av.open(str(tmp_path / "clip.mp4")) as clip:
         decoded = [frame.to_ndarray(format="rgb24") for frame in clip.decode(video=0)]
     want = [r.image for i in range(0, len(decoded), 2) for r in photos.restore_photos(decoded[i : i + 2])]
-    options = VideoOptions(frames_per_batch=2, save_frames=True, progress=False)
+    options = VideoOptions(frames_per_batch=2, progress=False)
+    dst = tmp_path / "out" / "clip.mp4"
     with PhotoPipeline(photos, 2) as pipeline:
-        report = restore_video(pipeline, tmp_path / "clip.mp4", tmp_path / "out", options)
-    saved = sorted((tmp_path / "out" / "clip_frames").iterdir())
+        report = restore_video(pipeline, tmp_path / "clip.mp4", dst, options, frames_dir=frames_folder(dst))
+    saved = sorted(frames_folder(dst).iterdir())
     assert report.frames == len(saved) == len(want) == 11
     for n, (path, image) in enumerate(zip(saved, want)):
         assert np.array_equal(np.asarray(Image.open(path)), image), n

@@ -10,6 +10,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from interlcm.engines.cli import main
+from interlcm.engines.outputs import source_id
 from interlcm.testing import group_photo, pixel_bomb_png
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -67,7 +68,8 @@ def test_skip_existing_judges_a_192_mp_output_without_decoding_it(tmp_path):
     Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(src / "big.png")
     out = tmp_path / "out"
     out.mkdir()
-    existing = pixel_bomb_png(16000, 12000)  # signature ... IEND: a whole PNG file, header says 192 MP
+    # signature ... IEND: a whole PNG file, header says 192 MP, and it records its input (an earlier output)
+    existing = pixel_bomb_png(16000, 12000, source=source_id(src / "big.png"))
     (out / "big.png").write_bytes(existing)
     result = _restore(str(src), "--aligned", "--preset", "tiny", "--skip-existing", "--out", str(out))
     assert result.exit_code == 0, result.output
@@ -86,7 +88,8 @@ def test_the_ray_job_refuses_from_the_header_too(tmp_path):
     bomb, face = tmp_path / "bomb.png", tmp_path / "face.png"
     bomb.write_bytes(pixel_bomb_png(13000, 13000))
     Image.fromarray(np.zeros((40, 30, 3), np.uint8)).save(face)
-    batch = {"src": np.array([str(bomb), str(face)], dtype=object), "dst": np.array(["x", "y"], dtype=object)}
+    batch = {"src": np.array([str(bomb), str(face)], dtype=object), "dst": np.array(["x", "y"], dtype=object),
+             "faces_dir": np.array(["", ""], dtype=object)}
     rows = decode_stage(batch, pafs.LocalFileSystem(), PhotoOptions(upscale=4, limits=PixelLimits(output=10_000)))
     assert "13000x13000 is 169 MP, over the 64 MP input limit" in rows["error"][0]
     assert "30x40 at upscale 4 gives 120x160 = 0.0192 MP, over the 0.01 MP output limit" in rows["error"][1]

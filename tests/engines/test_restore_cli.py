@@ -5,6 +5,8 @@ These give aligned face crops (`--aligned`); whole photos: test_photo_cli.py.
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 from click.testing import CliRunner
@@ -85,3 +87,118 @@ def test_demo_face_by_default(tmp_path, flag):
     assert (tmp_path / "o" / "face.png").is_file()
 
 
+
+
+# --- outputs never replace what was there -----------------------------------------------------------
+
+
+def _run(*args: str):
+    return CliRunner().invoke(main, ["restore", "--aligned", *args])
+
+
+def test_outputs_never_replace_files_that_were_in_out(tmp_path, tiny_weights):
+    """`restore album/new --out album` and two cameras' IMG_0001.png in two runs into one OUT."""
+    w = ["--weights", str(tiny_weights)]
+    album = _faces(tmp_path / "album", n=1)  # the album's own face0.png
+    _faces(album / "new", n=1)  # new/face0.png: another picture of the same name
+    mine = (album / "face0.png").read_bytes()
+    result = _run(str(album / "new"), *w, "--out", str(album))
+    assert result.exit_code == 1 and "would replace files this run did not write" in result.output, result.output
+    assert "--overwrite" in result.output and len(result.output.strip().splitlines()) == 1
+    assert (album / "face0.png").read_bytes() == mine and "backend:" not in result.output  # before any work
+
+    cam1, cam2 = _faces(tmp_path / "cam1", n=1), tmp_path / "cam2"
+    cam2.mkdir()
+    Image.new("RGB", (80, 80), (200, 10, 10)).save(cam2 / "face0.png")
+    out = tmp_path / "out"
+    assert _run(str(cam1), *w, "--out", str(out)).exit_code == 0
+    first = (out / "face0.png").read_bytes()
+    assert _run(str(cam1), *w, "--out", str(out), "--seed", "3").exit_code == 0  # a rerun of the same input
+    assert (out / "face0.png").read_bytes() != first  # replaced: it was its own earlier output
+    first = (out / "face0.png").read_bytes()
+    result = _run(str(cam2), *w, "--out", str(out))
+    assert result.exit_code == 1 and "not an output of" in result.output and "cam2" in result.output
+    assert (out / "face0.png").read_bytes() == first
+    assert _run(str(cam2), *w, "--out", str(out), "--overwrite").exit_code == 0  # asked for
+    assert (out / "face0.png").read_bytes() != first
+
+
+def test_an_empty_out_is_refused(tmp_path, tiny_weights):
+    """`--out "$DIR"` with DIR unset must not write into the current folder."""
+    src = _faces(tmp_path / "in", n=1)
+    runner = CliRunner()
+    with runner.isolated_filesystem(temp_dir=tmp_path) as here:
+        result = runner.invoke(main, ["restore", str(src), "--aligned", "--weights", str(tiny_weights), "--out", ""])
+        assert result.exit_code == 2 and "--out is empty" in result.output, result.output
+        assert os.listdir(here) == []
+
+
+def test_outputs_keep_the_suffix_case(tmp_path, tiny_weights):
+    """Camera cards (FAT/exFAT) are case-insensitive: IMG_0001.jpg next to IMG_0001.JPG would be the input."""
+    src = tmp_path / "card"
+    src.mkdir()
+    Image.fromarray(np.random.default_rng(1).integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(src / "IMG_0001.JPG")
+    out = tmp_path / "out"
+    assert _run(str(src), "--weights", str(tiny_weights), "--out", str(out)).exit_code == 0
+    assert os.listdir(out) == ["IMG_0001.JPG"]
+    with Image.open(out / "IMG_0001.JPG") as img:
+        assert img.format == "JPEG"
+
+
+def test_an_output_that_cannot_be_written_fails_only_its_input(tmp_path, tiny_weights):
+    """A legal 254-byte name whose faces folder (`<stem>_faces`) is over 255 bytes: one failure, the rest go on."""
+    src = _faces(tmp_path / "in", n=1)
+    long_name = "x" * 250 + ".png"
+    Image.open(src / "face0.png").save(src / long_name)
+    out = tmp_path / "out"
+    result = _run(str(src), "--weights", str(tiny_weights), "--save-faces", "--out", str(out))
+    assert result.exit_code == 1, result.output
+    assert "restored 1/2" in result.output and "name is too long" in result.output
+    assert sorted(os.listdir(out)) == ["face0.png", "face0_faces"]
+
+
+def test_stale_temporaries_of_killed_runs_are_removed(tmp_path, tiny_weights):
+    import subprocess
+    import sys
+
+    from interlcm.files import TEMP_PREFIX
+
+    src = _faces(tmp_path / "in" / "sub", n=1)
+    _faces(tmp_path / "in", n=1)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    out = tmp_path / "out"
+    stale = [out / f"{TEMP_PREFIX}{dead.stdout.strip()}-0000-face0.png", src.parent.parent / "out" / "sub" /
+             f"{TEMP_PREFIX}{dead.stdout.strip()}-0001-face0.png"]
+    live = out / f"{TEMP_PREFIX}{os.getpid()}-0002-face0.png"  # a run still going: never touched
+    for path in (*stale, live):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"half a png")
+    inputs = [str(tmp_path / "in" / "face0.png"), str(src / "face0.png")]  # OUT and OUT/sub are written
+    assert _run(*inputs, "--weights", str(tiny_weights), "--out", str(out)).exit_code == 0
+    assert not any(p.exists() for p in stale) and live.exists()
+
+
+def test_ctrl_c_exits_130_with_one_line(tmp_path, tiny_weights, monkeypatch):
+    from interlcm.engines import pipeline
+
+    def interrupted(*args, **kwargs):  # noqa: ANN002, ANN003
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pipeline, "restore_files", interrupted)
+    src = _faces(tmp_path / "in", n=1)
+    result = _run(str(src), "--weights", str(tiny_weights), "--out", str(tmp_path / "out"))
+    assert result.exit_code == 130, result.output
+    assert result.output.strip().splitlines()[-1].startswith("interrupted (Ctrl-C)") and "Aborted" not in result.output
+
+
+def test_a_photo_in_a_videos_frames_folder_is_refused_before_any_work(tmp_path):
+    """With --save-frames, `clip_frames/000001.png` (a photo input) and the video's first frame are one file."""
+    src = _faces(tmp_path / "in", n=1)
+    (src / "clip.mp4").write_bytes(b"not decoded: the plan refuses first")
+    (src / "clip_frames").mkdir()
+    Image.open(src / "face0.png").save(src / "clip_frames" / "000001.png")
+    out = tmp_path / "out"
+    inputs = [str(src / "face0.png"), str(src / "clip_frames" / "000001.png"), str(src / "clip.mp4")]
+    result = _run(*inputs, "--preset", "tiny", "--save-frames", "--out", str(out))
+    assert result.exit_code == 1 and "clip_frames" in result.output and "backend:" not in result.output, result.output
+    assert not out.exists()

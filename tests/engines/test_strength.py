@@ -140,12 +140,13 @@ def test_ray_job_carries_strength(tmp_path, monkeypatch):
     """`--ray` hands the same PhotoOptions (strength included) to every actor through the JobSpec."""
     pytest.importorskip("ray")
     from interlcm.engines import ray_job
+    from interlcm.engines.outputs import RestoreReport
 
     seen = {}
 
-    def run_job(spec, inputs, out):  # noqa: ANN001 - stands in for the Ray Data job
+    def run_job(spec, inputs, out, overwrite=False):  # noqa: ANN001, ARG001 - stands in for the Ray Data job
         seen["spec"] = spec
-        return ray_job.JobReport()
+        return RestoreReport()
 
     monkeypatch.setattr(ray_job, "connect", lambda address: False)
     monkeypatch.setattr(ray_job, "run_job", run_job)

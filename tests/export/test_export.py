@@ -228,3 +228,18 @@ def test_fp16_graphs_on_photos_stay_finite_and_close(exported, tiny_models):
         (got,) = open_session(m.path(out, name, "fp16")).run(None, {"image": image.numpy()})
         rows.append(compare((name,), torch.from_numpy(got), ref, tolerance(name, "fp16")))
     assert all(r.ok for r in rows), [r.name for r in rows if not r.ok]
+
+
+def test_manifest_naming_files_outside_its_folder_is_refused_when_read(tiny_models, tmp_path):
+    """Refused on reading, before any file is opened or hashed (also without verify)."""
+    work = tmp_path / "onnx"
+    export_all(tiny_models, work, ["colorfix_adain"], ("fp32",), batch=BATCH, progress=False)
+    good = json.loads((work / MANIFEST).read_text())
+    for field in ("file", "external_data"):
+        for name in ("../x.onnx", "/etc/passwd", "sub/../../x.onnx", "a\\..\\x.onnx", ".."):
+            data = json.loads(json.dumps(good))
+            data["entries"][0][field] = name
+            (work / MANIFEST).write_text(json.dumps(data))
+            with pytest.raises(ManifestError, match="not a file in its folder") as info:
+                load_manifest(work, verify=False)
+            assert repr(name) in str(info.value) and "\n" not in str(info.value)
