@@ -166,3 +166,46 @@ def test_a_video_through_the_pipeline_gives_the_sequential_frames(tmp_path, tiny
     assert report.frames == len(saved) == len(want) == 11
     for n, (path, image) in enumerate(zip(saved, want)):
         assert np.array_equal(np.asarray(Image.open(path)), image), n
+
+
+_INTERRUPTED_RUN = """
+import os, signal, sys
+from interlcm.engines.cli import main
+from interlcm.engines.photo import PhotoRestorer
+
+finish, done = PhotoRestorer.finish, []
+
+def finish_then_ctrl_c(self, item):  # a paste-back on a CPU worker: Ctrl-C while the device works on the next
+    done.append(1)
+    if len(done) == 2:
+        os.kill(os.getpid(), signal.SIGINT)
+    return finish(self, item)
+
+PhotoRestorer.finish = finish_then_ctrl_c
+main(["restore", "--aligned", sys.argv[1], "--preset", "tiny", "--steps", "1", "--workers", "2", "--out", sys.argv[2]])
+"""
+
+
+def test_ctrl_c_during_a_pipelined_run_exits_130_leaving_only_complete_files(tmp_path):
+    """A real SIGINT while the device thread and the CPU workers are busy: the threads are closed, the
+    command ends with main's one line and exit code 130, and every file in OUT is whole (no temporaries)."""
+    import subprocess
+    import sys
+
+    from interlcm.files import TEMP_PREFIX
+
+    src = tmp_path / "in"
+    src.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(12):  # three groups of 4
+        Image.fromarray(rng.integers(0, 255, (48, 48, 3), dtype=np.uint8)).save(src / f"face{i:02d}.png")
+    out = tmp_path / "out"
+    run = subprocess.run([sys.executable, "-c", _INTERRUPTED_RUN, str(src), str(out)], capture_output=True,
+                         text=True, timeout=300)
+    assert run.returncode == 130, run.stderr[-2000:]
+    assert run.stderr.strip().splitlines()[-1].startswith("interrupted (Ctrl-C)"), run.stderr[-2000:]
+    written = sorted(out.iterdir())
+    assert len(written) < 12 and not any(p.name.startswith(TEMP_PREFIX) for p in written), written
+    for path in written:
+        with Image.open(path) as image:
+            image.load()  # whole: a cut file raises here
