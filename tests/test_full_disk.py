@@ -73,5 +73,9 @@ def test_restore_stops_on_a_full_disk_with_that_sentence(on_a_full_disk):
     assert code == 1, output
     last = output.strip().splitlines()[-1]
     assert last.startswith("Error: cannot write") and "no space left on the device" in last, output
-    assert "face1.png" in last and "image(s) in" not in output  # stopped at face1: face2 was not tried
-    assert written == ["face0.png"]  # and no temporary left
+    assert "image(s) in" not in output  # stopped: no summary of a finished run
+    # one ~12 KB output fits in 20 KB; CPU workers write in parallel, so which one got there first varies.
+    # The sentence names a photo that was not written, and nothing else is left: no temporary, no part file.
+    names = [f"face{i}.png" for i in range(3)]
+    assert len(written) == 1 and written[0] in names, written
+    assert [n for n in names if n in last] != [] and written[0] not in last, last
