@@ -10,7 +10,11 @@ import torch
 
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# One torch thread for the whole session. The suite runs on 2 cores next to its own Ray workers,
+# subprocesses and browser; two spinning OpenMP threads then make a tiny restoration up to 80x slower
+# (tests/test_restore.py: 0.5 s alone, 42 s beside two busy processes; 0.5 s at one thread). Tests that
+# time or compare thread counts set their own (benchmarks' harness, `--threads`).
+torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")
@@ -128,18 +132,6 @@ def tiny_weights_unparsed(tiny_weights, tmp_path_factory):
             target.parent.mkdir(parents=True, exist_ok=True)
             target.symlink_to(path)
     return out
-
-
-@pytest.fixture(scope="module")
-def one_thread():
-    """torch at 1 thread for a module: on a 2-core machine shared with other jobs, two spinning OpenMP
-    threads make the tiny model up to 20x slower; one thread is slower only on an idle machine.
-    Modules that assert no timing use it with `pytestmark = pytest.mark.usefixtures("one_thread")`."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 
 def cuda_missing() -> str | None:

@@ -18,8 +18,6 @@ from interlcm.parity import compare_traces, format_table, require
 from interlcm.sampler import Trace
 from interlcm.torch_backend import TorchBackend
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
 
 @pytest.fixture(scope="module")
 def bf16_models(tiny_models):

@@ -1,13 +1,10 @@
 """The cost model: attention is counted, counts are consistent, the peak probe answers."""
 
-import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from interlcm.benchmarks.flops import ATTENTION_FORMULAS, count_component_flops, count_flops, matmul_peak
 from interlcm.components import BY_NAME
-
-pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_cpu_attention_formula_counts_both_products():

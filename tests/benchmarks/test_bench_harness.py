@@ -20,8 +20,6 @@ from interlcm.sampler import SamplerSettings, restore
 from interlcm.schedule import make_noise, make_schedule
 from interlcm.torch_backend import TorchBackend
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
 ROW_FIELDS = {
     "backend", "precision", "batch", "label", "device", "description", "skipped", "failed", "load_s", "first_run_s",
     "time_to_first_result_s", "end_to_end", "seconds_per_image", "images_per_s", "host_other_s", "components",

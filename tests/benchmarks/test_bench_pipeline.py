@@ -8,8 +8,6 @@ from interlcm.benchmarks.pipeline import Run, compare, make_photos, run_once
 from interlcm.faces.align import align_face
 from interlcm.imageio import demo_image_path, read_rgb
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
 
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory):

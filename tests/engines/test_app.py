@@ -32,11 +32,9 @@ from interlcm.engines.backend import BackendOptions  # noqa: E402
 from interlcm.engines.loaded import LoadedRestorer, RestoreRequest  # noqa: E402
 from interlcm.engines.photo import PhotoOptions  # noqa: E402
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
 
 @pytest.fixture(scope="module")
-def loaded(one_thread):
+def loaded():
     with LoadedRestorer(BackendOptions("torch", preset="tiny")) as model:
         yield model
 

@@ -41,11 +41,10 @@ CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic
                   "--disable-background-networking", "--disable-component-update", "--disable-sync",
                   "--window-size=1400,1500")
 
-pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def app(tmp_path_factory, one_thread):
+def app(tmp_path_factory):
     """The page on tiny random weights (dlib first), on a free port of 127.0.0.1; closed after the module."""
     from interlcm.engines.app import LocalEngine, PageDefaults, build_page, launch
     from interlcm.engines.backend import BackendOptions

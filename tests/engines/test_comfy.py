@@ -23,8 +23,6 @@ from interlcm.engines import comfy
 from interlcm.engines.cli import main
 from interlcm.testing import group_photo
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
 NODES_FOLDER = Path(__file__).resolve().parents[2] / "comfyui" / "interlcm_nodes"
 HEADS = ((0.22, 0.45, 190, 0), (0.76, 0.45, 170, 6))  # two faces dlib finds
 

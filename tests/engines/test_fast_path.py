@@ -17,8 +17,6 @@ from interlcm.engines.backend import BackendOptions, FastPath, fast_path
 from interlcm.engines.cli import main, serve_main
 from interlcm.engines.restorer import RestoreOptions
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
 
 class Opened:
     """A backend as `fast_path` sees it: a name, a device, whether it has the fused `denoise_step`."""

@@ -17,8 +17,6 @@ from interlcm.engines.restorer import RestoreOptions, Restorer
 from interlcm.faces.paste import upscale_photo
 from interlcm.testing import PlacedFaces, group_photo
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
 
 class IdentityRestorer:
     """Stands in for Restorer: returns its input, recording each batch's size."""

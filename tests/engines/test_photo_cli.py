@@ -11,8 +11,6 @@ from PIL import Image
 from interlcm.engines.cli import main
 from interlcm.testing import group_photo
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
 
 def _restore(*args: str):
     return CliRunner().invoke(main, ["restore", *args])

@@ -28,8 +28,6 @@ from PIL import Image
 from interlcm.engines.cli import main
 from interlcm.testing import group_photo, write_clip
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
 HEADS = ((0.14, 0.3, 150, 0), (0.42, 0.28, 140, 8), (0.72, 0.3, 160, -6),
          (0.2, 0.75, 150, 5), (0.5, 0.74, 140, -4), (0.82, 0.74, 150, 0))
 FACES = ["faces6.png"]

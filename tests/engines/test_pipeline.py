@@ -22,8 +22,6 @@ from interlcm.engines.pipeline import GROUPS_IN_FLIGHT, PhotoPipeline, restore_f
 from interlcm.faces.detect import Detection
 from interlcm.testing import face_landmarks, group_photo
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
 POISON = (1, 2, 3)  # a photo whose first pixel is this makes the stand-in device fail
 
 

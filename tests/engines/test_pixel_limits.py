@@ -13,8 +13,6 @@ from interlcm.engines.cli import main
 from interlcm.engines.outputs import source_id
 from interlcm.testing import group_photo, pixel_bomb_png
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
 
 def _restore(*args: str):
     return CliRunner().invoke(main, ["restore", *args])

@@ -17,8 +17,6 @@ from PIL import Image
 from interlcm.engines.cli import main
 from interlcm.testing import group_photo
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
 # Two faces dlib finds, far enough apart that their pasted crops do not overlap (where crops overlap,
 # the second blend mixes over the first and a partial strength need not lie between 0 and 1).
 HEADS = ((0.22, 0.45, 190, 0), (0.76, 0.45, 170, 6))

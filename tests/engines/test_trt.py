@@ -30,8 +30,6 @@ from interlcm.engines.trt_standin import GPU as STANDIN_GPU
 from interlcm.engines.trt_standin import ContractViolation
 from interlcm.parity import compare, require, tolerance
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
 # --- building -----------------------------------------------------------------------------------
 
 

@@ -21,8 +21,6 @@ from interlcm.engines.trt import TrtBackend
 from interlcm.sampler import SamplerSettings, denoise, restore
 from interlcm.schedule import make_noise, make_schedule
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
 
 class StandInCuda:
     """torch.cuda's graph and stream functions over a TrtBackend's CPU streams and the stand-in's capture/replay."""

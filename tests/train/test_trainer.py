@@ -20,8 +20,6 @@ from interlcm.train.losses import PerceptualWeightsError
 from interlcm.train.trainer import Trainer
 from interlcm.weights import encoder_paths, load_models, read_params_ema
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
 
 def tiny_config(weights, out, **overrides) -> TrainConfig:
     base = dict(
