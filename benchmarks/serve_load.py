@@ -21,7 +21,9 @@ The load tools (`post`, `load`, `SlowClients`) are also what tests/engines/test_
 from __future__ import annotations
 
 import contextlib
+import io
 import json
+import os
 import selectors
 import socket
 import threading
@@ -34,6 +36,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import click
+import numpy as np
+from PIL import Image
+
+from interlcm.config import get_preset
+from interlcm.engines.backend import BackendOptions
+from interlcm.engines.ray_job import start_local_ray
+from interlcm.engines.serve import build_app, start
+from interlcm.limits import ServeLimits
+from interlcm.testing import pixel_bomb_png
 
 
 @dataclass
@@ -198,10 +209,7 @@ def free_port() -> int:
 
 
 def _faces(n: int, size: int) -> list[bytes]:
-    import io
 
-    import numpy as np
-    from PIL import Image
 
     rng = np.random.default_rng(0)
     bodies = []
@@ -214,10 +222,7 @@ def _faces(n: int, size: int) -> list[bytes]:
 
 def _large_jpeg(width: int, height: int) -> bytes:
     """A smooth `width` x `height` JPEG: the size of a phone photo, a few hundred KB."""
-    import io
 
-    import numpy as np
-    from PIL import Image
 
     ramp = np.linspace(0, 255, width, dtype=np.uint8)
     buffer = io.BytesIO()
@@ -238,16 +243,9 @@ def _large_jpeg(width: int, height: int) -> bytes:
 @click.option("--json", "json_path", type=click.Path(path_type=Path), help="Write the numbers here.")
 def main(preset, count, in_flight, slow, trickle_s, batch, threads, body_timeout, json_path) -> None:  # noqa: ANN001
     """Latency of normal requests alone and under slow clients and oversized photos, in one run."""
-    import os
 
     from ray import serve
 
-    from interlcm.config import get_preset
-    from interlcm.engines.backend import BackendOptions
-    from interlcm.engines.ray_job import start_local_ray
-    from interlcm.engines.serve import build_app, start
-    from interlcm.limits import ServeLimits
-    from interlcm.testing import pixel_bomb_png
 
     limits = ServeLimits() if body_timeout is None else ServeLimits(body_timeout_s=body_timeout)
     bodies = _faces(count, get_preset(preset).resolution)

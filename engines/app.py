@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import shutil
 import tempfile
 import time
 import urllib.error
@@ -28,13 +29,21 @@ from pathlib import Path
 from typing import Any
 
 import click
+import cv2
 import numpy as np
+from PIL import Image
 
 from interlcm.choices import COLORFIXES, DEFAULT_STRENGTH, STRENGTH_RANGE
 from interlcm.cli.options import SEED_MAX
 from interlcm.engines.cli import backend_options
+from interlcm.engines.loaded import LoadedRestorer, RestoreRequest
 from interlcm.engines.outputs import source_id
+from interlcm.engines.photo import PhotoOptions, PhotoResult
+from interlcm.engines.pipeline import PhotoPipeline
 from interlcm.faces.detectors import DEFAULT_DETECTOR, DETECTORS
+from interlcm.imageio import ImageReadError, decode_rgb, encode_image, write_image
+from interlcm.upsampler import TileOptions
+from interlcm.video import VideoError, VideoOptions, restore_video
 
 UPSCALE = (1, 8)  # the page's upscale range, as `interlcm-trt restore --upscale`
 KEEP_RESULTS_S = 3600  # results older than this are deleted from the app's folder (Gradio's cache: the same)
@@ -103,7 +112,6 @@ class LocalEngine:
 
     def video_restorer(self, request: Any) -> Any:  # noqa: ANN401 - for the video path
         """The pipelined runtime (engines/pipeline.py) on the held backend; a context manager."""
-        from interlcm.engines.pipeline import PhotoPipeline
 
         return PhotoPipeline(self.loaded.photo_restorer(request, timing=False))
 
@@ -133,8 +141,6 @@ class ServerEngine:
         return Outcome(image, _before(photo, image), [], report)
 
     def restore_photos(self, photos: list[np.ndarray], request: Any) -> list[Any]:  # noqa: ANN401
-        from interlcm.engines.photo import PhotoResult
-        from interlcm.imageio import decode_rgb, encode_image
 
         query = {"seed": request.seed, "aligned": str(request.photo.aligned).lower(), "upscale": request.photo.upscale,
                  "strength": request.photo.strength, **({"colorfix": request.colorfix} if request.colorfix else {})}
@@ -167,7 +173,6 @@ def _reason(exc: BaseException) -> str:
 
 def _before(photo: np.ndarray, like: np.ndarray) -> np.ndarray:
     """The input at the output's size (bilinear: the canvas faces are pasted on), for the slider."""
-    import cv2
 
     h, w = like.shape[:2]
     return photo if photo.shape[:2] == (h, w) else cv2.resize(photo, (w, h), interpolation=cv2.INTER_LINEAR)
@@ -190,9 +195,7 @@ def read_upload(payload: dict | None, limits: Limits, kind: str = "photo") -> tu
 
 def decode_photo(path: Path, name: str, limits: Limits) -> np.ndarray:
     """The photo's pixels ((H, W, 3) uint8 RGB, as the CLI reads files); InputError in one line if refused."""
-    from PIL import Image
 
-    from interlcm.imageio import ImageReadError, decode_rgb
 
     data = path.read_bytes()
     try:
@@ -228,8 +231,6 @@ def check_video(path: Path, name: str, limits: Limits) -> None:
 
 def page_request(aligned, detector, only_center, upscale, bg, face_up, colorfix, seed, strength):  # noqa: ANN001, ANN201
     """The page's values as a RestoreRequest (unprocessed: an API call can send anything); InputError if out of range."""
-    from interlcm.engines.loaded import RestoreRequest
-    from interlcm.engines.photo import PhotoOptions
 
     seed, upscale = int(seed or 0), int(upscale)
     if not 0 <= seed <= SEED_MAX:
@@ -267,7 +268,6 @@ def build_page(engine: LocalEngine | ServerEngine, workdir: Path, limits: Limits
         return None, [], "", None, gr.Video(None, visible=False), f"⚠️ {message}"
 
     def shown(outcome: Outcome, stem: str, source: str | None = None) -> tuple:
-        from interlcm.imageio import write_image
 
         _prune(workdir, KEEP_RESULTS_S)
         folder = workdir / uuid.uuid4().hex[:12]
@@ -292,7 +292,6 @@ def build_page(engine: LocalEngine | ServerEngine, workdir: Path, limits: Limits
 
     def restore_clip(upload, aligned, detector, only_center, upscale, bg, face_up, colorfix, seed, strength,  # noqa: ANN001
                      progress=gr.Progress(track_tqdm=True)) -> tuple:  # noqa: B008 - frames: restore_video's tqdm
-        from interlcm.video import VideoError, VideoOptions, restore_video
 
         try:
             path, name = read_upload(upload, limits, "video")
@@ -365,7 +364,6 @@ def build_page(engine: LocalEngine | ServerEngine, workdir: Path, limits: Limits
 
 def _prune(workdir: Path, age_s: float) -> None:
     """Delete result folders older than `age_s` (each request writes one; a long-running app must not fill the disk)."""
-    import shutil
 
     cutoff = time.time() - age_s
     for folder in workdir.iterdir():
@@ -420,8 +418,6 @@ def main(backend, server, batch, detector, bg_tile,  # noqa: ANN001
     if server:
         engine: LocalEngine | ServerEngine = ServerEngine(server)
     else:
-        from interlcm.engines.loaded import LoadedRestorer
-        from interlcm.upsampler import TileOptions
 
         try:
             engine = LocalEngine(LoadedRestorer(backend, tile=TileOptions(bg_tile)))

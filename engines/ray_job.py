@@ -29,6 +29,7 @@ failed + a one-line reason).
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import time
@@ -40,7 +41,7 @@ from typing import Any
 
 import numpy as np
 
-from interlcm.engines.backend import BackendOptions
+from interlcm.engines.backend import BackendOptions, open_backend
 from interlcm.engines.outputs import (
     LOCAL,
     InputResult,
@@ -50,9 +51,19 @@ from interlcm.engines.outputs import (
     plan_outputs,
     source_id,
 )
-from interlcm.engines.photo import PhotoOptions
+from interlcm.engines.photo import PhotoOptions, open_photo_restorer
 from interlcm.engines.restorer import RestoreOptions
 from interlcm.faces.detectors import DEFAULT_DETECTOR
+from interlcm.files import DiskFull, FilesError, atomic_write_bytes, clean_stale_temporaries
+from interlcm.imageio import (
+    IMAGE_EXTENSIONS,
+    ImageReadError,
+    decode_rgb,
+    encode_image,
+    list_images,
+    read_source,
+)
+from interlcm.limits import PixelLimitError
 
 RESULTS_NAME = "results.jsonl"
 
@@ -95,7 +106,6 @@ def _is_local(fs) -> bool:  # noqa: ANN001
 
 def list_inputs(inputs: Sequence[str]):  # -> (filesystem, [paths])
     """Image files of local files/folders/globs (as the CLI lists them) or of one remote folder."""
-    from interlcm.imageio import IMAGE_EXTENSIONS, list_images
 
     remote = [i for i in inputs if "://" in i]
     if not remote:
@@ -142,7 +152,6 @@ class ArrowStore:
         return [PurePosixPath(f.path) for f in found]
 
     def recorded_source(self, path: PurePath) -> str | None:
-        from interlcm.imageio import read_source
 
         with self.out_fs.open_input_stream(str(path)) as f:
             return read_source(f)
@@ -158,7 +167,6 @@ def _read_bytes(fs, path: str) -> bytes:  # noqa: ANN001
 
 def _write_bytes(fs, path: str, data: bytes) -> None:  # noqa: ANN001
     if _is_local(fs):  # temp file + fsync + rename: readers never see a half-written file
-        from interlcm.files import atomic_write_bytes
 
         atomic_write_bytes(Path(path), data)
         return
@@ -187,8 +195,6 @@ _COLUMNS = ("src", "dst", "faces_dir")  # the plan's paths, carried through ever
 
 def decode_stage(batch: dict[str, np.ndarray], fs, photo: PhotoOptions) -> dict[str, np.ndarray]:  # noqa: ANN001
     """Read, hash and decode each input; one over the pixel limits is refused from its header, before decoding."""
-    from interlcm.imageio import ImageReadError, decode_rgb
-    from interlcm.limits import PixelLimitError
 
     images, errors, sources = [], [], []
     for src in batch["src"]:
@@ -209,8 +215,6 @@ class RestoreActor:
     """Holds one opened backend and one PhotoRestorer for its whole life; restores batches of photos."""
 
     def __init__(self, spec: JobSpec):
-        from interlcm.engines.backend import open_backend
-        from interlcm.engines.photo import open_photo_restorer
 
         self._open = ExitStack()  # the backend stays open for the actor's life (its process exit releases it)
         opened = self._open.enter_context(open_backend(spec.backend))
@@ -245,8 +249,6 @@ _NO_FACES = np.zeros((0, 1, 1, 3), np.uint8)
 
 def write_stage(batch: dict[str, np.ndarray], fs) -> dict[str, np.ndarray]:  # noqa: ANN001
     """Write each row's faces, then its photo (last: its presence means complete); one result row each."""
-    from interlcm.files import DiskFull, FilesError
-    from interlcm.imageio import encode_image
 
     rows = []
     for i, (src, dst, error) in enumerate(zip(batch["src"], batch["dst"], batch["error"])):
@@ -304,7 +306,6 @@ def start_local_ray(**init: Any) -> None:
 
 
 def _is_loopback(host: str) -> bool:
-    import ipaddress
 
     return host == "localhost" or ipaddress.ip_address(host).is_loopback
 
@@ -368,7 +369,6 @@ def run_job(spec: JobSpec, inputs: Sequence[str], out: str, *, overwrite: bool =
 
     in_fs, out_fs, run = plan(inputs, out, spec, overwrite)
     if _is_local(out_fs):  # temporaries of killed runs (never a live run's)
-        from interlcm.files import clean_stale_temporaries
 
         for folder in run.folders():
             clean_stale_temporaries(Path(folder))

@@ -26,21 +26,26 @@ Every refusal is a 4xx or 5xx with a one-line reason (``text/plain``), and the r
 
 import asyncio
 import os
-from dataclasses import dataclass
+from contextlib import ExitStack
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.responses import PlainTextResponse, Response
 from ray import serve
+from starlette.requests import ClientDisconnect
 
-from interlcm.choices import COLORFIXES, Variant, check_strength
-from interlcm.engines.backend import BackendOptions
+from interlcm.choices import COLORFIXES, Variant, check_strength, get_variant
+from interlcm.engines.backend import BackendOptions, open_backend
 from interlcm.engines.outputs import source_id
 from interlcm.engines.photo import PhotoOptions, PhotoRestorer, warp_device_for
 from interlcm.engines.pipeline import PHOTO_FAILURES, PhotoPipeline, PipelineThreads
+from interlcm.engines.ray_job import RAY_LOCAL_ONLY_ENV
 from interlcm.engines.restorer import RestoreOptions, Restorer
-from interlcm.limits import PixelLimits, ServeLimits
+from interlcm.faces.detectors import DEFAULT_DETECTOR, DetectorContext, open_detector, open_parser
+from interlcm.imageio import ImageReadError, decode_rgb, encode_image
+from interlcm.limits import PixelLimitError, PixelLimits, ServeLimits
 
 MEDIA_TYPES = {"png": "image/png", "jpeg": "image/jpeg"}  # response format -> content type
 
@@ -128,7 +133,6 @@ def _strength(raw: str | None) -> float:
 async def read_body(request: Request, max_bytes: int, timeout_s: float) -> bytes:
     """The request body, read as a stream: 413 as soon as it passes `max_bytes` (a declared length, or
     the bytes counted so far of a chunked body), 408 if all of it has not arrived within `timeout_s`."""
-    from starlette.requests import ClientDisconnect
 
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > max_bytes:
@@ -158,8 +162,6 @@ async def read_body(request: Request, max_bytes: int, timeout_s: float) -> bytes
 
 def decode_photo(body: bytes, options: RequestOptions, limits: PixelLimits):  # noqa: ANN201 - (H, W, 3) uint8
     """Image bytes -> RGB pixels; over the pixel limits: 413 (input) or 422 (output), from the header alone."""
-    from interlcm.imageio import ImageReadError, decode_rgb
-    from interlcm.limits import PixelLimitError
 
     try:
         return decode_rgb(body, "request body", limits=limits, upscale=options.photo_options().output_scale)
@@ -177,7 +179,6 @@ def _replica_grpc_on_loopback() -> None:
     the address. A replica's constructor runs before Serve binds it: from here it binds 127.0.0.1.
     The socket test in tests/engines/test_serve.py fails if any Ray process listens elsewhere.
     """
-    from interlcm.engines.ray_job import RAY_LOCAL_ONLY_ENV
 
     if os.environ.get(RAY_LOCAL_ONLY_ENV) != "0":
         return  # a real cluster: its nodes must reach each other
@@ -202,11 +203,7 @@ class RestoreModel:
     """One replica: one opened backend, dynamic batching, per-request options."""
 
     def __init__(self, backend: BackendOptions, max_batch: int = 4, batch_wait_s: float = 0.05):
-        from contextlib import ExitStack
-        from dataclasses import replace
 
-        from interlcm.choices import get_variant
-        from interlcm.engines.backend import open_backend
 
         _replica_grpc_on_loopback()
         self._open = ExitStack()  # the backend stays open for the replica's life
@@ -277,7 +274,6 @@ class RestoreModel:
 
     def _face_tools(self) -> tuple[Any, Any]:
         """The detector and parser whole photos need, opened once (the CLI's default detector)."""
-        from interlcm.faces.detectors import DEFAULT_DETECTOR, DetectorContext, open_detector, open_parser
 
         if self._faces is None:
             try:
@@ -315,7 +311,6 @@ class RestoreFront:
         self._describing = asyncio.Lock()  # the first requests arrive together: one of them asks
 
     async def _describe(self) -> tuple[str, Variant]:
-        from interlcm.choices import get_variant
 
         async with self._describing:
             if self._described is None:
@@ -338,7 +333,6 @@ class RestoreFront:
     async def restore(self, request: Request) -> Response:
         from ray.serve.exceptions import BackPressureError
 
-        from interlcm.imageio import encode_image
 
         limits = self.limits
         try:

@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+import struct
+import zlib
+from fractions import Fraction
+
+import cv2
 import numpy as np
 import torch
+from PIL import Image
 
+from interlcm.faces.align import eye_distance, template
+from interlcm.faces.detect import Detection
 from interlcm.imageio import SOURCE_KEY
 
 
 def photo(resolution: int, batch: int = 1) -> torch.Tensor:
     """Real face crops from scikit-image's astronaut photo, (B, 3, R, R) in [-1, 1]."""
-    from PIL import Image
     from skimage import data  # scikit-image ships the photo (a dev dependency)
 
     img = data.astronaut()  # 512x512 RGB, the face is near the top middle
@@ -39,7 +46,6 @@ def write_clip(
     `rotation`, `hflip`: the display matrix players apply, as PyAV's `set_display_rotation` takes it
     (degrees counter-clockwise, then a mirror): a phone's portrait clip has rotation -90 ("rotate 90").
     """
-    from fractions import Fraction
 
     import av
 
@@ -83,7 +89,6 @@ def group_photo(
     centres as fractions of the photo. Returns (H, W, 3) uint8 RGB. Default: four heads at different
     scales and tilts.
     """
-    import cv2
     from skimage import data
 
     width, height = size
@@ -108,7 +113,6 @@ def face_landmarks(centre: tuple[float, float], eye_gap: float, angle_deg: float
     The alignment template placed in the photo by a chosen similarity transform: a stand-in
     for a detector that knows exactly where its faces are.
     """
-    from interlcm.faces.align import eye_distance, template
 
     tpl = template(kind, 512)
     scale = eye_gap / eye_distance(tpl, kind)
@@ -124,8 +128,6 @@ def pixel_bomb_png(width: int, height: int, source: str | None = None) -> bytes:
     Its image data holds only the first rows (a real bomb compresses every row of zeros): enough
     for any reader that checks the header's size before decoding, which is what it tests.
     """
-    import struct
-    import zlib
 
     def chunk(kind: bytes, payload: bytes) -> bytes:
         return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
@@ -148,7 +150,6 @@ class PlacedFaces:
         self.seen: list[tuple[int, ...]] = []  # shapes of the photos it was given
 
     def detect(self, photos):  # noqa: ANN001, ANN201 - interlcm.faces.detect.Detector
-        from interlcm.faces.detect import Detection
 
         out = []
         for photo in photos:

@@ -50,7 +50,9 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any, Protocol
 
+import cv2
 import numpy as np
+from tqdm import tqdm
 
 from interlcm.files import (
     FOLDER_MODE,
@@ -59,6 +61,7 @@ from interlcm.files import (
     os_errors,
     temp_sibling,
 )
+from interlcm.imageio import parse_source_tag, source_tag, write_image
 
 BATCHES_AHEAD = 2  # batches of frames restoring while the next are decoded (a pipeline overlaps them)
 VIDEO_EXTENSIONS: frozenset[str] = frozenset({".mp4", ".mov", ".avi", ".mkv", ".webm"})
@@ -123,7 +126,6 @@ def read_video_source(path: Path) -> str | None:
     """The input id a video written by `restore_video(..., source=...)` records in its container comment."""
     import av
 
-    from interlcm.imageio import parse_source_tag
 
     try:
         with av.open(os.fspath(path)) as container:
@@ -259,7 +261,6 @@ def upright(img: np.ndarray, matrix: np.ndarray | None) -> np.ndarray:
     view), with [[a, b], [c, d]] the matrix's top-left 2x2 (av_display_rotation_set's layout).
     Raises ValueError for an angle that is not a multiple of 90 degrees.
     """
-    import cv2
 
     if matrix is None:
         return img
@@ -338,7 +339,6 @@ def _transcode(
     source: str | None,
 ) -> VideoReport:
     import av
-    from tqdm import tqdm
 
     fmt, codec, codec_options = _OUTPUT_FORMATS[src.suffix.lower()]
     with _reading(src):
@@ -479,7 +479,6 @@ def _merge_stage_seconds(report: VideoReport, photo: PhotoRestoring) -> None:
 
 
 def _save_frame(folder: Path, index: int, img: np.ndarray, source: str | None) -> None:
-    from interlcm.imageio import write_image
 
     write_image(folder / f"{index:06d}.png", img, source=source)
 
@@ -522,7 +521,6 @@ class _Writer:
         self.out = av.open(os.fspath(self.path), "w", format=self.fmt)
         _copy_tags(self.tags, self.out.metadata)
         if self.source is not None:  # which input this is a restoration of (engines/outputs.py)
-            from interlcm.imageio import source_tag
 
             self.out.metadata["comment"] = source_tag(self.source)
         self.vout = self.out.add_stream(self.codec, rate=Fraction(self.vin.average_rate or self.vin.guessed_rate),

@@ -56,15 +56,14 @@ def test_batch_size_and_order_do_not_change_the_picture(backend, tmp_path, tiny_
         ["--threads", "1", "--onnx", str(request.getfixturevalue("tiny_onnx")), "--backend", "onnxruntime"]
     plain, shuffled = _inputs(tmp_path, tiny_cfg.resolution)
     alone = _restore(plain, tmp_path / "b1", flags, 1)
-    runs = {
+    runs = {  # batch 3 in the shuffled order: other batch-mates and another order at once
         "batch 1, shuffled": _restore(shuffled, tmp_path / "b1s", flags, 1),
-        "batch 3": _restore(plain, tmp_path / "b3", flags, 3),
         "batch 3, shuffled": _restore(shuffled, tmp_path / "b3s", flags, 3),
     }
     for name in alone:  # a face alone: bit-identical in any order, on every backend
         assert runs["batch 1, shuffled"][name].read_bytes() == alone[name].read_bytes(), name
     moved = total = 0
-    for run in ("batch 3", "batch 3, shuffled"):  # sharing a batch: at most one grey level, rarely
+    for run in ("batch 3, shuffled",):  # sharing a batch: at most one grey level, rarely
         for name in alone:
             diff = np.abs(_pixels(runs[run][name]) - _pixels(alone[name]))
             assert diff.max() <= 1, f"{run}: {name} is {diff.max()} grey levels from its batch-1 result"

@@ -94,6 +94,8 @@ def _restore_actor_pids() -> list[int]:
     return pids
 
 
+# slow tier: ~30 s of actor restarts; the default tier keeps the job's byte-for-byte and resume test
+@pytest.mark.slow
 def test_killed_actor_loses_nothing(ray_local, reference_faces, tmp_path):
     faces = reference_faces.root
     from interlcm.engines.photo import PhotoOptions
