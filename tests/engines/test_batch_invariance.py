@@ -50,7 +50,9 @@ def _pixels(path):
     return np.asarray(Image.open(path), dtype=np.int16)
 
 
-@pytest.mark.parametrize("backend", ["torch", "onnxruntime"])
+# ONNX Runtime in the slow tier (~30 s: every run opens every session); its batch-1 picture equals torch's
+# in the default tier (test_restore_cli.py::test_same_seed_same_picture_on_torch_and_onnxruntime)
+@pytest.mark.parametrize("backend", ["torch", pytest.param("onnxruntime", marks=pytest.mark.slow)])
 def test_batch_size_and_order_do_not_change_the_picture(backend, tmp_path, tiny_cfg, request):
     flags = ["--threads", "1", "--preset", "tiny", "--backend", "torch"] if backend == "torch" else \
         ["--threads", "1", "--onnx", str(request.getfixturevalue("tiny_onnx")), "--backend", "onnxruntime"]
