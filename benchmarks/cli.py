@@ -12,7 +12,7 @@ from interlcm.config import PRESETS
 _PATH = click.Path(path_type=Path)
 
 
-def _csv(kind: type):  # noqa: ANN202 - click callback; the harness checks the values
+def _csv(kind: type):
     def parse(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple | None:
         if value is None:
             return None
@@ -25,7 +25,7 @@ def _csv(kind: type):  # noqa: ANN202 - click callback; the harness checks the v
     return parse
 
 
-def _flags(off: str, on: str):  # noqa: ANN202 - click callback
+def _flags(off: str, on: str):
     """`off,on` -> (False, True): which of the two forms to measure."""
 
     def parse(ctx: click.Context, param: click.Parameter, value: str) -> tuple[bool, ...]:
@@ -65,7 +65,7 @@ def _flags(off: str, on: str):  # noqa: ANN202 - click callback
 @click.option("--cache-dir", type=_PATH, default=Path(".cache/bench-onnx"), show_default=True)
 @click.option("--json", "json_path", type=_PATH, help="Write every number and the environment here.")
 @click.option("--plot", "plot_path", type=_PATH, help="Write the stacked-bar PNG here.")
-def main(preset, weights, onnx, engines, backends, precisions, batches, step_forms, graph_modes, resolution, steps,  # noqa: ANN001
+def main(preset, weights, onnx, engines, backends, precisions, batches, step_forms, graph_modes, resolution, steps,
          colorfix, warmup, runs, threads, components, probe_n, cache_dir, json_path, plot_path) -> None:
     """Measure InterLCM's latency per component and end to end, for every backend, precision and batch,
     in one process, against a matmul peak measured in the same process."""

@@ -32,7 +32,7 @@ from interlcm.config import PresetConfig
 aten = torch.ops.aten
 
 
-def _cpu_flash_attention_flops(query_shape, key_shape, value_shape, *args, **kwargs) -> int:  # noqa: ANN001
+def _cpu_flash_attention_flops(query_shape, key_shape, value_shape, *args, **kwargs) -> int:
     """Same count as torch's formula for the CUDA flash kernel: Q K^T and P V."""
     return sdpa_flop_count(query_shape, key_shape, value_shape)
 
@@ -70,7 +70,7 @@ def count_component_flops(
     return int(counter.get_total_flops()), by_op
 
 
-def count_flops(models, names: list[str], seed: int = 0) -> dict[str, ComponentFlops]:  # noqa: ANN001 - InterLCMModels
+def count_flops(models, names: list[str], seed: int = 0) -> dict[str, ComponentFlops]:
     """FLOPs per call at batch 1 for each named component of `models`."""
     cfg: PresetConfig = models.config
     device = next(models.unet.parameters()).device

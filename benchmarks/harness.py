@@ -64,7 +64,7 @@ class _Opened:
     load_s: float
 
 
-def _load_models(settings: BenchSettings, cfg: PresetConfig, device: str):  # noqa: ANN202 - InterLCMModels
+def _load_models(settings: BenchSettings, cfg: PresetConfig, device: str):
 
     if settings.weights is None:
         models = build_random(cfg, seed=settings.seed)
@@ -81,7 +81,7 @@ def _content_hash(root: Path, steps: int) -> str:
     return weights_digest(root, variant_for_steps(steps).name)
 
 
-def _weights_identity(settings: BenchSettings, models) -> tuple[bool, str]:  # noqa: ANN001
+def _weights_identity(settings: BenchSettings, models) -> tuple[bool, str]:
     if settings.weights is None:
         return True, models.origin
     ident = _content_hash(settings.weights, settings.steps)
@@ -391,7 +391,7 @@ def _torch_phase(settings: BenchSettings, cfg: PresetConfig, rows: list[RowResul
     return flops, random_weights, weights
 
 
-def _prepare_onnx(settings: BenchSettings, cfg: PresetConfig, log: Log, onnx_cache) -> tuple[dict | None, str | None]:  # noqa: ANN001
+def _prepare_onnx(settings: BenchSettings, cfg: PresetConfig, log: Log, onnx_cache) -> tuple[dict | None, str | None]:
     if settings.onnx is not None:
         return {"folder": str(settings.onnx), "exported_now": False, "export_s": 0.0}, None
     if settings.weights is None:

@@ -75,7 +75,7 @@ def cache_folder(cache_root: Path, request: ExportRequest) -> Path:
     return Path(cache_root) / f"{request.preset}-{request.resolution}-{request.weights_tag}"
 
 
-def ensure_onnx(cache_root: Path, request: ExportRequest, log=print) -> ExportResult:  # noqa: ANN001 - log callable
+def ensure_onnx(cache_root: Path, request: ExportRequest, log=print) -> ExportResult:
     """The cached export folder for `request`, exporting it first (in a child process) when needed."""
     folder = cache_folder(cache_root, request)
     marker = folder / MARKER

@@ -103,7 +103,7 @@ def serve_endpoint(backend: BackendOptions, paths: list[Path], batch: int, concu
               help="torch/ORT threads per process (single process, each actor, the replica): the same everywhere, "
               "since oversubscribed cores make torch 3-10x slower (MEASUREMENTS.md).")
 @click.option("--json", "json_path", type=click.Path(path_type=Path), help="Write the numbers here.")
-def main(preset, backend, onnx, images, batch, actors, concurrency, threads, json_path) -> None:  # noqa: ANN001
+def main(preset, backend, onnx, images, batch, actors, concurrency, threads, json_path) -> None:
     """Images per second: single process vs Ray Data job vs Ray Serve, same inputs, one run."""
     import ray
     from ray import serve

@@ -68,7 +68,7 @@ def post(url: str, body: bytes, query: str = "aligned=true", timeout: float = 12
         return Answer(0, time.perf_counter() - start, str(exc).encode())
 
 
-def _headers(message) -> dict[str, str]:  # noqa: ANN001 - http.client.HTTPMessage
+def _headers(message) -> dict[str, str]:
     return {name.lower(): value for name, value in message.items()}
 
 
@@ -241,7 +241,7 @@ def _large_jpeg(width: int, height: int) -> bytes:
 @click.option("--threads", type=click.IntRange(1), default=1, show_default=True)
 @click.option("--body-timeout", type=click.FloatRange(0.1), help="The server's body deadline (default: its own).")
 @click.option("--json", "json_path", type=click.Path(path_type=Path), help="Write the numbers here.")
-def main(preset, count, in_flight, slow, trickle_s, batch, threads, body_timeout, json_path) -> None:  # noqa: ANN001
+def main(preset, count, in_flight, slow, trickle_s, batch, threads, body_timeout, json_path) -> None:
     """Latency of normal requests alone and under slow clients and oversized photos, in one run."""
 
     from ray import serve

@@ -64,7 +64,7 @@ def _flicker(frames: list[np.ndarray], shift: int) -> dict[str, float]:
     return {"raw": float(np.mean(raw)), "motion_compensated": float(np.mean(comp))}
 
 
-def _photo_restorer(models, seed: int, steps: int, batch: int, aligned: bool):  # noqa: ANN001, ANN202
+def _photo_restorer(models, seed: int, steps: int, batch: int, aligned: bool):
     restorer = Restorer(TorchBackend(models), RestoreOptions(steps=steps, seed=seed, batch=batch), timing=True)
     return PhotoRestorer(restorer, PhotoOptions(aligned=aligned))
 
@@ -78,7 +78,7 @@ def _photo_restorer(models, seed: int, steps: int, batch: int, aligned: bool):  
 @click.option("--flicker/--no-flicker", default=True, show_default=True)
 @click.option("--whole-photo", is_flag=True, help="Whole-photo mode (needs issue 11's detector on this build).")
 @click.option("--out", type=click.Path(path_type=Path), default=Path("benchmarks/results"), show_default=True)
-def main(preset, frames, steps, batch, shift, flicker, whole_photo, out) -> None:  # noqa: ANN001
+def main(preset, frames, steps, batch, shift, flicker, whole_photo, out) -> None:
     """Per-stage seconds per frame on a synthetic clip, and flicker with shared vs fresh noise."""
 
 

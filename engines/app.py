@@ -91,13 +91,13 @@ class LocalEngine:
     offers = frozenset({"aligned", "detector", "only_center_face", "upscale", "bg_upsampler", "face_upsample",
                         "colorfix", "seed", "strength"})
 
-    def __init__(self, loaded: Any):  # noqa: ANN401 - engines.loaded.LoadedRestorer (imports torch)
+    def __init__(self, loaded: Any):
         self.loaded = loaded
         self.description = loaded.description
         self.random_weights = loaded.random_weights
         self.variant = loaded.variant
 
-    def restore_photo(self, photo: np.ndarray, request: Any) -> Outcome:  # noqa: ANN401 - RestoreRequest
+    def restore_photo(self, photo: np.ndarray, request: Any) -> Outcome:
         done = self.loaded.restore([photo], request)
         result = done.results[0]
         faces = [(pic, f"face {i + 1}: {what}") for i, (before, after) in enumerate(zip(result.originals, result.faces))
@@ -110,7 +110,7 @@ class LocalEngine:
         message = "" if result.found or request.photo.aligned else "No face found: the photo is only upscaled."
         return Outcome(result.image, _before(photo, result.image), faces, "\n\n".join(x for x in lines if x), message)
 
-    def video_restorer(self, request: Any) -> Any:  # noqa: ANN401 - for the video path
+    def video_restorer(self, request: Any) -> Any:
         """The pipelined runtime (engines/pipeline.py) on the held backend; a context manager."""
 
         return PhotoPipeline(self.loaded.photo_restorer(request, timing=False))
@@ -134,13 +134,13 @@ class ServerEngine:
         self.random_weights = "random" in health
         self.variant = None
 
-    def restore_photo(self, photo: np.ndarray, request: Any) -> Outcome:  # noqa: ANN401 - RestoreRequest
+    def restore_photo(self, photo: np.ndarray, request: Any) -> Outcome:
         start = time.perf_counter()
         image = self.restore_photos([photo], request)[0].image
         report = f"**Backend:** {self.description}\n\n**Seconds:** round trip {time.perf_counter() - start:.2f}"
         return Outcome(image, _before(photo, image), [], report)
 
-    def restore_photos(self, photos: list[np.ndarray], request: Any) -> list[Any]:  # noqa: ANN401
+    def restore_photos(self, photos: list[np.ndarray], request: Any) -> list[Any]:
 
         query = {"seed": request.seed, "aligned": str(request.photo.aligned).lower(), "upscale": request.photo.upscale,
                  "strength": request.photo.strength, **({"colorfix": request.colorfix} if request.colorfix else {})}
@@ -157,7 +157,7 @@ class ServerEngine:
                 raise InputError(f"interlcm-serve at {self.url} did not answer ({_reason(exc)})") from None
         return out
 
-    def video_restorer(self, request: Any) -> Any:  # noqa: ANN401 - what interlcm.video needs, as a context manager
+    def video_restorer(self, request: Any) -> Any:
         engine = self
 
         class OverHttp:
@@ -229,7 +229,7 @@ def check_video(path: Path, name: str, limits: Limits) -> None:
         raise InputError(f"{name} has {frames} frames, over the {limits.max_frames}-frame limit: send a shorter clip.")
 
 
-def page_request(aligned, detector, only_center, upscale, bg, face_up, colorfix, seed, strength):  # noqa: ANN001, ANN201
+def page_request(aligned, detector, only_center, upscale, bg, face_up, colorfix, seed, strength):
     """The page's values as a RestoreRequest (unprocessed: an API call can send anything); InputError if out of range."""
 
     seed, upscale = int(seed or 0), int(upscale)
@@ -253,7 +253,7 @@ class PageDefaults:
 
 
 def build_page(engine: LocalEngine | ServerEngine, workdir: Path, limits: Limits = Limits(),
-               defaults: PageDefaults = PageDefaults()):  # noqa: ANN201 - gr.Blocks
+               defaults: PageDefaults = PageDefaults()):
     """The Gradio page; results are written under `workdir`."""
     import gradio as gr
 
@@ -278,7 +278,7 @@ def build_page(engine: LocalEngine | ServerEngine, workdir: Path, limits: Limits
         video = gr.Video(str(outcome.video) if outcome.video else None, visible=outcome.video is not None)
         return (str(before), str(after)), outcome.faces, outcome.report, download, video, note
 
-    def restore_photo(upload, aligned, detector, only_center, upscale, bg, face_up, colorfix, seed, strength,  # noqa: ANN001
+    def restore_photo(upload, aligned, detector, only_center, upscale, bg, face_up, colorfix, seed, strength,
                       progress=gr.Progress()) -> tuple:  # noqa: B008 - Gradio's way of asking for a progress bar
         try:
             path, name = read_upload(upload, limits)
@@ -290,7 +290,7 @@ def build_page(engine: LocalEngine | ServerEngine, workdir: Path, limits: Limits
             return failed(str(exc).splitlines()[0])
         return shown(outcome, Path(name).stem, source_id(Path(path)))
 
-    def restore_clip(upload, aligned, detector, only_center, upscale, bg, face_up, colorfix, seed, strength,  # noqa: ANN001
+    def restore_clip(upload, aligned, detector, only_center, upscale, bg, face_up, colorfix, seed, strength,
                      progress=gr.Progress(track_tqdm=True)) -> tuple:  # noqa: B008 - frames: restore_video's tqdm
 
         try:
@@ -380,7 +380,7 @@ def _first_frame(path: Path) -> np.ndarray:
     raise InputError(f"{path.name} has no frames")
 
 
-def launch(page, workdir: Path, host: str = "127.0.0.1", port: int | None = None, quiet: bool = False) -> str:  # noqa: ANN001
+def launch(page, workdir: Path, host: str = "127.0.0.1", port: int | None = None, quiet: bool = False) -> str:
     """Queue (one request at a time, positions shown) and serve the page in the background; returns its URL."""
     import gradio as gr
 
@@ -408,7 +408,7 @@ def launch(page, workdir: Path, host: str = "127.0.0.1", port: int | None = None
               help="Video length limit.")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind (0.0.0.0: every network).")
 @click.option("--port", type=click.IntRange(1, 65535), default=7860, show_default=True)
-def main(backend, server, batch, detector, bg_tile,  # noqa: ANN001
+def main(backend, server, batch, detector, bg_tile,
          max_mb, max_megapixels, max_frames, host, port) -> None:
     """Restore faces in the browser: the page prints its URL (Ctrl-C stops)."""
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")

@@ -51,12 +51,12 @@ _BACKEND_OPTIONS = (  # which backend runs and how it is opened: shared by `rest
 )
 
 
-def backend_options(command):  # noqa: ANN001, ANN201 - click decorator
+def backend_options(command):
     """Adds the backend options to `command` and hands it one `BackendOptions` as `backend`
     (with the command's own `--batch`, which it also keeps)."""
 
     @functools.wraps(command)
-    def with_options(*args, engines, onnx, weights, preset, backend, precision, variant, steps, threads,  # noqa: ANN001, ANN202
+    def with_options(*args, engines, onnx, weights, preset, backend, precision, variant, steps, threads,
                      fused_step, cuda_graph, batch, **kwargs):
         from interlcm.engines.backend import BackendOptions
 
@@ -70,7 +70,7 @@ def backend_options(command):  # noqa: ANN001, ANN201 - click decorator
     return with_options
 
 
-def pixel_options(defaults: PixelLimits):  # noqa: ANN201 - click decorator
+def pixel_options(defaults: PixelLimits):
     """--max-input-mp / --max-output-mp, in megapixels, with these defaults (interlcm.limits.PixelLimits)."""
     megapixels = click.FloatRange(0.0, min_open=True)
     options = (
@@ -80,7 +80,7 @@ def pixel_options(defaults: PixelLimits):  # noqa: ANN201 - click decorator
                      help="Largest output photo (input x upscale^2), in megapixels; a larger one fails before any work."),
     )
 
-    def decorate(command):  # noqa: ANN001, ANN202
+    def decorate(command):
         for option in reversed(options):
             command = option(command)
         return command
@@ -129,7 +129,7 @@ def _pixel_limits(max_input_mp: float, max_output_mp: float) -> PixelLimits:
               help="Real-ESRGAN tile size in pixels (0: whole image at once); tiles overlap by 40 px.")
 @click.option("--face-upsample", is_flag=True, help="Also upscale restored faces with Real-ESRGAN before paste-back.")
 @click.option("--save-frames", is_flag=True, help="Videos: also write every restored frame, in OUT/NAME_frames/.")
-def restore(inputs, backend, seed, colorfix, batch, timing, aligned, detector, only_center_face, upscale,  # noqa: ANN001
+def restore(inputs, backend, seed, colorfix, batch, timing, aligned, detector, only_center_face, upscale,
             strength, save_faces, skip_existing, overwrite, workers, max_input_mp, max_output_mp, out, ray_address,
             actors, bg_upsampler, bg_tile, face_upsample, save_frames) -> None:
     """Restore every face of whole photos (default) or aligned face crops: files, folders or globs.
@@ -202,14 +202,14 @@ def restore(inputs, backend, seed, colorfix, batch, timing, aligned, detector, o
         sys.exit(1)
 
 
-def _variant(variant: str | None, steps: str):  # noqa: ANN202 - interlcm.choices.Variant
+def _variant(variant: str | None, steps: str):
     """--variant wins; else the variant --steps implies."""
     from interlcm.choices import get_variant, variant_for_steps
 
     return get_variant(variant) if variant else variant_for_steps(int(steps))
 
 
-def _restore_on_ray(inputs, out: str, address: str, actors, backend, options, photo_options,  # noqa: ANN001
+def _restore_on_ray(inputs, out: str, address: str, actors, backend, options, photo_options,
                     detector: str, overwrite: bool) -> None:
     """The restore command as a Ray Data job (engines/ray_job.py); same options, same outputs."""
     import ray
@@ -241,7 +241,7 @@ def _last_line(exc: BaseException) -> str:
     return lines[-1] if lines else type(exc).__name__
 
 
-def _upsamplers(backend, weights, bg_upsampler: str, bg_tile: int, face_upsample: bool):  # noqa: ANN001, ANN202
+def _upsamplers(backend, weights, bg_upsampler: str, bg_tile: int, face_upsample: bool):
     """Real-ESRGAN for the background (and faces), as asked, on the restoring backend; says where it runs."""
     from interlcm.upsampler import TileOptions, open_upsamplers
 
@@ -251,7 +251,7 @@ def _upsamplers(backend, weights, bg_upsampler: str, bg_tile: int, face_upsample
     return upsamplers
 
 
-def _restore_videos(photo_restorer, plan, skip_existing: bool, workers: int) -> bool:  # noqa: ANN001
+def _restore_videos(photo_restorer, plan, skip_existing: bool, workers: int) -> bool:
     """Each planned video through the photo pipeline (frames decoded ahead, encoded behind); True if any failed.
 
     A failure belongs to its video (one `failed:` line) and the next video goes on, whatever
@@ -301,7 +301,7 @@ def _video_failure(src: Path, exc: BaseException) -> str:
 _NAMED = 5  # photos named per note in the summary
 
 
-def _print_summary(photo_restorer, report) -> None:  # noqa: ANN001
+def _print_summary(photo_restorer, report) -> None:
     from collections import defaultdict
 
     written = report.where("written")
@@ -327,7 +327,7 @@ def _print_summary(photo_restorer, report) -> None:  # noqa: ANN001
     _print_failures(report)
 
 
-def _print_failures(report) -> None:  # noqa: ANN001
+def _print_failures(report) -> None:
     for result in report.where("failed"):  # the reason names the file unless it came from elsewhere
         reason = result.reason if result.input in result.reason else f"{result.input}: {result.reason}"
         click.echo(f"failed: {reason}", err=True)
@@ -341,7 +341,7 @@ def _print_failures(report) -> None:  # noqa: ANN001
 @click.option("--timing-cache", type=_PATH, help="Timing cache file (default: OUT/timing.cache).")
 @click.option("--rebuild", type=click.Choice(["auto", "never", "always"]), default="auto", show_default=True,
               help="auto: rebuild stale engines; never: refuse them; always: rebuild everything.")
-def build(onnx, out, components, opt_level, timing_cache, rebuild) -> None:  # noqa: ANN001
+def build(onnx, out, components, opt_level, timing_cache, rebuild) -> None:
     """Build fp16 TensorRT engines from an export folder (needs an NVIDIA GPU)."""
     from interlcm.engines.trt_build import INDEX_FILE, build_engines
     from interlcm.engines.trt_common import EngineError, check_cuda
@@ -374,7 +374,7 @@ def build(onnx, out, components, opt_level, timing_cache, rebuild) -> None:  # n
 @click.option("--steps", type=click.Choice([str(n) for n in STEPS]), default=str(STEPS[0]), show_default=True)
 @click.option("--batch", type=click.IntRange(1, 63), default=1, show_default=True)
 @click.option("--seed", type=SEED, default=0, show_default=True)
-def check(engines, onnx, weights, precision, variant, steps, batch, seed) -> None:  # noqa: ANN001
+def check(engines, onnx, weights, precision, variant, steps, batch, seed) -> None:
     """Compare a backend with the torch reference stage by stage, on the demo face; exit 1 on any failure.
 
     Each stage is judged by the tolerance of the component that produced it (components.py).
@@ -436,7 +436,7 @@ _SERVE = ServeLimits()  # the server's defaults
               help="Photos waiting for a replica beyond those; more get 503 with Retry-After.")
 @click.option("--retry-after", type=click.IntRange(0), default=_SERVE.retry_after_s, show_default=True,
               help="Retry-After (s) of a 503.")
-def serve_main(backend, batch, batch_wait_ms, replicas, port, ray_address, max_mb, body_timeout,  # noqa: ANN001
+def serve_main(backend, batch, batch_wait_ms, replicas, port, ray_address, max_mb, body_timeout,
                max_input_mp, max_output_mp, max_ongoing, max_queued, retry_after) -> None:
     """Serve POST /restore and GET /healthz on 127.0.0.1:PORT with Ray Serve (Ctrl-C stops)."""
     import time

@@ -110,7 +110,7 @@ class InterLCMModelLoader:
     DESCRIPTION = __doc__
 
     @classmethod
-    def INPUT_TYPES(cls) -> dict:  # noqa: N802 - ComfyUI's name
+    def INPUT_TYPES(cls) -> dict:
         return {"required": {
             "source": (list(SOURCES), {"default": "weights"}),
             "folder": ("STRING", {"default": "", "tooltip": "interlcm-weights, interlcm-export or interlcm-trt build folder."}),
@@ -135,7 +135,7 @@ class InterLCMRestoreFaces:
     DESCRIPTION = __doc__
 
     @classmethod
-    def INPUT_TYPES(cls) -> dict:  # noqa: N802 - ComfyUI's name
+    def INPUT_TYPES(cls) -> dict:
         return {"required": {
             "model": (MODEL,),
             "image": ("IMAGE",),
@@ -167,7 +167,7 @@ class InterLCMRestoreAlignedFace:
     DESCRIPTION = __doc__
 
     @classmethod
-    def INPUT_TYPES(cls) -> dict:  # noqa: N802 - ComfyUI's name
+    def INPUT_TYPES(cls) -> dict:
         return {"required": {"model": (MODEL,), "image": ("IMAGE",), "seed": _SEED, "strength": _STRENGTH,
                              "colorfix": _COLORFIX}}
 

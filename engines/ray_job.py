@@ -98,7 +98,7 @@ def open_location(where: str):  # -> (pyarrow.fs.FileSystem, path inside it)
     return pafs.PyFileSystem(pafs.FSSpecHandler(fs)), path
 
 
-def _is_local(fs) -> bool:  # noqa: ANN001
+def _is_local(fs) -> bool:
     import pyarrow.fs as pafs
 
     return isinstance(fs, pafs.LocalFileSystem)
@@ -133,7 +133,7 @@ def list_inputs(inputs: Sequence[str]):  # -> (filesystem, [paths])
 class ArrowStore:
     """engines.outputs.Store over pyarrow filesystems: outputs on `out_fs`, inputs read through `in_fs`."""
 
-    def __init__(self, in_fs, out_fs):  # noqa: ANN001
+    def __init__(self, in_fs, out_fs):
         self.in_fs, self.out_fs = in_fs, out_fs
 
     def kind(self, path: PurePath) -> str | None:
@@ -160,12 +160,12 @@ class ArrowStore:
         return source_id(_read_bytes(self.in_fs, str(path)))
 
 
-def _read_bytes(fs, path: str) -> bytes:  # noqa: ANN001
+def _read_bytes(fs, path: str) -> bytes:
     with fs.open_input_stream(path) as f:
         return f.read()
 
 
-def _write_bytes(fs, path: str, data: bytes) -> None:  # noqa: ANN001
+def _write_bytes(fs, path: str, data: bytes) -> None:
     if _is_local(fs):  # temp file + fsync + rename: readers never see a half-written file
 
         atomic_write_bytes(Path(path), data)
@@ -193,7 +193,7 @@ _NO_IMAGE = np.zeros((1, 1, 3), np.uint8)  # placeholder pixels of a failed row
 _COLUMNS = ("src", "dst", "faces_dir")  # the plan's paths, carried through every stage
 
 
-def decode_stage(batch: dict[str, np.ndarray], fs, photo: PhotoOptions) -> dict[str, np.ndarray]:  # noqa: ANN001
+def decode_stage(batch: dict[str, np.ndarray], fs, photo: PhotoOptions) -> dict[str, np.ndarray]:
     """Read, hash and decode each input; one over the pixel limits is refused from its header, before decoding."""
 
     images, errors, sources = [], [], []
@@ -247,7 +247,7 @@ class RestoreActor:
 _NO_FACES = np.zeros((0, 1, 1, 3), np.uint8)
 
 
-def write_stage(batch: dict[str, np.ndarray], fs) -> dict[str, np.ndarray]:  # noqa: ANN001
+def write_stage(batch: dict[str, np.ndarray], fs) -> dict[str, np.ndarray]:
     """Write each row's faces, then its photo (last: its presence means complete); one result row each."""
 
     rows = []
@@ -338,7 +338,7 @@ def plan(inputs: Sequence[str], out: str, spec: JobSpec, overwrite: bool = False
     return in_fs, out_fs, run
 
 
-def _is_results_table(fs, path: str) -> bool:  # noqa: ANN001
+def _is_results_table(fs, path: str) -> bool:
     try:
         for line in _read_bytes(fs, path).decode().splitlines():
             InputResult.from_dict(json.loads(line))
@@ -402,7 +402,7 @@ def run_job(spec: JobSpec, inputs: Sequence[str], out: str, *, overwrite: bool =
     return report
 
 
-def write_results(fs, out_root: str, results: list[InputResult]) -> str:  # noqa: ANN001
+def write_results(fs, out_root: str, results: list[InputResult]) -> str:
     """OUT/results.jsonl: one InputResult per line, by input."""
     path = str(PurePosixPath(out_root) / RESULTS_NAME)
     rows = sorted(results, key=lambda r: r.input)

@@ -160,7 +160,7 @@ async def read_body(request: Request, max_bytes: int, timeout_s: float) -> bytes
     return b"".join(chunks)
 
 
-def decode_photo(body: bytes, options: RequestOptions, limits: PixelLimits):  # noqa: ANN201 - (H, W, 3) uint8
+def decode_photo(body: bytes, options: RequestOptions, limits: PixelLimits):
     """Image bytes -> RGB pixels; over the pixel limits: 413 (input) or 422 (output), from the header alone."""
 
     try:
@@ -381,7 +381,7 @@ def build_app(backend: BackendOptions, *, replicas: int = 1, max_batch: int = 4,
     ).bind(model, limits)
 
 
-def start(app, host: str = "127.0.0.1", port: int = 8000):  # noqa: ANN001 -> DeploymentHandle
+def start(app, host: str = "127.0.0.1", port: int = 8000):
     """Start Serve's HTTP proxy on host:port (127.0.0.1 by default: not reachable from other machines)."""
     serve.start(http_options={"host": host, "port": port})
     return serve.run(app, name="interlcm", route_prefix="/")

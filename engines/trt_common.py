@@ -45,7 +45,7 @@ def tensorrt_problem() -> str | None:
         return None
     try:
         module = importlib.import_module("tensorrt")
-    except Exception as exc:  # noqa: BLE001 - ImportError, or OSError from the bindings' missing libraries
+    except Exception as exc:
         return f"tensorrt does not import ({type(exc).__name__}: {exc})"
     if not hasattr(module, "Builder"):
         # `tensorrt-stubs` installs a bare tensorrt/ folder of .pyi files: Python imports it as an empty namespace
@@ -128,7 +128,7 @@ def check_cuda(device: int = 0) -> tuple[bool, str]:
             torch.empty(1, device=f"cuda:{device}").add_(1)
             torch.cuda.synchronize(device)
             gpu = gpu_identity(torch.device("cuda", device))
-        except Exception as exc:  # noqa: BLE001 - any CUDA failure means "not usable"
+        except Exception as exc:
             reasons.append(f"CUDA device {device} cannot allocate ({type(exc).__name__}: {exc})")
     problem = tensorrt_problem()
     if problem is not None:
@@ -137,7 +137,7 @@ def check_cuda(device: int = 0) -> tuple[bool, str]:
         try:
             if trt.Runtime(logger()) is None:
                 reasons.append("tensorrt cannot create a runtime")
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             reasons.append(f"tensorrt cannot create a runtime ({type(exc).__name__}: {exc})")
     if reasons:
         return False, "; ".join(reasons)

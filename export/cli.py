@@ -181,7 +181,7 @@ def main(
         raise click.ClickException(str(exc)) from None
 
 
-def _upsampler_models(names, cfg, weights, seed):  # noqa: ANN001, ANN202
+def _upsampler_models(names, cfg, weights, seed):
     """Real-ESRGAN for the preset (or the weights folder's), and the identity its files record."""
     from interlcm.models.rrdbnet import build_random_upsampler
     from interlcm.weights import folder_source, load_upsampler

@@ -17,7 +17,7 @@ from typing import Any
 from interlcm.choices import EXPORT_PRECISIONS as PRECISIONS  # the precisions an export folder holds
 from interlcm.components import Component, get_component
 from interlcm.config import PresetConfig
-from interlcm.files import atomic_write_text, sha256_file  # noqa: F401 - re-exported
+from interlcm.files import atomic_write_text, sha256_file
 from interlcm.identity import WeightsIdentity
 
 MANIFEST = "manifest.json"

@@ -318,7 +318,7 @@ def export_all(
         return _export_locked(models, out_dir, comps, precisions, batch, opset, force, progress, identity)
 
 
-def _export_locked(models, out_dir, comps, precisions, batch, opset, force, progress, identity) -> Manifest:  # noqa: ANN001
+def _export_locked(models, out_dir, comps, precisions, batch, opset, force, progress, identity) -> Manifest:
     cfg = models.config
     clean_stale_temporaries(out_dir)  # scratch left by an interrupted run
     identity = identity or models.identity

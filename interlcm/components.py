@@ -294,7 +294,7 @@ class DenoiseStep(nn.Module):
         super().__init__()
         self.se, self.unet = se, unet
 
-    def forward(self, sample, timestep, context, guidance, cond):  # noqa: ANN001 - tensors
+    def forward(self, sample, timestep, context, guidance, cond):
         return self.unet(sample, timestep, context, guidance, *self.se(sample, timestep, context, cond))
 
 
@@ -305,7 +305,7 @@ class SpatialEncoderFull(nn.Module):
         super().__init__()
         self.cond, self.step = cond, step
 
-    def forward(self, sample, timestep, context, image):  # noqa: ANN001 - tensors
+    def forward(self, sample, timestep, context, image):
         return self.step(sample, timestep, context, self.cond(image))
 
 

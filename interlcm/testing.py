@@ -30,8 +30,8 @@ def photo(resolution: int, batch: int = 1) -> torch.Tensor:
 
 
 def write_clip(
-    path,  # noqa: ANN001
-    frames,  # noqa: ANN001
+    path,
+    frames,
     fps: int = 8,
     audio_rate: int | None = 16000,
     codec: str = "libx264",
@@ -149,7 +149,7 @@ class PlacedFaces:
         self.faces = faces
         self.seen: list[tuple[int, ...]] = []  # shapes of the photos it was given
 
-    def detect(self, photos):  # noqa: ANN001, ANN201 - interlcm.faces.detect.Detector
+    def detect(self, photos):
 
         out = []
         for photo in photos:

@@ -45,7 +45,7 @@ def test_write_and_hash(tmp_path):
 
 def test_files_and_folders_honour_the_umask(tmp_path, umask_002):
     files.atomic_write_text(tmp_path / "a.json", "{}")
-    files.atomic_save(tmp_path / "b.bin", lambda p: open(p, "wb").write(b"x"))  # noqa: SIM115
+    files.atomic_save(tmp_path / "b.bin", lambda p: open(p, "wb").write(b"x"))
     with files.staging_folder(tmp_path / "final") as tmp:
         mode = tmp.stat().st_mode & 0o777
     assert [(tmp_path / n).stat().st_mode & 0o777 for n in ("a.json", "b.bin")] == [0o664, 0o664]

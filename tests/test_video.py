@@ -93,7 +93,7 @@ class _FakeWholePhoto:
         self.upscale = upscale
         self.seen = 0
 
-    def restore_photos(self, photos):  # noqa: ANN001
+    def restore_photos(self, photos):
         import cv2
 
         out = []
@@ -182,7 +182,7 @@ def test_the_video_and_its_frames_record_their_input(tmp_path, suffix):
 # --- what the output keeps of the input: orientation, timestamps, every stream ---------------------
 
 
-def _restore_into(photo, src, folder, options, frames=False):  # noqa: ANN001, ANN202
+def _restore_into(photo, src, folder, options, frames=False):
     """restore_video with the output named as the CLI's plan names it: FOLDER/<src's name> (and its frames folder)."""
     from interlcm.video import frames_folder
 
@@ -197,7 +197,7 @@ class _AsIs:
     def __init__(self):
         self.frames: list[np.ndarray] = []
 
-    def restore_photos(self, photos):  # noqa: ANN001
+    def restore_photos(self, photos):
         self.frames += [p.copy() for p in photos]
         return [PhotoResult(p) for p in photos]
 
@@ -252,7 +252,7 @@ def test_portrait_phone_video_faces_found_upright(tiny_models, tmp_path, rotatio
     found = []
     restore = photo.restore_photos
 
-    def counted(photos):  # noqa: ANN001
+    def counted(photos):
         results = restore(photos)
         found.extend(r.found for r in results)
         return results
@@ -283,7 +283,7 @@ def test_variable_frame_rate_keeps_each_frame_time(tmp_path, suffix):
         assert _audio_packets(report.output) == _audio_packets(src)
 
 
-def _write_multi_track(path, fmt: str, subtitle: str, attachment: bool) -> None:  # noqa: ANN001
+def _write_multi_track(path, fmt: str, subtitle: str, attachment: bool) -> None:
     """A clip with two audio languages (440 and 660 Hz), a subtitle track, and (Matroska) an attached font."""
     from fractions import Fraction
 
@@ -323,7 +323,7 @@ def _write_multi_track(path, fmt: str, subtitle: str, attachment: bool) -> None:
             out.mux(packet)
 
 
-def _streams(path) -> list[tuple[str, str | None, list[tuple[bytes, float]]]]:  # noqa: ANN001
+def _streams(path) -> list[tuple[str, str | None, list[tuple[bytes, float]]]]:
     """(type, language, [(packet bytes, time)]) of every stream but the first video; attachments: their data."""
     import av
 
@@ -429,7 +429,7 @@ def test_full_disk_is_a_write_error_not_a_read_error(clip, tmp_path, monkeypatch
     out = tmp_path / "out"
     real = video.temp_sibling
 
-    def onto_a_full_disk(path):  # noqa: ANN001
+    def onto_a_full_disk(path):
         tmp = real(path)
         if path.name == clip.name:
             tmp.parent.mkdir(parents=True, exist_ok=True)
@@ -451,7 +451,7 @@ def test_permission_denied_on_the_output_is_a_write_error(clip, tmp_path, monkey
 
     opened = av.open
 
-    def refuse_output(target, mode="r", **kwargs):  # noqa: ANN001
+    def refuse_output(target, mode="r", **kwargs):
         if mode == "w" and isinstance(target, str):
             raise PermissionError(errno.EACCES, "Permission denied", target)
         return opened(target, mode, **kwargs)

@@ -23,7 +23,7 @@ from interlcm.cli.weights import main
 def quick_init(monkeypatch):
     """init with a two-file stand-in for the model files (the folder logic is what is tested)."""
 
-    def write(tmp, cfg, preset, seed):  # noqa: ANN001 - weights._write_random's signature
+    def write(tmp, cfg, preset, seed):
         save_params_ema(nn.Linear(2, 2), tmp / "visual_encoder_3step.pth")
         weights.write_info(tmp, cfg, origin=f"random, preset {preset}, seed {seed}")
 
@@ -68,7 +68,7 @@ def test_stale_temporaries_of_a_killed_init_are_removed(tmp_path, quick_init):
 
 
 def test_disk_full_during_init_is_one_sentence_and_leaves_nothing(tmp_path, monkeypatch):
-    def full(tmp, cfg, preset, seed):  # noqa: ANN001
+    def full(tmp, cfg, preset, seed):
         (tmp / "lcm").mkdir()
         raise OSError(errno.ENOSPC, "No space left on device")
 

@@ -14,7 +14,7 @@ class SeedType(click.ParamType):
 
     name = "seed"
 
-    def convert(self, value, param, ctx):  # noqa: ANN001, ANN201 - click's signature
+    def convert(self, value, param, ctx):
         try:
             seed = int(value)
         except (TypeError, ValueError):
@@ -34,7 +34,7 @@ class _Interruptible:
     """Ctrl-C ends the command with one line and exit code 130 (click's own handling prints
     "Aborted!" and exits 1, which scripts cannot tell from a failure)."""
 
-    def invoke(self, ctx: click.Context):  # noqa: ANN201 - click's signature
+    def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)  # type: ignore[misc]
         except KeyboardInterrupt:

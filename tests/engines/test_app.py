@@ -19,7 +19,7 @@ from PIL import Image
 
 pytest.importorskip("gradio", reason="the app extra is not installed (make install installs it)")
 
-from interlcm.engines.app import (  # noqa: E402
+from interlcm.engines.app import (
     InputError,
     Limits,
     LocalEngine,
@@ -28,9 +28,9 @@ from interlcm.engines.app import (  # noqa: E402
     main,
     read_upload,
 )
-from interlcm.engines.backend import BackendOptions  # noqa: E402
-from interlcm.engines.loaded import LoadedRestorer, RestoreRequest  # noqa: E402
-from interlcm.engines.photo import PhotoOptions  # noqa: E402
+from interlcm.engines.backend import BackendOptions
+from interlcm.engines.loaded import LoadedRestorer, RestoreRequest
+from interlcm.engines.photo import PhotoOptions
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +45,7 @@ def _upload(tmp_path, name: str, data: bytes) -> dict:
     return {"path": str(path), "orig_name": name}  # Gradio's FileData, as the page gets it unprocessed
 
 
-def _png(shape=(40, 60, 3)) -> bytes:  # noqa: ANN001
+def _png(shape=(40, 60, 3)) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(np.random.default_rng(0).integers(0, 255, shape, dtype=np.uint8)).save(buffer, "PNG")
     return buffer.getvalue()
@@ -100,10 +100,10 @@ class _StandInServe(BaseHTTPRequestHandler):
 
     model: LoadedRestorer
 
-    def do_GET(self) -> None:  # noqa: N802
+    def do_GET(self) -> None:
         self._answer(200, f"ok: {self.model.description}\n".encode(), "text/plain")
 
-    def do_POST(self) -> None:  # noqa: N802
+    def do_POST(self) -> None:
         from interlcm.engines.serve import BadRequest, parse_options
         from interlcm.imageio import decode_rgb, encode_image
 
@@ -125,7 +125,7 @@ class _StandInServe(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
-    def log_message(self, *args) -> None:  # noqa: ANN002
+    def log_message(self, *args) -> None:
         pass
 
 
@@ -198,7 +198,7 @@ def test_the_command_serves_on_127_0_0_1_and_prints_its_url(monkeypatch):
         port = s.getsockname()[1]
     fetched = {}
 
-    def block_thread(page) -> None:  # noqa: ANN001 - instead of waiting for Ctrl-C
+    def block_thread(page) -> None:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=30) as answer:
             fetched["page"] = answer.read()
         page.close()

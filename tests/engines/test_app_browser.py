@@ -97,7 +97,7 @@ class Page:
         const message = document.querySelector('#message [data-testid=markdown]');
         return [link ? link.href : null, message ? message.innerText.trim() : '', busy];"""
 
-    def __init__(self, driver, url: str):  # noqa: ANN001
+    def __init__(self, driver, url: str):
         from selenium.webdriver.support.ui import WebDriverWait
 
         self.driver = driver
@@ -126,7 +126,7 @@ class Page:
         """Click Restore and wait for the answer: (download URL or None, the message line, seconds)."""
         before, seen_busy = self.state(), False
 
-        def done(_) -> bool:  # noqa: ANN001
+        def done(_) -> bool:
             nonlocal seen_busy
             link, message, busy = self.state()
             seen_busy |= busy

@@ -27,7 +27,7 @@ NODES_FOLDER = Path(__file__).resolve().parents[2] / "comfyui" / "interlcm_nodes
 HEADS = ((0.22, 0.45, 190, 0), (0.76, 0.45, 170, 6))  # two faces dlib finds
 
 
-def run_node(cls, links: dict[str, tuple[object, str]] | None = None, **widgets):  # noqa: ANN001, ANN201
+def run_node(cls, links: dict[str, tuple[object, str]] | None = None, **widgets):
     """Validate the inputs as ComfyUI does and call the node; `links` maps an input to (value, its type)."""
     links = links or {}
     declared = cls.INPUT_TYPES()["required"]
@@ -173,7 +173,7 @@ def test_loader_refuses_a_missing_folder_in_one_sentence():
     assert "\n" not in str(info.value)
 
 
-def _load_like_comfyui(folder: Path):  # noqa: ANN202
+def _load_like_comfyui(folder: Path):
     """What ComfyUI's nodes.load_custom_node does with a custom_nodes folder: import its __init__.py by path."""
     name = folder.name
     spec = importlib.util.spec_from_file_location(name, folder / "__init__.py")

@@ -106,7 +106,7 @@ def test_restore_ray_and_serve_get_the_same_backend_options(tmp_path, monkeypatc
         seen["restore"] = options
         raise Stop("stop here")
 
-    def run_job(spec, inputs, out, overwrite=False):  # noqa: ARG001
+    def run_job(spec, inputs, out, overwrite=False):
         seen["ray"] = spec.backend
         raise ValueError("stop here")
 

@@ -97,7 +97,7 @@ def test_faces_of_all_photos_share_full_batches():
     class PerPhoto:
         landmark_kind = "retinaface"
 
-        def detect(self, views):  # noqa: ANN001
+        def detect(self, views):
             return [*one.detect(views[:1]), [], *three.detect(views[2:])]
 
     restorer = IdentityRestorer(batch=2)
@@ -137,7 +137,7 @@ def test_batching_across_photos_gives_the_same_faces(tiny_models):
     class ByOrientation(PlacedFaces):
         """Both faces in a landscape photo, the first one in a portrait photo."""
 
-        def detect(self, views):  # noqa: ANN001
+        def detect(self, views):
             found = super().detect(views)
             return [faces if v.shape[1] > v.shape[0] else faces[:1] for v, faces in zip(views, found)]
 

@@ -181,7 +181,7 @@ def test_stale_temporaries_of_killed_runs_are_removed(tmp_path, tiny_weights):
 def test_ctrl_c_exits_130_with_one_line(tmp_path, tiny_weights, monkeypatch):
     from interlcm.engines import pipeline
 
-    def interrupted(*args, **kwargs):  # noqa: ANN002, ANN003
+    def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(pipeline, "restore_files", interrupted)

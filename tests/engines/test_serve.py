@@ -49,7 +49,7 @@ def _face(reference_faces, i: int) -> bytes:
     return (reference_faces.root / "in" / f"face{i:02d}.png").read_bytes()
 
 
-def _one_line(answer) -> bool:  # noqa: ANN001
+def _one_line(answer) -> bool:
     return len(answer.body.strip().splitlines()) == 1
 
 
@@ -187,10 +187,10 @@ def test_a_photo_that_fails_fails_alone(reference_faces, monkeypatch, stage):
     original = getattr(PhotoRestorer, stage)
     device_calls = []
 
-    def pixels(item):  # noqa: ANN001, ANN202 - PhotoInput (run_device) or FacesRestored (finish)
+    def pixels(item):
         return item.pixels if stage == "run_device" else item.photo.pixels
 
-    def out_of_memory_for_large_photos(self, photos):  # noqa: ANN001, ANN202 - what paste-back did at 8000x6000
+    def out_of_memory_for_large_photos(self, photos):
         items = photos if stage == "run_device" else [photos]
         if stage == "run_device":
             device_calls.append(len(items))

@@ -30,7 +30,7 @@ def _restore(*args: str) -> str:
     return result.output
 
 
-def _read(path) -> np.ndarray:  # noqa: ANN001
+def _read(path) -> np.ndarray:
     return np.asarray(Image.open(path).convert("RGB"))
 
 
@@ -142,7 +142,7 @@ def test_ray_job_carries_strength(tmp_path, monkeypatch):
 
     seen = {}
 
-    def run_job(spec, inputs, out, overwrite=False):  # noqa: ANN001, ARG001 - stands in for the Ray Data job
+    def run_job(spec, inputs, out, overwrite=False):
         seen["spec"] = spec
         return RestoreReport()
 

@@ -62,7 +62,7 @@ def test_a_failing_video_is_one_line_and_the_next_goes_on(tmp_path, monkeypatch,
     write_clip(bright, [np.full((32, 48, 3), 200, np.uint8)] * 2, fps=2)
     run_device = PhotoRestorer.run_device  # the device stage of the pipeline the CLI runs videos through
 
-    def fails_on_dark(self, photos):  # noqa: ANN001
+    def fails_on_dark(self, photos):
         if photos[0].pixels.mean() < 100:
             raise EngineError("the engine lost its context\n(second line)") if failure == "engine" else MemoryError()
         return run_device(self, photos)

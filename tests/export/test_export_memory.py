@@ -27,7 +27,7 @@ def test_export_holds_one_components_networks_at_a_time(tmp_path, monkeypatch):
 
     real_network = container.ModelSource.network
 
-    def network(self, name):  # noqa: ANN001, ANN202
+    def network(self, name):
         if name not in self.alive():
             log.append((name, "make", alive()))
         module = real_network(self, name)
@@ -37,15 +37,15 @@ def test_export_holds_one_components_networks_at_a_time(tmp_path, monkeypatch):
     log: list[tuple[str, str, list[str]]] = []
     real_trace, real_simplify, real_session = onnx_export._trace, onnx_export._simplify, validate.open_session
 
-    def trace(comp, *args):  # noqa: ANN001, ANN002, ANN202
+    def trace(comp, *args):
         log.append((comp.name, "trace", alive()))
         return real_trace(comp, *args)
 
-    def simplify(raw):  # noqa: ANN001, ANN202
+    def simplify(raw):
         log.append((raw.parent.parent.name, "simplify", alive()))
         return real_simplify(raw)
 
-    def session(path, **kwargs):  # noqa: ANN001, ANN003, ANN202
+    def session(path, **kwargs):
         log.append((path.name.split(".")[0], "validate", alive()))
         return real_session(path, **kwargs)
 

@@ -14,7 +14,7 @@ from interlcm.export.manifest import load_manifest
 from interlcm.export.validate import validate
 
 
-def _no_slim(model):  # noqa: ANN001, ANN202
+def _no_slim(model):
     raise AssertionError("onnxslim ran on a model from SLIM_MAX_BYTES up (it holds ~7 copies of it)")
 
 

@@ -7,11 +7,11 @@ import pytest
 
 pytest.importorskip("dlib", reason="the faces-dlib extra is not installed (make install installs it)")
 
-from skimage import data  # noqa: E402
+from skimage import data
 
-from interlcm.faces.align import align_face, template  # noqa: E402
-from interlcm.faces.dlib_detector import DlibDetector  # noqa: E402
-from interlcm.testing import group_photo  # noqa: E402
+from interlcm.faces.align import align_face, template
+from interlcm.faces.dlib_detector import DlibDetector
+from interlcm.testing import group_photo
 
 
 @pytest.fixture(scope="module")

@@ -201,7 +201,7 @@ def test_resize_matches_opencv_within_rounding():
 class _NoBackend(BackendBase):
     device = torch.device("cpu")
 
-    def run(self, component, **tensors):  # noqa: ANN001, ANN201
+    def run(self, component, **tensors):
         raise AssertionError("not used")
 
 
@@ -215,7 +215,7 @@ class _PlantedBackend(BackendBase):
         self.shapes: list[tuple[int, ...]] = []
         self.prior: dict[tuple[int, int], torch.Tensor] = {}  # the planted prior per input size
 
-    def run(self, component, pixels):  # noqa: ANN001, ANN201
+    def run(self, component, pixels):
         n, _, h, w = pixels.shape
         self.shapes.append(tuple(pixels.shape))
         priors = prior_boxes(self.cfg, h, w)

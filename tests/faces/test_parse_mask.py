@@ -57,7 +57,7 @@ def test_mask_matches_release_recipe(size):
 def test_parse_mask_calls_the_backend_and_checks_the_size():
     calls = []
 
-    def run(component, **tensors):  # noqa: ANN001, ANN202
+    def run(component, **tensors):
         calls.append((component, tuple(tensors["face"].shape)))
         return {"parsing": blobby_logits(len(tensors["face"]), IN_SIZE, seed=1)}
 
