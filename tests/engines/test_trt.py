@@ -523,8 +523,8 @@ def test_backend_errors_name_the_fix(engines, tmp_path, tiny_cfg):
     assert TrtBackend(engines).config == tiny_cfg
 
 
-def test_the_sampler_on_the_engines_restores_like_torch(engines, tiny_models, lq_photo):
-    """The whole loop on the stand-in (fp16 ONNX through TrtBackend) against torch fp32, stage by stage."""
+def _sampler_against_torch(engines, tiny_models, lq_photo, device: str, what: str):
+    """The whole sampler on TrtBackend(engines) against torch fp32, stage by stage (require'd rows)."""
     from interlcm.parity import compare_traces
     from interlcm.sampler import SamplerSettings, Trace, restore
     from interlcm.schedule import make_noise, make_schedule
@@ -536,8 +536,14 @@ def test_the_sampler_on_the_engines_restores_like_torch(engines, tiny_models, lq
     ours, ref = Trace(), Trace()
     restore(TorchBackend(tiny_models), lq_photo, noise, settings, ref)
     with TrtBackend(engines) as backend:
-        restore(backend, lq_photo, noise, settings, ours)
-    rows = require(compare_traces(ours, ref, "fp16"), "TensorRT stand-in vs torch")
+        restore(backend, lq_photo.to(device), noise.to(device), settings, ours)
+        backend.synchronize()
+    return require(compare_traces(ours, ref, "fp16"), what)
+
+
+def test_the_sampler_on_the_engines_restores_like_torch(engines, tiny_models, lq_photo):
+    """The whole loop on the stand-in (fp16 ONNX through TrtBackend) against torch fp32, stage by stage."""
+    rows = _sampler_against_torch(engines, tiny_models, lq_photo, "cpu", "TensorRT stand-in vs torch")
     assert next(r for r in rows if r.name == "image").psnr > 35.0
 
 
@@ -626,20 +632,9 @@ def test_engine_matches_torch_per_component(real_engines, tiny_models, name):
 @pytest.mark.gpu
 def test_engines_restore_like_torch(real_engines, tiny_models, lq_photo):
     """Every stage of the sampler within its component's fp16 tolerance, and the image above 35 dB."""
-    from interlcm.parity import compare_traces, format_table
-    from interlcm.sampler import SamplerSettings, Trace, restore
-    from interlcm.schedule import make_noise, make_schedule
-    from interlcm.torch_backend import TorchBackend
+    from interlcm.parity import format_table
 
-    cfg = tiny_models.config
-    settings = SamplerSettings(make_schedule(cfg.scheduler, 4), guidance_dim=cfg.guidance_dim)
-    noise = make_noise(3, 4, lq_photo.shape[0], cfg.latent_channels, (cfg.latent_size, cfg.latent_size))
-    ours, ref = Trace(), Trace()
-    restore(TorchBackend(tiny_models), lq_photo, noise, settings, ref)
-    with TrtBackend(real_engines) as backend:
-        restore(backend, lq_photo.cuda(), noise.cuda(), settings, ours)
-        backend.synchronize()
-    rows = require(compare_traces(ours, ref, "fp16"), "TensorRT vs torch")
+    rows = _sampler_against_torch(real_engines, tiny_models, lq_photo, "cuda", "TensorRT vs torch")
     image = next(r for r in rows if r.name == "image")
     assert image.psnr > 35.0, format_table(rows)
 
