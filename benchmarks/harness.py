@@ -38,11 +38,12 @@ from interlcm.benchmarks.schema import BenchReport, BenchSettings, ComponentTimi
 from interlcm.choices import variant_for_steps
 from interlcm.components import BY_NAME, DEFAULT_COMPONENTS
 from interlcm.config import PresetConfig
-from interlcm.engines.backend import FUSED, BackendOptions, fast_path, open_backend
+from interlcm.engines.backend import BackendOptions, fast_path, open_backend
 from interlcm.engines.restorer import RestoreOptions, Restorer
 from interlcm.engines.trt_common import PRECISION
 from interlcm.export.session import cuda_device_count
 from interlcm.models.container import build_random
+from interlcm.sampler import FUSED_STEP
 from interlcm.torch_backend import TorchBackend, check_torch_precision
 from interlcm.weights import load_models, weights_digest
 
@@ -108,7 +109,7 @@ def _open_exported(stack: contextlib.ExitStack, kind: str, folder: Path | None, 
 
 def _fused_names(settings: BenchSettings) -> list[str]:
     """The fused step's component, when a fused row is asked for (exported, counted and loaded with the rest)."""
-    return [FUSED] if True in settings.fused else []
+    return [FUSED_STEP] if True in settings.fused else []
 
 
 class _Skip(Exception):

@@ -33,6 +33,7 @@ from interlcm.engines.trt import TrtBackend
 from interlcm.export.session import cuda_device_count
 from interlcm.identity import WeightsIdentity
 from interlcm.models.container import InterLCMModels, build_random
+from interlcm.sampler import FUSED_STEP
 from interlcm.torch_backend import TorchBackend, check_torch_precision
 from interlcm.weights import check_identity, load_models
 
@@ -86,7 +87,6 @@ class FastPath:
         return replace(options, fused_step=self.fused_step, cuda_graph=self.cuda_graph)
 
 
-FUSED = "denoise_step"  # the component of the fused step (interlcm.components)
 GRAPH_KINDS = ("torch", "tensorrt")  # backends whose `run` can be captured (ONNX Runtime synchronises inside)
 GRAPH_NEEDS_CUDA = "--cuda-graph needs a CUDA device and this backend runs on the CPU: leave --cuda-graph out"
 
@@ -99,10 +99,10 @@ def fast_path(backend: Backend, fused_step: bool | None = None, cuda_graph: bool
     where they cannot run: a ValueError of one sentence.
     """
     cuda = backend.device.type == "cuda"
-    has_fused = backend.has(FUSED)
+    has_fused = backend.has(FUSED_STEP)
     if fused_step and not has_fused:
-        raise ValueError(f"--fused-step needs the {FUSED} component, which {backend.name} does not have: "
-                         f"export it (interlcm-export --components ...,{FUSED}) or leave --fused-step out")
+        raise ValueError(f"--fused-step needs the {FUSED_STEP} component, which {backend.name} does not have: "
+                         f"export it (interlcm-export --components ...,{FUSED_STEP}) or leave --fused-step out")
     if cuda_graph and not cuda:
         raise ValueError(GRAPH_NEEDS_CUDA)
     if cuda_graph and backend.name not in GRAPH_KINDS:
@@ -114,7 +114,7 @@ def fast_path(backend: Backend, fused_step: bool | None = None, cuda_graph: bool
         if not cuda:
             why.append("on the CPU")
         elif not has_fused:
-            why.append(f"no {FUSED} in the export")
+            why.append(f"no {FUSED_STEP} in the export")
     elif not fused_step:
         why.append("--no-fused-step")
     if cuda_graph is None:

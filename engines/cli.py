@@ -16,6 +16,8 @@ from interlcm.choices import (
     PRECISIONS,
     STEPS,
     STRENGTH_RANGE,
+    UPSAMPLER,
+    UPSAMPLER_CHOICES,
     VARIANTS,
 )
 from interlcm.cli.options import SEED, Command, Group
@@ -123,7 +125,7 @@ def _pixel_limits(max_input_mp: float, max_output_mp: float) -> PixelLimits:
               "Resumable: outputs that exist are skipped; OUT/results.jsonl lists every input.")
 @click.option("--actors", type=click.IntRange(1), help="With --ray: restoring actors (default: one per GPU, else 1).")
 # --- video and upsamplers ---
-@click.option("--bg-upsampler", type=click.Choice(["none", "realesrgan"]), default="none", show_default=True,
+@click.option("--bg-upsampler", type=click.Choice(UPSAMPLER_CHOICES), default=UPSAMPLER_CHOICES[0], show_default=True,
               help="Upscale the background with Real-ESRGAN x2plus (whole photos and video frames).")
 @click.option("--bg-tile", type=click.IntRange(0), default=400, show_default=True,
               help="Real-ESRGAN tile size in pixels (0: whole image at once); tiles overlap by 40 px.")
@@ -245,7 +247,7 @@ def _upsamplers(backend, weights, bg_upsampler: str, bg_tile: int, face_upsample
     """Real-ESRGAN for the background (and faces), as asked, on the restoring backend; says where it runs."""
     from interlcm.upsampler import TileOptions, open_upsamplers
 
-    upsamplers, why = open_upsamplers(backend, weights, bg_upsampler == "realesrgan", face_upsample, TileOptions(bg_tile))
+    upsamplers, why = open_upsamplers(backend, weights, bg_upsampler == UPSAMPLER, face_upsample, TileOptions(bg_tile))
     if why:
         click.echo(why)
     return upsamplers

@@ -31,6 +31,8 @@ from interlcm.choices import (
     DEFAULT_VARIANT,
     PRECISIONS,
     STRENGTH_RANGE,
+    UPSAMPLER,
+    UPSAMPLER_CHOICES,
     VARIANTS,
 )
 from interlcm.cli.options import SEED_MAX
@@ -39,7 +41,7 @@ from interlcm.engines.backend import BackendOptions
 from interlcm.engines.loaded import LoadedRestorer, RestoreRequest
 from interlcm.engines.photo import PhotoOptions
 from interlcm.faces.detectors import DEFAULT_DETECTOR, DETECTORS
-from interlcm.upsampler import UPSAMPLER_CHOICES, TileOptions
+from interlcm.upsampler import TileOptions
 
 CATEGORY = "InterLCM"
 MODEL = "INTERLCM_MODEL"  # the loader's output type, the restore nodes' input
@@ -154,7 +156,7 @@ class InterLCMRestoreFaces:
                 face_upsample: bool) -> tuple[torch.Tensor]:
         photo = PhotoOptions(upscale=upscale, only_center_face=only_center_face, strength=strength)
         request = RestoreRequest(photo, seed, None if colorfix == VARIANT_COLORFIX else colorfix, detector,
-                                 bg_upsampler == "realesrgan", face_upsample)
+                                 bg_upsampler == UPSAMPLER, face_upsample)
         return (_restore(model, image, request),)
 
 

@@ -45,6 +45,8 @@ STEPS: tuple[int, ...] = tuple(sorted({v.steps for v in VARIANTS.values()}, reve
 
 COLORFIXES: tuple[str, ...] = ("wavelet", "adain", "none")  # wavelet is the paper's; each but none is a component
 BACKENDS: tuple[str, ...] = ("auto", "tensorrt", "onnxruntime", "torch")
+UPSAMPLER = "realesrgan"  # Real-ESRGAN x2plus, also the name of its component (interlcm.upsampler)
+UPSAMPLER_CHOICES: tuple[str, ...] = ("none", UPSAMPLER)  # --bg-upsampler
 # Precisions a user can ask for. An export holds fp32 and/or fp16 ONNX files; TensorRT engines are built
 # from the fp16 files; torch casts its weights (fp16/bf16, with the fp16 export's fp32 islands).
 EXPORT_PRECISIONS: tuple[str, ...] = ("fp32", "fp16")

@@ -17,6 +17,8 @@ from interlcm.backend import ComponentRunner
 from interlcm.choices import COLORFIXES, GUIDANCE_SCALE, check_colorfix
 from interlcm.schedule import Schedule, guidance_embedding
 
+FUSED_STEP = "denoise_step"  # the component of the fused SE + UNet step (interlcm.components)
+
 
 @dataclass(frozen=True)
 class SamplerSettings:
@@ -126,7 +128,7 @@ def denoise(
         z_t = step.sqrt_alpha * z0 + step.sqrt_one_minus_alpha * noise[k].to(z0)
         t = torch.full((batch,), float(step.timestep), device=z0.device)
         if settings.fused_step:
-            eps_from = "denoise_step"
+            eps_from = FUSED_STEP
             eps = backend.run(eps_from, sample=z_t, timestep=t, context=context, guidance=guidance, cond=cond)["eps"]
         else:
             residuals = backend.run("spatial_encoder", sample=z_t, timestep=t, context=context, cond=cond)

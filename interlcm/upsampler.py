@@ -30,13 +30,13 @@ import torch
 from torch.nn import functional as F
 
 from interlcm.backend import Backend
+from interlcm.choices import UPSAMPLER
 from interlcm.config import get_upsampler
 from interlcm.models.rrdbnet import build_random_upsampler
 from interlcm.torch_backend import TorchBackend
 from interlcm.weights import load_upsampler
 
-COMPONENT = "realesrgan"
-UPSAMPLER_CHOICES = ("none", "realesrgan")
+COMPONENT = UPSAMPLER  # the component every tile runs through
 
 
 @dataclass(frozen=True)
